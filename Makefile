@@ -1,0 +1,35 @@
+# Two entry points (README): `make demo` and `make test`. Both set up .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export NUMBA_CACHE_DIR := $(CURDIR)/.tmp/numba
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: demo test test-all system-tools
+
+$(VENV)/.runtime: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -U pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.test: $(VENV)/.runtime requirements-test.txt $(wildcard requirements-test-nodeps.txt)
+	$(VENV)/bin/pip install -q -r requirements-test.txt
+	if [ -f requirements-test-nodeps.txt ]; then $(VENV)/bin/pip install -q --no-deps -r requirements-test-nodeps.txt; fi
+	touch $@
+
+# ffprobe and espeak-ng are optional (tests fall back to imageio-ffmpeg's binary); install them where we can.
+system-tools:
+	@command -v ffprobe >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends ffmpeg espeak-ng >/dev/null; } || \
+	  echo "note: no system ffprobe; tests use imageio-ffmpeg's ffmpeg"
+
+demo: $(VENV)/.runtime
+	$(PY) cli.py run manifests/demo.parquet --output out/demo --preset tiny
+
+test: $(VENV)/.test system-tools
+	$(VENV)/bin/pytest -q
+
+test-all: $(VENV)/.test system-tools
+	$(VENV)/bin/pytest -q -m ""
