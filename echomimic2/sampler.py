@@ -1,0 +1,241 @@
+"""Render one segment of a clip: initial noise, context windows, CFG, DDIM steps, batched VAE decode.
+
+Two window schedules exist:
+
+* **segment** (default): frames [0, n) of the segment are denoised in 12-frame windows overlapping by 3
+  (stride 9) *without* wrap-around, so a segment never mixes its last frames into its first. The
+  official per-step rotation (+3 frames per step) is kept by shifting the window grid: at step s the
+  grid starts at offset o = (3·s) mod 9, i.e. candidate starts o−9, o, o+9, … (while < n). Each start
+  is clamped into [0, n−12], so every window holds exactly 12 consecutive frames inside the segment;
+  duplicates produced by clamping are dropped. Consecutive starts differ by ≤ 9 < 12, the first is 0
+  and the last is n−12, so every frame is covered at every step. A segment of n ≤ 12 frames is one
+  window [0, n) at every step.
+* **reference-compatible**: the official schedule over the whole clip (spec §10.2.5–6): windows start at
+  0, 9, 18, … while start < n, each holds 12 indices mod n (the last wraps round), and at step s every
+  index is shifted by 3·s mod n. For n ≤ 12 one window [0..n−1], shifted (i.e. rotated) likewise.
+
+Predictions of overlapping windows are averaged (accumulator / per-frame counter) with and without
+CFG, as the official acc pipeline does. With CFG the batch is [uncond windows…, cond windows…]; the
+unconditional rows get zero audio, zero pose features and no reference attention.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .config import VAE_SCALING_FACTOR
+from .scheduler import official_scheduler
+
+CONTEXT_FRAMES = 12
+CONTEXT_OVERLAP = 3
+CONTEXT_STRIDE = CONTEXT_FRAMES - CONTEXT_OVERLAP
+WINDOW_SHIFT_PER_STEP = 3
+NOISE_CLAMP = 1.5  # spec §10.2.4: the official pipeline clamps its initial Gaussian draw
+LATENT_CHANNELS = 4
+VAE_DOWNSCALE = 8
+
+
+# --------------------------------------------------------------------------------------------------
+# Initial noise
+
+
+def frame_noise_seed(seed: int, frame: int) -> int:
+    """A 63-bit generator seed that depends on (seed, global frame index) only, stable across runs."""
+    digest = hashlib.sha256(f"echomimic2-noise:{seed}:{frame}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def frame_noise(seed: int, frame: int, latent_height: int, latent_width: int) -> torch.Tensor:
+    """Clamped standard-normal noise (4, h, w), float32 on the CPU, for one global frame."""
+    generator = torch.Generator(device="cpu").manual_seed(frame_noise_seed(seed, frame))
+    noise = torch.randn((LATENT_CHANNELS, latent_height, latent_width), generator=generator, dtype=torch.float32)
+    return noise.clamp_(-NOISE_CLAMP, NOISE_CLAMP)
+
+
+def segment_noise(seed: int, first_frame: int, frames: int, latent_height: int, latent_width: int) -> torch.Tensor:
+    """Initial latents (1, 4, n, h, w) of global frames [first_frame, first_frame + n), float32 CPU."""
+    per_frame = [frame_noise(seed, first_frame + i, latent_height, latent_width) for i in range(frames)]
+    return torch.stack(per_frame, dim=1).unsqueeze(0)
+
+
+def official_noise(seed: int, frames: int, latent_height: int, latent_width: int, dtype: torch.dtype) -> torch.Tensor:
+    """The official whole-clip draw (spec §10.2.4): one CPU randn after seeding, in the model dtype, clamped."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.randn((1, LATENT_CHANNELS, frames, latent_height, latent_width), generator=generator, dtype=dtype)
+    return noise.clamp(-NOISE_CLAMP, NOISE_CLAMP).float()
+
+
+# --------------------------------------------------------------------------------------------------
+# Context windows
+
+
+def segment_windows(frames: int, step: int) -> list[list[int]]:
+    """Windows of one step inside a segment, without wrap-around (rule in the module docstring)."""
+    if frames <= CONTEXT_FRAMES:
+        return [list(range(frames))]
+    offset = (WINDOW_SHIFT_PER_STEP * step) % CONTEXT_STRIDE
+    last_start = frames - CONTEXT_FRAMES
+    starts: list[int] = []
+    for candidate in range(offset - CONTEXT_STRIDE, frames, CONTEXT_STRIDE):
+        start = min(max(candidate, 0), last_start)
+        if not starts or starts[-1] != start:
+            starts.append(start)
+    return [list(range(start, start + CONTEXT_FRAMES)) for start in starts]
+
+
+def official_windows(frames: int, step: int) -> list[list[int]]:
+    """The official closed-loop "uniform" windows of one step, with wrap-around (spec §10.2.5–6)."""
+    if frames <= CONTEXT_FRAMES:
+        base = [list(range(frames))]
+    else:
+        base = [[(start + k) % frames for k in range(CONTEXT_FRAMES)] for start in range(0, frames, CONTEXT_STRIDE)]
+    shift = WINDOW_SHIFT_PER_STEP * step
+    return [[(index + shift) % frames for index in window] for window in base]
+
+
+# --------------------------------------------------------------------------------------------------
+# VAE and pose helpers
+
+
+@torch.no_grad()
+def encode_reference(vae, reference_image: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 (H, W, 3) → scaled VAE latent mean (1, 4, H/8, W/8), as the official pipeline does."""
+    pixels = torch.from_numpy(np.ascontiguousarray(reference_image)).to(device).permute(2, 0, 1).unsqueeze(0)
+    pixels = (pixels.float() / 255.0 * 2.0 - 1.0).to(dtype)
+    return vae.encode(pixels).latent_dist.mean * VAE_SCALING_FACTOR
+
+
+@torch.no_grad()
+def encode_poses(pose_encoder, pose_images: np.ndarray, device: torch.device, dtype: torch.dtype, chunk: int) -> torch.Tensor:
+    """uint8 (n, H, W, 3) → pose features (n, C0, H/8, W/8), `chunk` frames per encoder call."""
+    features = []
+    for begin in range(0, len(pose_images), chunk):
+        images = torch.from_numpy(np.ascontiguousarray(pose_images[begin : begin + chunk])).to(device)
+        images = (images.permute(0, 3, 1, 2).float() / 255.0).to(dtype)
+        features.append(pose_encoder(images))
+    return torch.cat(features)
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor, dtype: torch.dtype, batch: int) -> np.ndarray:
+    """Latents (1, 4, n, h, w) → uint8 frames (n, H, W, 3), `batch` frames per VAE call.
+
+    Pixel conversion follows the official code: (x/2 + 0.5).clamp(0, 1) in the model dtype, then
+    float32 × 255 truncated to uint8.
+    """
+    per_frame = latents[0].permute(1, 0, 2, 3)  # (n, 4, h, w)
+    frames = None
+    for begin in range(0, per_frame.shape[0], batch):
+        z = (per_frame[begin : begin + batch] / VAE_SCALING_FACTOR).to(dtype)
+        images = (vae.decode(z).sample / 2 + 0.5).clamp(0, 1)
+        images = (images.float() * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        if frames is None:
+            frames = np.empty((per_frame.shape[0], *images.shape[1:]), dtype=np.uint8)
+        frames[begin : begin + len(images)] = images
+    return frames
+
+
+# --------------------------------------------------------------------------------------------------
+# Denoising
+
+
+def _batched(items: Sequence, size: int) -> list[Sequence]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+@torch.no_grad()
+def denoise(
+    denoising_unet,
+    reference_kv,
+    latents: torch.Tensor,
+    frame_audio: torch.Tensor,
+    pose_features: torch.Tensor,
+    steps: int,
+    guidance: float,
+    reference_compatible: bool,
+    windows_per_batch: int,
+) -> torch.Tensor:
+    """Run the DDIM loop on float32 latents (1, 4, n, h, w); audio (n, 50, 384) and pose
+    features (n, C0, h, w) are in the model dtype. Returns the final latents (float32)."""
+    dtype = frame_audio.dtype
+    frames = latents.shape[2]
+    use_cfg = guidance > 1.0
+    branches = 2 if use_cfg else 1
+    scheduler = official_scheduler()
+    scheduler.set_timesteps(steps, device=latents.device)
+    schedule = official_windows if reference_compatible else segment_windows
+
+    for step, timestep in enumerate(scheduler.timesteps):
+        accumulated = torch.zeros((branches, *latents.shape[1:]), device=latents.device, dtype=torch.float32)
+        counter = torch.zeros((1, 1, frames, 1, 1), device=latents.device, dtype=torch.float32)
+        for group in _batched(schedule(frames, step), windows_per_batch):
+            index = torch.tensor(group, device=latents.device)  # (k, f)
+            sample = latents[0][:, index].permute(1, 0, 2, 3, 4).to(dtype)  # (k, 4, f, h, w)
+            audio = frame_audio[index]  # (k, f, 50, 384)
+            pose = pose_features[index].permute(0, 2, 1, 3, 4)  # (k, C0, f, h, w)
+            if use_cfg:
+                sample = torch.cat([sample, sample])
+                audio = torch.cat([torch.zeros_like(audio), audio])
+                pose = torch.cat([torch.zeros_like(pose), pose])
+            v = denoising_unet(sample, timestep, audio, pose, reference_kv, uncond_batch=len(group) if use_cfg else 0)
+            v = v.float().unflatten(0, (branches, len(group)))  # (branches, k, 4, f, h, w)
+            for slot, window in enumerate(group):
+                accumulated[:, :, window] += v[:, slot]
+                counter[:, :, window] += 1
+        v = accumulated / counter
+        if use_cfg:
+            v_uncond, v_cond = v.chunk(2)
+            v = v_uncond + guidance * (v_cond - v_uncond)
+        latents = scheduler.step(v, timestep, latents).prev_sample
+    return latents
+
+
+@torch.no_grad()
+def render_segment(
+    networks,
+    reference_image: np.ndarray,
+    frame_audio: np.ndarray,
+    pose_images: np.ndarray,
+    seed: int,
+    first_frame: int,
+    steps: int,
+    guidance: float,
+    *,
+    reference_compatible: bool = False,
+    initial_latents: torch.Tensor | None = None,
+    windows_per_batch: int = 4,
+    pose_batch: int = 12,
+    decode_batch: int = 8,
+) -> np.ndarray:
+    """Frames [first_frame, first_frame + n) → uint8 (n, H, W, 3). Inputs are assumed validated.
+
+    `networks` has `reference_unet`, `denoising_unet`, `pose_encoder` and `vae` on one device and
+    dtype. `initial_latents` (1, 4, n, H/8, W/8) replaces the drawn noise (for comparison runs).
+    Memory grows with n only: nothing here sees the rest of the clip.
+    """
+    parameter = next(networks.denoising_unet.parameters())
+    device, dtype = parameter.device, parameter.dtype
+    frames = len(frame_audio)
+    latent_height, latent_width = reference_image.shape[0] // VAE_DOWNSCALE, reference_image.shape[1] // VAE_DOWNSCALE
+
+    if initial_latents is not None:
+        latents = initial_latents.to(device=device, dtype=torch.float32)
+    elif reference_compatible:
+        latents = official_noise(seed, frames, latent_height, latent_width, dtype).to(device)
+    else:
+        latents = segment_noise(seed, first_frame, frames, latent_height, latent_width).to(device)
+
+    reference_latent = encode_reference(networks.vae, reference_image, device, dtype)
+    reference_kv = networks.denoising_unet.reference_kv(networks.reference_unet(reference_latent))
+    pose_features = encode_poses(networks.pose_encoder, pose_images, device, dtype, pose_batch)
+    audio = torch.from_numpy(np.ascontiguousarray(frame_audio)).to(device=device, dtype=dtype)
+
+    latents = denoise(
+        networks.denoising_unet, reference_kv, latents, audio, pose_features,
+        steps, guidance, reference_compatible, windows_per_batch,
+    )
+    del reference_kv, pose_features, audio
+    return decode_latents(networks.vae, latents, dtype, decode_batch)
