@@ -1,0 +1,165 @@
+"""cluster/: the deployment files parse and satisfy KubeRay's and the Ray cluster launcher's schemas, and
+the batch job runs on a real two-node Ray cluster (loopback), with rendering only on the GPU node and
+surviving the loss of that node."""
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jsonschema
+import psutil
+import pytest
+import typer.main
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER = REPO / "cluster"
+KUBERAY_CRD = Path(__file__).parent / "data" / "kuberay" / "ray.io_rayjobs.yaml.gz"
+RAY_BIN = Path(sys.executable).parent / "ray"
+
+
+# ---------------------------------------------------------------- the YAML files
+
+
+def load_yaml(name: str) -> dict:
+    return yaml.safe_load((CLUSTER / name).read_text())
+
+
+def strict(schema):
+    """A copy of a CRD schema that also rejects unknown fields, as `kubectl apply` (strict field
+    validation) does; plain JSON-schema validation would let a misspelt key through."""
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: strict(value) for key, value in schema.items()}
+    if ("properties" in schema and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    return out
+
+
+@pytest.fixture(scope="module")
+def rayjob_validator():
+    crd = yaml.safe_load(gzip.decompress(KUBERAY_CRD.read_bytes()))
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    schema = strict(version["schema"]["openAPIV3Schema"])
+    return jsonschema.Draft7Validator(schema)
+
+
+def schema_errors(validator, document) -> list[str]:
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)]
+
+
+def test_rayjob_matches_the_kuberay_crd(rayjob_validator):
+    rayjob = load_yaml("rayjob.yaml")
+    assert schema_errors(rayjob_validator, rayjob) == []
+
+    # The validator can fail: a misspelt field and a wrong type are both caught.
+    broken = copy.deepcopy(rayjob)
+    broken["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["rayStartParam"] = {"num-cpus": "1"}
+    broken["spec"]["rayClusterSpec"]["workerGroupSpecs"][1]["maxReplicas"] = "sixteen"
+    errors = schema_errors(rayjob_validator, broken)
+    assert any("rayStartParam'" in e for e in errors) and any("maxReplicas" in e for e in errors), errors
+
+
+def test_rayjob_has_cpu_and_gpu_groups_and_no_inline_secrets():
+    rayjob = load_yaml("rayjob.yaml")
+    assert rayjob["apiVersion"] == "ray.io/v1" and rayjob["kind"] == "RayJob"
+    assert rayjob["metadata"]["name"]
+    spec = rayjob["spec"]
+    cluster = spec["rayClusterSpec"]
+    assert cluster["headGroupSpec"]["template"]["spec"]["containers"]
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    assert set(groups) == {"cpu", "gpu"}
+    for group in groups.values():
+        assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], group["groupName"]
+        assert group["template"]["spec"]["containers"][0]["image"]
+    gpu_container = groups["gpu"]["template"]["spec"]["containers"][0]
+    assert gpu_container["resources"]["limits"]["nvidia.com/gpu"] == groups["gpu"]["rayStartParams"]["num-gpus"]
+    assert "nvidia.com/gpu" not in json.dumps(groups["cpu"])
+    # The head runs the driver only, so no pipeline actor competes with it.
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+
+    # Credentials come from a Secret, never as literal values in the manifest or the runtime env.
+    for container in [cluster["headGroupSpec"]["template"]["spec"]["containers"][0]] + [
+            g["template"]["spec"]["containers"][0] for g in groups.values()]:
+        assert container["envFrom"] == [{"secretRef": {"name": "echomimic2-s3"}}]
+        assert not any("value" in var for var in container.get("env", []))
+    assert "AWS_SECRET" not in spec["runtimeEnvYAML"]
+    # The job's env vars are the same as those `ray job submit --runtime-env` would use.
+    assert yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"] == load_yaml("runtime_env.yaml")["env_vars"]
+
+
+def parse_run_command(argv: list[str]) -> dict:
+    """Parse `cli.py run ...` arguments with the real CLI definition (without running it)."""
+    sys.path.insert(0, str(REPO))
+    try:
+        import cli
+    finally:
+        sys.path.remove(str(REPO))
+    run = typer.main.get_command(cli.app).commands["run"]
+    return run.make_context("run", list(argv)).params
+
+
+def test_rayjob_entrypoint_is_a_valid_run_command_on_object_storage():
+    argv = shlex.split(load_yaml("rayjob.yaml")["spec"]["entrypoint"])
+    assert argv[:3] == ["python", "/app/cli.py", "run"]
+    params = parse_run_command(argv[3:])
+    assert params["manifest"].startswith("s3://") and params["output"].startswith("s3://")
+    assert params["address"] == "auto"
+
+
+def test_ray_up_config_passes_the_cluster_launchers_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = load_yaml("aws.yaml")
+    # What `ray up` runs before touching the cloud: merge defaults, check docker, validate the schema
+    # shipped in the ray wheel (ray/autoscaler/ray-schema.json) and the node-type bounds.
+    validate_config(prepare_config(copy.deepcopy(config)))
+
+    assert config["cluster_name"] and config["provider"]["type"] == "aws" and config["provider"]["region"]
+    types = config["available_node_types"]
+    assert config["head_node_type"] in types
+    workers = {name: t for name, t in types.items() if name != config["head_node_type"]}
+    for name, node_type in workers.items():
+        assert node_type["node_config"]["InstanceType"], name
+        assert 0 <= node_type["min_workers"] <= node_type["max_workers"], name
+    gpu_types = [t for t in workers.values() if t["resources"].get("GPU", 0) > 0]
+    cpu_types = [t for t in workers.values() if not t["resources"].get("GPU")]
+    assert gpu_types and cpu_types
+    assert sum(t["max_workers"] for t in workers.values()) <= config["max_workers"]
+    assert types[config["head_node_type"]]["resources"] == {"CPU": 0}
+
+    broken = copy.deepcopy(config)
+    broken["available_node_types"]["gpu_worker"]["min_worker"] = 1
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(prepare_config(broken))
+
+
+def test_dockerfile_copies_existing_paths_and_installs_cuda_torch_and_ffmpeg():
+    lines = (CLUSTER / "Dockerfile").read_text().splitlines()
+    copied = [part for line in lines if line.startswith("COPY ") for part in line.split()[1:-1]]
+    missing = [path for path in copied if not (REPO / path).exists()]
+    assert copied and not missing, missing
+    text = "\n".join(lines)
+    assert "download.pytorch.org/whl/cu" in text and "torch.version.cuda" in text
+    assert "ffmpeg" in text
+
+
+def test_runtime_env_is_accepted_by_ray():
+    from ray.runtime_env import RuntimeEnv
+
+    runtime_env = load_yaml("runtime_env.yaml")
+    RuntimeEnv(**runtime_env)  # raises on unknown or malformed fields
+    assert runtime_env["env_vars"]["HF_HUB_OFFLINE"] == "1"
+    assert not any("SECRET" in key or "TOKEN" in key for key in runtime_env["env_vars"])
