@@ -163,3 +163,140 @@ def test_runtime_env_is_accepted_by_ray():
     RuntimeEnv(**runtime_env)  # raises on unknown or malformed fields
     assert runtime_env["env_vars"]["HF_HUB_OFFLINE"] == "1"
     assert not any("SECRET" in key or "TOKEN" in key for key in runtime_env["env_vars"])
+
+
+# ---------------------------------------------------------------- a two-node cluster on loopback
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LoopbackRayCluster:
+    """A CPU-only head and a worker with 2 logical GPUs and a `gpu_node` resource, both on 127.0.0.2.
+
+    Each node is one `ray start --block` process of ours: terminating it stops exactly that node's Ray
+    processes (plain `ray stop` would stop every Ray on the machine, other people's too). Every port is
+    chosen free, so this runs beside other Ray instances. Node processes get the environment the test
+    has (S3 endpoint, credentials), as a real node gets its own: workers inherit it from the raylet.
+    """
+
+    IP = "127.0.0.2"
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.address = f"{self.IP}:{self.port}"
+        # Auth mode is fixed for every process (nodes, drivers): mixing modes breaks connections.
+        self.env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+        self.env.pop("RAY_ADDRESS", None)
+        self.head: subprocess.Popen | None = None
+        self.gpu_node: subprocess.Popen | None = None
+
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        ports = [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+                 f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                 f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+        temp_dir = self.root / name  # per node, short: Ray's socket paths must stay under 108 bytes
+        log = open(self.root / f"{name}.log", "ab")
+        return subprocess.Popen(
+            [str(RAY_BIN), "start", "--block", f"--node-ip-address={self.IP}", f"--temp-dir={temp_dir}",
+             "--object-store-memory=100000000", "--disable-usage-stats", *ports, *args],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def start(self) -> None:
+        self.head = self._start("head", [
+            "--head", f"--port={self.port}", f"--ray-client-server-port={free_port()}",
+            "--include-dashboard=false", f"--dashboard-port={free_port()}", "--num-cpus=1", "--num-gpus=0"])
+        self._wait(lambda: self._port_open(self.port), "the head's GCS port")
+        self.start_gpu_node()
+
+    def start_gpu_node(self) -> None:
+        self.gpu_node = self._start("gpu", [
+            f"--address={self.address}", "--num-cpus=1", "--num-gpus=2", '--resources={"gpu_node": 1}'])
+        self._wait(lambda: self.alive_nodes() == 2, "two alive nodes")
+
+    def lose_gpu_node(self) -> None:
+        """Node loss: its raylet dies without warning (SIGKILL); `ray start --block` then stops the rest."""
+        node = psutil.Process(self.gpu_node.pid)
+        raylets = [p for p in node.children(recursive=True) if p.name() == "raylet"]
+        assert raylets, "the GPU node has no raylet"
+        for raylet in raylets:
+            raylet.kill()
+        self.gpu_node.wait(60)
+        self.gpu_node = None
+        self._wait(lambda: self.alive_nodes() == 1, "the head to notice the lost node")
+
+    def alive_nodes(self) -> int:
+        return sum(node["Alive"] for node in self.nodes())
+
+    def nodes(self) -> list[dict]:
+        """`ray.nodes()` as seen from a separate driver, so this test process never joins the cluster."""
+        out = subprocess.run(
+            [sys.executable, "-c", "import json, ray; ray.init(address=%r, logging_level='ERROR'); "
+             "print(json.dumps([dict(NodeID=n['NodeID'], Alive=n['Alive'], Resources=n['Resources']) "
+             "for n in ray.nodes()]))" % self.address],
+            env=self.env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def gpu_node_id(self) -> str:
+        return next(n["NodeID"] for n in self.nodes() if n["Alive"] and n["Resources"].get("gpu_node"))
+
+    def stop(self) -> None:
+        for node in (self.gpu_node, self.head):
+            if node is not None and node.poll() is None:
+                node.terminate()
+        for node in (self.gpu_node, self.head):
+            if node is None:
+                continue
+            try:
+                node.wait(60)
+            except subprocess.TimeoutExpired:  # its children are ours alone: stop them by pid
+                for child in psutil.Process(node.pid).children(recursive=True):
+                    child.kill()
+                node.kill()
+                node.wait(10)
+
+    def _port_open(self, port: int) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex((self.IP, port)) == 0
+
+    def _wait(self, condition, what: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, node in (("head", self.head), ("gpu", self.gpu_node)):
+                if node is not None and node.poll() is not None:
+                    raise RuntimeError(f"ray start ({name}) exited with {node.returncode}; see {self.root}/{name}.log")
+            if condition():
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"waited {timeout} s for {what}; logs in {self.root}")
+
+
+@pytest.fixture(scope="module")
+def loopback_cluster(s3_endpoint):
+    with tempfile.TemporaryDirectory(prefix="rc", dir="/tmp") as root:
+        cluster = LoopbackRayCluster(Path(root))
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+def run_on_cluster(cluster: LoopbackRayCluster, code: str) -> str:
+    """Run a driver script against the cluster in its own process; return its last stdout line."""
+    out = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address={cluster.address!r}); " + code],
+                         env=cluster.env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_gpu_work_can_only_land_on_the_gpu_node(loopback_cluster):
+    placed = run_on_cluster(loopback_cluster, (
+        "f = ray.remote(num_gpus=1, num_cpus=0)(lambda: ray.get_runtime_context().get_node_id()); "
+        "print(sorted(set(ray.get([f.remote() for _ in range(4)]))))"))
+    assert placed == str([loopback_cluster.gpu_node_id()])
