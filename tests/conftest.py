@@ -6,3 +6,43 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".tmp" / "numba"))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import logging
+import uuid
+
+import pytest
+
+# A distinctive secret: tests assert its value never shows up in messages, results or logs.
+S3_SECRET = "S3cr3t-" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API server on loopback (moto's server mode), with credentials in the environment the
+    way a user supplies them. Environment stays set for the session (Ray workers inherit it)."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("AWS_ENDPOINT_URL", endpoint)
+        yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint):
+    """A fresh, empty bucket: ``s3://<name>``."""
+    import fsspec
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    fs = fsspec.filesystem("s3")
+    fs.mkdir(name)
+    yield f"s3://{name}"
+    fs.rm(name, recursive=True)

@@ -1,0 +1,339 @@
+"""The manifest: one row per clip (schema in manifests/SCHEMA.md). Reading, schema checks, and input
+checks that read headers rather than whole files, so `validate` is cheap and refuses hostile rows
+(decompression bombs, hours of audio, million-file pose folders) before anything decodes them."""
+from __future__ import annotations
+
+import io
+import math
+import posixpath
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import storage
+from pipeline.storage import InputError
+
+DEFAULT_FPS = 24.0  # the official model's frame rate
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
+MAX_CLIP_ID_LEN = 128
+CHECK_THREADS = 8  # input checks are I/O-bound (object-store round trips)
+
+REQUIRED_COLUMNS = ("clip_id", "image", "audio")
+OPTIONAL_COLUMNS = ("pose", "seed", "steps", "guidance", "fps", "width", "height")
+_CLIP_ID = re.compile(r"^[A-Za-z0-9._-]+$")
+_POSE_FRAME = re.compile(r"^(0|[1-9][0-9]*)\.npy$")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_audio_seconds: float = 600.0
+    max_image_pixels: int = 40_000_000
+    min_image_side: int = 64
+    max_pose_frames: int = 20_000
+    max_audio_bytes: int = 200 * 1024 * 1024
+    max_image_bytes: int = 50 * 1024 * 1024
+    max_pose_file_bytes: int = 1024 * 1024
+    max_pose_npz_bytes: int = 200 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    row: int  # 0-based position in the manifest
+    clip_id: str
+    image: str  # resolved URI
+    audio: str
+    pose: str | None = None  # folder of N.npy, or one .npz; None = built-in default poses
+    seed: int | None = None  # None: the job's default
+    steps: int | None = None  # None: the preset's
+    guidance: float | None = None
+    fps: float = DEFAULT_FPS
+    width: int | None = None  # None: the preset's
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    row: int | None  # None: the manifest as a whole
+    clip_id: str | None
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        if self.row is None:
+            return f"manifest: {self.field}: {self.reason}"
+        clip = f" (clip {self.clip_id!r})" if self.clip_id is not None else ""
+        return f"row {self.row}{clip}: {self.field}: {self.reason}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading and schema
+
+
+def manifest_dir(uri: str) -> str:
+    """The folder relative paths in a manifest resolve against."""
+    if storage.is_local(uri):
+        return str(storage.local_path(uri).expanduser().resolve().parent)
+    return uri.rsplit("/", 1)[0]
+
+
+def read_manifest(uri: str) -> pd.DataFrame:
+    """The manifest as a DataFrame; ``df.attrs["base_uri"]`` is its folder (for relative paths)."""
+    data = storage.read_bytes(uri, max_bytes=MAX_MANIFEST_BYTES)
+    try:
+        df = pd.read_parquet(io.BytesIO(data))
+    except Exception as exc:
+        raise InputError(f"not a readable Parquet file: {storage.describe_error(exc)}") from None
+    df.attrs["base_uri"] = manifest_dir(uri)
+    return df
+
+
+def check_clip_id(clip_id) -> str | None:
+    """Why ``clip_id`` is not safe as a file name on every store, or None."""
+    if not isinstance(clip_id, str):
+        return f"must be a string, got {type(clip_id).__name__}"
+    if not 1 <= len(clip_id) <= MAX_CLIP_ID_LEN:
+        return f"must be 1..{MAX_CLIP_ID_LEN} characters, got {len(clip_id)}"
+    if not _CLIP_ID.match(clip_id):
+        bad = sorted({c for c in clip_id if not re.match(r"[A-Za-z0-9._-]", c)})
+        return f"may contain only A-Z a-z 0-9 . _ - (found {', '.join(repr(c) for c in bad)})"
+    if clip_id.startswith("."):
+        return "must not start with '.'"
+    if ".." in clip_id:
+        return "must not contain '..'"
+    return None
+
+
+def _is_missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _as_int(value, low: int, high: int | None, multiple: int = 1) -> int:
+    """An integer in [low, high] (integral floats accepted: Parquet turns int columns with nulls into
+    floats); ValueError with the reason otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"must be an integer, got {type(value).__name__} {value!r}")
+    if not float(value).is_integer():
+        raise ValueError(f"must be an integer, got {value!r}")
+    number = int(value)
+    if number < low or (high is not None and number > high):
+        raise ValueError(f"must be in {low}..{high if high is not None else 'inf'}, got {number}")
+    if number % multiple:
+        raise ValueError(f"must be a multiple of {multiple}, got {number}")
+    return number
+
+
+def _as_float(value, low: float, high: float | None) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"must be a number, got {type(value).__name__} {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < low or (high is not None and number > high):
+        allowed = f"in {low:g}..{high:g}" if high is not None else f"≥ {low:g}"
+        raise ValueError(f"must be {allowed}, got {number:g}")
+    return number
+
+
+_OVERRIDES = {
+    "seed": lambda v: _as_int(v, 0, 2**63 - 1),
+    "steps": lambda v: _as_int(v, 1, 200),
+    "guidance": lambda v: _as_float(v, 0.0, None),
+    "fps": lambda v: _as_float(v, 1.0, 60.0),
+    "width": lambda v: _as_int(v, 64, 2048, 64),
+    "height": lambda v: _as_int(v, 64, 2048, 64),
+}
+
+
+def resolve_path(value: str, base_uri: str | None) -> str:
+    """A manifest path: URLs and absolute paths as they are, relative paths against the manifest's
+    folder (local ``..`` and symlinks are settled later by storage.check_uri)."""
+    if (storage.scheme_of(value) != "file" or value.startswith("file://") or base_uri is None
+            or Path(value).expanduser().is_absolute()):
+        return value
+    if storage.is_local(base_uri):
+        return str(Path(base_uri) / value)
+    scheme, rest = base_uri.split("://", 1)
+    joined = posixpath.normpath(f"{rest}/{value}")
+    if joined.startswith(".."):
+        raise InputError(f"{value!r} climbs above the top of {base_uri}")
+    return f"{scheme}://{joined}"
+
+
+def parse_manifest(df: pd.DataFrame, *, base_uri: str | None = None) -> tuple[list[ClipSpec], list[Problem]]:
+    """Schema and per-row field checks. Returns the rows that passed and one Problem per issue.
+    ``base_uri`` (default ``df.attrs["base_uri"]``, set by read_manifest) anchors relative paths.
+    clip_ids are compared ignoring case; the first row keeps the id, later ones are refused."""
+    base_uri = base_uri if base_uri is not None else df.attrs.get("base_uri")
+    problems: list[Problem] = []
+    for column in df.columns:
+        if column not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
+            problems.append(Problem(None, None, f"column {column!r}",
+                                    f"unknown column (allowed: {', '.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)})"))
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    for column in missing:
+        problems.append(Problem(None, None, f"column {column!r}", "required column is missing"))
+    if problems:
+        return [], problems
+
+    specs: list[ClipSpec] = []
+    first_row_of: dict[str, tuple[int, str]] = {}
+    for row, record in enumerate(df.to_dict("records")):
+        clip_id = record["clip_id"]
+        shown_id = clip_id if isinstance(clip_id, str) else None
+        row_problems = []
+
+        reason = check_clip_id(clip_id)
+        if reason is None:
+            earlier = first_row_of.setdefault(clip_id.lower(), (row, clip_id))
+            if earlier[0] != row:
+                same = "" if earlier[1] == clip_id else f" {earlier[1]!r} (ids are compared ignoring case)"
+                reason = f"duplicate of row {earlier[0]}{same}"
+        if reason is not None:
+            row_problems.append(Problem(row, shown_id, "clip_id", reason))
+
+        paths = {}
+        for field in ("image", "audio", "pose"):
+            value = record.get(field)
+            if field == "pose" and _is_missing(value):
+                paths[field] = None
+            elif not isinstance(value, str) or not value.strip():
+                got = "nothing" if _is_missing(value) else f"{type(value).__name__} {value!r}"
+                row_problems.append(Problem(row, shown_id, field, f"must be a path or URL, got {got}"))
+            else:
+                try:
+                    paths[field] = resolve_path(value, base_uri)
+                except InputError as exc:
+                    row_problems.append(Problem(row, shown_id, field, str(exc)))
+
+        overrides = {}
+        for field, convert in _OVERRIDES.items():
+            value = record.get(field)
+            if _is_missing(value):
+                continue
+            try:
+                overrides[field] = convert(value)
+            except ValueError as exc:
+                row_problems.append(Problem(row, shown_id, field, str(exc)))
+
+        if row_problems:
+            problems += row_problems
+        else:
+            specs.append(ClipSpec(row=row, clip_id=clip_id, image=paths["image"], audio=paths["audio"],
+                                  pose=paths["pose"], **overrides))
+    return specs, problems
+
+
+# ---------------------------------------------------------------------------------------------------
+# Input checks (headers, sizes, counts)
+
+
+def list_pose_files(uri: str, limits: Limits) -> list[str]:
+    """The pose frames of a clip, in frame order: ``[uri]`` for one ``.npz`` file, else the folder's
+    ``0.npy, 1.npy, …`` (numbered from 0 without gaps; dot-files ignored, anything else refused).
+    A folder with more than ``limits.max_pose_frames`` entries is refused without listing the rest."""
+    if uri.rstrip("/").lower().endswith(".npz"):
+        return [uri]
+    files = storage.list_files(uri, max_entries=limits.max_pose_frames)
+    frames = {}
+    for file_uri in files:
+        name = file_uri.rsplit("/", 1)[-1]
+        if name.startswith("."):
+            continue
+        if not _POSE_FRAME.match(name):
+            raise InputError(f"unexpected file {name!r} in the pose folder (expected 0.npy, 1.npy, …)")
+        frames[int(name[:-4])] = file_uri
+    if not frames:
+        raise InputError("pose folder holds no frames (expected 0.npy, 1.npy, …)")
+    gaps = sorted(set(range(len(frames))) - frames.keys())
+    if gaps:
+        raise InputError(f"pose frames must be numbered 0..{len(frames) - 1} without gaps; {gaps[0]}.npy is missing")
+    return [frames[i] for i in range(len(frames))]
+
+
+def _check_image(uri: str, limits: Limits) -> None:
+    from pipeline.media import image_size
+
+    n = storage.size(uri)
+    if n > limits.max_image_bytes:
+        raise InputError(f"file is {n} bytes, over the limit of {limits.max_image_bytes}")
+    with storage.open_input(uri) as f:
+        image_size(f, limits)
+
+
+def _check_audio(uri: str, limits: Limits) -> None:
+    from pipeline.media import audio_duration_seconds
+
+    n = storage.size(uri)
+    if n > limits.max_audio_bytes:
+        raise InputError(f"file is {n} bytes, over the limit of {limits.max_audio_bytes}")
+    if n == 0:
+        raise InputError("file is empty")
+    with storage.open_input(uri) as f:
+        seconds = audio_duration_seconds(f, uri.rsplit("/", 1)[-1])
+    if seconds <= 0:
+        raise InputError("audio has no samples")
+    if seconds > limits.max_audio_seconds:
+        raise InputError(f"audio is {seconds:.1f} s long, over the limit of {limits.max_audio_seconds:g} s")
+
+
+def _check_pose(uri: str, limits: Limits) -> None:
+    files = list_pose_files(uri, limits)  # counted before anything is read
+    from echomimic2.pose import load_pose_npz, read_pose_npy
+
+    if len(files) == 1 and files[0] == uri:
+        poses = load_pose_npz(storage.read_bytes(uri, max_bytes=limits.max_pose_npz_bytes))
+        if not 0 < len(poses) <= limits.max_pose_frames:
+            raise InputError(f"pose file holds {len(poses)} frames (allowed 1..{limits.max_pose_frames})")
+        return
+    for file_uri in files:
+        name = file_uri.rsplit("/", 1)[-1]
+        try:
+            read_pose_npy(storage.read_bytes(file_uri, max_bytes=limits.max_pose_file_bytes), name=name)
+        except InputError as exc:
+            raise InputError(f"{name}: {exc}") from None
+
+
+def check_clip_inputs(spec: ClipSpec, limits: Limits = Limits(), *, allow_http: bool = False,
+                      input_root: Path | str | None = None) -> list[Problem]:
+    """One Problem per input of ``spec`` that is refused: bad URI, missing/unreadable file, over a limit
+    (checked from sizes and headers, before any decoding), undecodable or empty audio, bad pose frames."""
+    problems = []
+    checks = (("image", spec.image, _check_image), ("audio", spec.audio, _check_audio),
+              ("pose", spec.pose, _check_pose))
+    for field, uri, check in checks:
+        if uri is None:
+            continue
+        try:
+            check(storage.check_uri(uri, allow_http=allow_http, input_root=input_root), limits)
+        except FileNotFoundError:
+            problems.append(Problem(spec.row, spec.clip_id, field, f"not found: {storage.redact(uri)}"))
+        except InputError as exc:
+            problems.append(Problem(spec.row, spec.clip_id, field, storage.redact(str(exc))))
+        except Exception as exc:  # any reader failure on a hostile file is this row's problem, nothing more
+            problems.append(Problem(spec.row, spec.clip_id, field,
+                                    f"cannot read {storage.redact(uri)}: {storage.describe_error(exc)}"))
+    return problems
+
+
+def validate_manifest(uri: str, limits: Limits = Limits(), *, allow_http: bool = False,
+                      input_root: Path | str | None = None) -> tuple[list[ClipSpec], list[Problem]]:
+    """Every check short of decoding: schema, fields, ids, then each row's inputs (in threads).
+    Returns the rows with no problem, and all problems in row order (manifest-level ones first)."""
+    try:
+        df = read_manifest(storage.check_uri(uri, allow_http=allow_http))
+    except FileNotFoundError:
+        return [], [Problem(None, None, "file", f"not found: {storage.redact(uri)}")]
+    except InputError as exc:
+        return [], [Problem(None, None, "file", storage.redact(str(exc)))]
+    specs, problems = parse_manifest(df)
+    with ThreadPoolExecutor(CHECK_THREADS) as pool:
+        input_problems = list(pool.map(
+            lambda spec: check_clip_inputs(spec, limits, allow_http=allow_http, input_root=input_root), specs))
+    bad_rows = set()
+    for found in input_problems:
+        problems += found
+        bad_rows.update(p.row for p in found)
+    problems.sort(key=lambda p: -1 if p.row is None else p.row)
+    return [s for s in specs if s.row not in bad_rows], problems

@@ -1,0 +1,156 @@
+"""Decoding the reference image and the audio of a row, with every limit checked from the header first.
+
+Images: PIL reads the size from the header; anything over the pixel limit is refused before a pixel is
+decoded. Audio: soundfile reads WAV/FLAC/OGG/MP3 headers (duration without decoding) and librosa decodes
+and resamples them; other containers (m4a, aac, wma, ...) go through the ffmpeg binary, whose header
+report gives the duration and whose decode is bounded by the duration limit.
+"""
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import BinaryIO
+
+import imageio_ffmpeg
+import librosa
+import numpy as np
+import soundfile as sf
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.manifest import Limits
+from pipeline.storage import InputError, describe_error
+
+SAMPLE_RATE = 16_000
+FFMPEG = shutil.which("ffmpeg") or imageio_ffmpeg.get_ffmpeg_exe()
+_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+# _open_image refuses over-limit sizes itself, with the row's reason; PIL's warning would only be noise.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Images
+
+
+def _open_image(source: BinaryIO, limits: Limits) -> Image.Image:
+    """The image with only its header read; refused when over the pixel limit or under the side limit."""
+    Image.MAX_IMAGE_PIXELS = limits.max_image_pixels  # PIL's own bomb guard, at our limit
+    try:
+        image = Image.open(source)
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"image is over the limit of {limits.max_image_pixels} pixels "
+                         f"(decompression bomb guard): {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"not a readable image: {describe_error(exc)}") from None
+    width, height = image.size
+    if width * height > limits.max_image_pixels:
+        raise InputError(f"image is {width}x{height} = {width * height} pixels, "
+                         f"over the limit of {limits.max_image_pixels}")
+    if min(width, height) < limits.min_image_side:
+        raise InputError(f"image is {width}x{height}, under the minimum of {limits.min_image_side} "
+                         f"pixels on a side")
+    return image
+
+
+def image_size(source: BinaryIO | bytes, limits: Limits) -> tuple[int, int]:
+    """(width, height) from the header, after the size checks; nothing is decoded."""
+    return _open_image(io.BytesIO(source) if isinstance(source, bytes) else source, limits).size
+
+
+def load_reference_image(data: bytes, width: int, height: int, limits: Limits, name: str) -> np.ndarray:
+    """uint8 (height, width, 3) RGB: EXIF orientation applied, transparency over white, centre-cropped
+    to the target aspect ratio, then resized with bicubic filtering."""
+    try:
+        image = ImageOps.exif_transpose(_open_image(io.BytesIO(data), limits))
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+        fitted = ImageOps.fit(image.convert("RGB"), (width, height), method=Image.Resampling.BICUBIC)
+    except InputError as exc:
+        raise InputError(f"{name}: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated / corrupt pixel data
+        raise InputError(f"{name}: cannot decode image: {describe_error(exc)}") from None
+    return np.array(fitted, dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Audio
+
+
+def _ffmpeg_duration(path: str) -> float:
+    """Duration from ffmpeg's header report (``ffmpeg -i``); InputError when there is no audio stream."""
+    report = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", "-i", path], capture_output=True,
+                            text=True, errors="replace", timeout=60).stderr
+    match = _DURATION.search(report)
+    if " Audio: " not in report or not match:
+        last = [line.strip() for line in report.splitlines() if line.strip()]
+        raise InputError(f"not a decodable audio file ({last[-1].replace(path, '<file>') if last else 'no audio'})")
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def _temp_copy(data: bytes, name: str) -> tempfile._TemporaryFileWrapper:
+    suffix = Path(name).suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", Path(name).suffix) else ""
+    tmp = tempfile.NamedTemporaryFile(suffix=suffix)
+    tmp.write(data)
+    tmp.flush()
+    return tmp
+
+
+def _soundfile_duration(source: BinaryIO) -> float | None:
+    """Duration from a soundfile-readable header, or None when soundfile does not know the format."""
+    try:
+        info = sf.info(source)
+    except (sf.LibsndfileError, RuntimeError):
+        return None
+    finally:
+        source.seek(0)
+    return info.frames / info.samplerate if info.samplerate else 0.0
+
+
+def audio_duration_seconds(source: bytes | BinaryIO, name: str) -> float:
+    """Duration in seconds from the file's header (soundfile formats), else from ffmpeg's header report.
+    ``source`` may be bytes or a seekable binary file (only the header is read for soundfile formats)."""
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    seconds = _soundfile_duration(stream)
+    if seconds is not None:
+        return seconds
+    with _temp_copy(stream.read(), name) as tmp:
+        return _ffmpeg_duration(tmp.name)
+
+
+def decode_audio(data: bytes, limits: Limits, name: str) -> np.ndarray:
+    """float32 mono at 16 kHz. The duration limit is checked from the header before decoding, and the
+    decode itself stops just past the limit, so a lying header cannot make it run long."""
+    try:
+        if not data:
+            raise InputError("file is empty")
+        seconds = audio_duration_seconds(data, name)
+        if seconds > limits.max_audio_seconds:
+            raise InputError(f"audio is {seconds:.1f} s long, over the limit of {limits.max_audio_seconds:g} s")
+        bound = limits.max_audio_seconds + 1.0
+        if _soundfile_duration(io.BytesIO(data)) is not None:
+            wave, _ = librosa.load(io.BytesIO(data), sr=SAMPLE_RATE, mono=True, duration=bound)
+        else:
+            # librosa's own fallback (audioread) needs an `ffmpeg` on PATH; the resolved binary also
+            # covers pip-only installs.
+            with _temp_copy(data, name) as tmp:
+                decoded = subprocess.run(
+                    [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-t", f"{bound}", "-i", tmp.name,
+                     "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"],
+                    capture_output=True, timeout=600)
+            if decoded.returncode != 0:
+                raise InputError(f"cannot decode audio: {decoded.stderr.decode(errors='replace').strip()[-300:]}")
+            wave = np.frombuffer(decoded.stdout, dtype=np.float32)
+    except InputError as exc:
+        raise InputError(f"{name}: {exc}") from None
+    except Exception as exc:  # a hostile file fails its own row, with the decoder's reason
+        raise InputError(f"{name}: cannot decode audio: {describe_error(exc)}") from None
+    if wave.size == 0:
+        raise InputError(f"{name}: audio has no samples")
+    if wave.size > limits.max_audio_seconds * SAMPLE_RATE:
+        raise InputError(f"{name}: audio is over the limit of {limits.max_audio_seconds:g} s")
+    return np.ascontiguousarray(wave, dtype=np.float32)

@@ -1,0 +1,290 @@
+"""Every byte the batch factory reads or writes goes through here: fsspec URLs with an explicit scheme
+allow-list, size checks before reads, retries with backoff on transient errors, atomic writes, and
+redaction of secrets from any text that may reach a log, a result row or an error message.
+
+Credentials come only from the environment (AWS_*, GOOGLE_*, AZURE_*) or fsspec's own configuration
+(``~/.config/fsspec``, ``FSSPEC_<PROTOCOL>_<KWARG>`` variables); nothing here takes keys as arguments.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+ALLOWED_SCHEMES = ("file", "s3", "gs", "az", "memory")
+HTTP_SCHEMES = ("http", "https")
+
+T = TypeVar("T")
+
+RETRY_BASE_DELAY_S = 0.2  # doubled per attempt, with jitter
+
+
+class InputError(ValueError):
+    """A refused input: the message names the problem (and the field where the caller knows it)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Secrets
+
+
+_SECRET_ENV_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|SESSION|_KEY|SAS|CONNECTION_STRING", re.I)
+_SECRET_CONFIG_KEY = re.compile(r"secret|token|password|key|sas|credential|connection_string", re.I)
+_SECRET_PATTERNS = (
+    re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+(?=@)"),  # user:password@ in URLs
+    re.compile(r"(?i)((?:x-amz-signature|x-amz-security-token|x-amz-credential|signature|sig|token|"
+               r"access_token|key|sas)=)[^&\s\"']+"),  # signed-URL / SAS query parameters
+    re.compile(r"(?i)(AccountKey=|SharedAccessSignature=)[^;\s\"']+"),  # Azure connection strings
+)
+_MIN_SECRET_LEN = 4  # shorter values would redact ordinary words and digits
+
+
+def _secret_values() -> list[str]:
+    values = [v for k, v in os.environ.items() if _SECRET_ENV_NAME.search(k)]
+    for options in fsspec.config.conf.values():
+        if isinstance(options, dict):
+            values += [str(v) for k, v in options.items() if _SECRET_CONFIG_KEY.search(k) and v]
+    return sorted({v for v in values if len(v) >= _MIN_SECRET_LEN}, key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret value found in the environment / fsspec config replaced by ``***``,
+    and URL passwords, signatures and tokens masked."""
+    text = str(text)
+    for value in _secret_values():
+        text = text.replace(value, "***")
+    text = _SECRET_PATTERNS[0].sub("***", text)
+    for pattern in _SECRET_PATTERNS[1:]:
+        text = pattern.sub(lambda m: m.group(1) + "***", text)
+    return text
+
+
+def describe_error(exc: BaseException) -> str:
+    """One redacted line for an exception: its type and message."""
+    message = str(exc).strip() or type(exc).__name__
+    return redact(f"{type(exc).__name__}: {message}" if not isinstance(exc, InputError) else message)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Retries
+
+
+_TRANSIENT_NAMES = {
+    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+    "ClientConnectionError", "ClientConnectorError", "ServerDisconnectedError", "ClientPayloadError",
+    "ServerTimeoutError", "IncompleteReadError", "ResponseStreamingError",
+}
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+                    "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequests"}
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Connection failures, timeouts, HTTP 5xx/429 and throttling, anywhere in the exception chain."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (FileNotFoundError, PermissionError, InputError)):
+            return False
+        if isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__name__ in _TRANSIENT_NAMES:
+            return True
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if status >= 500 or status == 429 or response.get("Error", {}).get("Code") in _TRANSIENT_CODES:
+                return True
+        status = getattr(exc, "status", None) or getattr(exc, "code", None)  # aiohttp / gcsfs
+        if isinstance(status, int) and (status >= 500 or status == 429):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def with_retries(fn: Callable[..., T], *args, attempts: int = 5, **kwargs) -> T:
+    """``fn(*args, **kwargs)``, retried with exponential backoff while it fails transiently."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if attempt == attempts - 1 or not _is_transient(exc):
+                raise
+            time.sleep(RETRY_BASE_DELAY_S * 2**attempt * (1 + random.random()))
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------------------------------
+# URIs
+
+
+def scheme_of(uri: str) -> str:
+    """``file`` for local paths (``/x``, ``x/y``, ``file:///x``), else the URL scheme, lower-cased."""
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", uri)
+    return match.group(1).lower() if match else "file"
+
+
+def is_local(uri: str) -> bool:
+    return scheme_of(uri) == "file"
+
+
+def local_path(uri: str) -> Path:
+    return Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+
+
+def check_uri(uri: str, *, allow_http: bool = False, input_root: Path | str | None = None) -> str:
+    """The normalised URI (local paths: absolute, symlinks resolved), or InputError naming the reason.
+
+    Refuses schemes outside ALLOWED_SCHEMES (http/https only with ``allow_http``) and, when
+    ``input_root`` is given, local paths whose real location (after symlinks) is outside it.
+    ``input_root`` confines local paths only; remote URLs are governed by the scheme allow-list.
+    """
+    if not isinstance(uri, str) or not uri.strip():
+        raise InputError("empty path")
+    if "\0" in uri:
+        raise InputError("path contains a NUL character")
+    scheme = scheme_of(uri)
+    if scheme in HTTP_SCHEMES:
+        if not allow_http:
+            raise InputError(f"{scheme}:// inputs are refused unless --allow-http is given: {redact(uri)}")
+        return uri
+    if scheme not in ALLOWED_SCHEMES:
+        raise InputError(f"URI scheme '{scheme}' is not allowed (allowed: {', '.join(ALLOWED_SCHEMES)}; "
+                         f"http(s) with --allow-http)")
+    if scheme != "file":
+        return uri
+    resolved = local_path(uri).expanduser().resolve()
+    if input_root is not None:
+        root = Path(input_root).expanduser().resolve()
+        if not resolved.is_relative_to(root):
+            raise InputError(f"{uri} resolves to {resolved}, outside the input root {root}")
+    return str(resolved)
+
+
+def url_to_fs(uri: str):
+    """(filesystem, path inside it) for a URI; credentials from env / fsspec config only."""
+    return fsspec.core.url_to_fs(uri)
+
+
+def join(root: str, *parts: str) -> str:
+    """``root/part/...``; every part must be a plain relative name (no '', '.', '..', NUL, leading '/')."""
+    for part in parts:
+        pieces = str(part).split("/")
+        if str(part).startswith("/") or "\0" in str(part) or any(p in ("", ".", "..") for p in pieces):
+            raise ValueError(f"unsafe path part {part!r}")
+    if is_local(root):
+        return str(local_path(root).joinpath(*parts))
+    return "/".join([root.rstrip("/"), *parts])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reads
+
+
+def size(uri: str) -> int:
+    fs, path = url_to_fs(uri)
+    return int(with_retries(fs.size, path))
+
+
+def exists(uri: str) -> bool:
+    fs, path = url_to_fs(uri)
+    return bool(with_retries(fs.exists, path))
+
+
+def read_bytes(uri: str, *, max_bytes: int) -> bytes:
+    """The whole file; refused before reading when its size is over ``max_bytes``."""
+    fs, path = url_to_fs(uri)
+    n = int(with_retries(fs.size, path))
+    if n > max_bytes:
+        raise InputError(f"file is {n} bytes, over the limit of {max_bytes}")
+    data = with_retries(fs.cat_file, path)
+    if len(data) > max_bytes:  # changed since the size check
+        raise InputError(f"file is {len(data)} bytes, over the limit of {max_bytes}")
+    return data
+
+
+@contextmanager
+def open_input(uri: str) -> Iterator:
+    """A binary file object for streaming reads (headers, chunks)."""
+    fs, path = url_to_fs(uri)
+    with with_retries(fs.open, path, "rb") as f:
+        yield f
+
+
+def list_files(uri: str, *, max_entries: int) -> list[str]:
+    """URIs of the files directly inside the folder ``uri``, sorted by name. InputError if it holds more
+    than ``max_entries`` entries: local folders and S3 stop listing there, without reading the rest."""
+    fs, path = url_to_fs(uri)
+    if isinstance(fs, LocalFileSystem):
+        names = []
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if len(names) == max_entries:
+                    raise InputError(f"folder holds more than {max_entries} entries")
+                if entry.is_file():
+                    names.append(entry.name)
+        return [join(uri, name) for name in sorted(names)]
+    if type(fs).__name__ == "S3FileSystem":
+        from fsspec.asyn import sync
+
+        entries = with_retries(sync, fs.loop, fs._lsdir, path, refresh=True, max_items=max_entries + 1)
+        if len(entries) > max_entries:
+            fs.invalidate_cache(path)  # s3fs caches the truncated listing as if complete
+            raise InputError(f"folder holds more than {max_entries} entries")
+    else:
+        entries = with_retries(fs.ls, path, detail=True)
+        if len(entries) > max_entries:
+            raise InputError(f"folder holds more than {max_entries} entries")
+    if not entries and not with_retries(fs.isdir, path):
+        raise FileNotFoundError(uri)
+    names = sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "file")
+    return [join(uri, name) for name in names]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writes
+
+
+def write_atomic(uri: str, data: bytes | Path) -> None:
+    """Write ``data`` (bytes, or a local file to copy) so that no reader ever sees a partial file under
+    ``uri``: local files go to a temporary name in the same folder, then ``os.replace``; object stores
+    commit an object only when its single PUT / multipart upload completes."""
+    fs, path = url_to_fs(uri)
+    if isinstance(fs, LocalFileSystem):
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if isinstance(data, Path):
+                    with open(data, "rb") as src:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                else:
+                    out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return
+    if isinstance(data, Path):
+        with_retries(fs.put_file, str(data), path)
+    else:
+        with_retries(fs.pipe_file, path, data)
+    fs.invalidate_cache(path)
+
+
+def delete(uri: str) -> None:
+    """Remove a file or a folder tree; a missing one is not an error."""
+    fs, path = url_to_fs(uri)
+    try:
+        with_retries(fs.rm, path, recursive=True)
+    except FileNotFoundError:
+        pass
+    fs.invalidate_cache(path)
