@@ -119,6 +119,18 @@ def test_rayjob_entrypoint_is_a_valid_run_command_on_object_storage():
     assert params["address"] == "auto"
 
 
+def test_readme_submit_command_is_a_valid_run_command():
+    readme = (CLUSTER / "README.md").read_text()
+    submit = readme[readme.index("\nray job submit") + 1:]
+    submit = submit[:submit.index("```")].replace("\\\n", " ")
+    argv = shlex.split(submit)
+    assert "--runtime-env" in argv and argv[argv.index("--runtime-env") + 1] == "cluster/runtime_env.yaml"
+    run_args = argv[argv.index("--") + 1:]
+    assert run_args[:3] == ["python", "cli.py", "run"]
+    params = parse_run_command(run_args[3:])
+    assert params["manifest"].startswith("s3://") and params["output"].startswith("s3://")
+
+
 def test_ray_up_config_passes_the_cluster_launchers_validation():
     from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -163,6 +175,26 @@ def test_runtime_env_is_accepted_by_ray():
     RuntimeEnv(**runtime_env)  # raises on unknown or malformed fields
     assert runtime_env["env_vars"]["HF_HUB_OFFLINE"] == "1"
     assert not any("SECRET" in key or "TOKEN" in key for key in runtime_env["env_vars"])
+
+
+# ---------------------------------------------------------------- paths on a multi-node cluster
+
+
+def test_node_local_paths_are_refused_unless_on_a_shared_filesystem():
+    from pipeline.multinode import node_local_paths
+
+    uris = [("--output", "s3://bucket/out"), ("row 0 (clip 'a'): image", "/data/a.png"),
+            ("row 1 (clip 'b'): audio", "file:///data/b.wav"), ("row 2 (clip 'c'): pose", "memory://x/c.npz"),
+            ("--output", "renders/out"), ("row 3 (clip 'd'): audio", "gs://bucket/d.wav")]
+    refused = node_local_paths(uris, shared_fs=False)
+    assert [line.split(":")[0] for line in refused] == [
+        "row 0 (clip 'a')", "row 1 (clip 'b')", "row 2 (clip 'c')", "--output"]
+    assert "/data/a.png is not on the other nodes" in refused[0] and "--shared-fs" in refused[0]
+    assert "exists only inside one process" in refused[2]
+
+    shared = node_local_paths(uris, shared_fs=True)
+    assert len(shared) == 2
+    assert "memory://x/c.npz" in shared[0] and "relative path renders/out" in shared[1]
 
 
 # ---------------------------------------------------------------- a two-node cluster on loopback
