@@ -27,9 +27,10 @@ def run(
     input_root: Optional[Path] = typer.Option(None, help="Confine local inputs to this folder (symlinks may not leave it)."),
 ) -> None:
     """Render one MP4 per manifest row into OUTPUT (resumable: finished clips are skipped)."""
+    arguments = dict(locals())  # the parameters only, taken before the import adds a name
     from pipeline.commands import run_command
 
-    raise typer.Exit(run_command(**locals()))
+    raise typer.Exit(run_command(**arguments))
 
 
 @app.command()
@@ -39,9 +40,10 @@ def validate(
     input_root: Optional[Path] = typer.Option(None, help="Confine local inputs to this folder."),
 ) -> None:
     """Check every row before any GPU time is spent; one line per problem; exit 1 if any."""
+    arguments = dict(locals())  # the parameters only, taken before the import adds a name
     from pipeline.commands import validate_command
 
-    raise typer.Exit(validate_command(**locals()))
+    raise typer.Exit(validate_command(**arguments))
 
 
 @app.command()
@@ -59,9 +61,10 @@ def plan(
     overlap_frames: Optional[int] = typer.Option(None),
 ) -> None:
     """Print frames, segments and estimated GPU time per preset, without rendering."""
+    arguments = dict(locals())  # the parameters only, taken before the import adds a name
     from pipeline.commands import plan_command
 
-    raise typer.Exit(plan_command(**locals()))
+    raise typer.Exit(plan_command(**arguments))
 
 
 @app.command()
