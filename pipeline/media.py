@@ -26,6 +26,7 @@ from pipeline.manifest import Limits
 from pipeline.storage import InputError, describe_error
 
 SAMPLE_RATE = 16_000
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")  # fewer parsers exposed to untrusted files
 FFMPEG = shutil.which("ffmpeg") or imageio_ffmpeg.get_ffmpeg_exe()
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
 # _open_image refuses over-limit sizes itself, with the row's reason; PIL's warning would only be noise.
@@ -40,7 +41,7 @@ def _open_image(source: BinaryIO, limits: Limits) -> Image.Image:
     """The image with only its header read; refused when over the pixel limit or under the side limit."""
     Image.MAX_IMAGE_PIXELS = limits.max_image_pixels  # PIL's own bomb guard, at our limit
     try:
-        image = Image.open(source)
+        image = Image.open(source, formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as exc:
         raise InputError(f"image is over the limit of {limits.max_image_pixels} pixels "
                          f"(decompression bomb guard): {exc}") from None
@@ -80,16 +81,29 @@ def load_reference_image(data: bytes, width: int, height: int, limits: Limits, n
 # Audio
 
 
-def _ffmpeg_duration(path: str) -> float:
-    """Duration from ffmpeg's header report (``ffmpeg -i``); InputError when there is no audio stream."""
+def ffmpeg_report(path: str) -> str:
+    """ffmpeg's description of a media file from its header (``ffmpeg -i``; stderr, file path hidden)."""
     report = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", "-i", path], capture_output=True,
                             text=True, errors="replace", timeout=60).stderr
+    return report.replace(path, "<file>")
+
+
+def report_duration(report: str) -> float | None:
     match = _DURATION.search(report)
-    if " Audio: " not in report or not match:
-        last = [line.strip() for line in report.splitlines() if line.strip()]
-        raise InputError(f"not a decodable audio file ({last[-1].replace(path, '<file>') if last else 'no audio'})")
+    if not match:
+        return None
     hours, minutes, seconds = match.groups()
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def _ffmpeg_duration(path: str) -> float:
+    """Duration from ffmpeg's header report; InputError when there is no audio stream."""
+    report = ffmpeg_report(path)
+    seconds = report_duration(report)
+    if " Audio: " not in report or seconds is None:
+        last = [line.strip() for line in report.splitlines() if line.strip()]
+        raise InputError(f"not a decodable audio file ({last[-1] if last else 'no audio stream'})")
+    return seconds
 
 
 def _temp_copy(data: bytes, name: str) -> tempfile._TemporaryFileWrapper:

@@ -8,7 +8,12 @@ os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parent.par
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import logging
+import struct
 import uuid
+import zlib
+
+import numpy as np
+import soundfile as sf
 
 import pytest
 
@@ -46,3 +51,17 @@ def s3_bucket(s3_endpoint):
     fs.mkdir(name)
     yield f"s3://{name}"
     fs.rm(name, recursive=True)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A valid PNG signature + IHDR for any canvas, with no pixel data: a few dozen bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def write_wav(path: Path, seconds: float, sr: int = 16000) -> Path:
+    t = np.arange(int(seconds * sr)) / sr
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), sr, subtype="PCM_16")
+    return path

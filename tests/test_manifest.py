@@ -1,6 +1,5 @@
 """pipeline.manifest: schema, clip_id safety, header-only input checks, limits, relative paths, S3."""
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -9,25 +8,11 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from conftest import S3_SECRET
+from conftest import S3_SECRET, png_declaring, write_wav
 from pipeline import storage
 from pipeline.manifest import (ClipSpec, Limits, Problem, check_clip_inputs, list_pose_files, parse_manifest,
                                validate_manifest)
 from pipeline.storage import InputError
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A valid PNG signature + IHDR for any canvas, with no pixel data: a few dozen bytes."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
-def write_wav(path: Path, seconds: float, sr: int = 16000) -> Path:
-    t = np.arange(int(seconds * sr)) / sr
-    sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), sr, subtype="PCM_16")
-    return path
 
 
 @pytest.fixture

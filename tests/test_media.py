@@ -1,0 +1,119 @@
+"""pipeline.media: reference image framing (EXIF, alpha, centre crop, bomb guard) and audio decoding to
+16 kHz mono from several formats, with limits checked from headers."""
+import io
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from conftest import png_declaring
+from pipeline.manifest import Limits
+from pipeline.media import FFMPEG, SAMPLE_RATE, audio_duration_seconds, decode_audio, load_reference_image
+from pipeline.storage import InputError
+
+
+def png_bytes(image: Image.Image, **save_args) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=save_args.pop("format", "PNG"), **save_args)
+    return buffer.getvalue()
+
+
+def test_centre_crop_then_resize():
+    image = Image.new("RGB", (300, 100), (255, 0, 0))  # red | green | blue thirds
+    image.paste((0, 255, 0), (100, 0, 200, 100))
+    image.paste((0, 0, 255), (200, 0, 300, 100))
+    out = load_reference_image(png_bytes(image), 64, 64, Limits(), "wide.png")
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    # only the centre square survives (the outermost columns see the neighbours through the bicubic kernel)
+    assert (np.abs(out[:, 1:-1].astype(int) - [0, 255, 0]) <= 2).all()
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (128, 64), (255, 0, 0))  # stored: left red, right blue
+    image.paste((0, 0, 255), (64, 0, 128, 64))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90° clockwise: left half on top
+    out = load_reference_image(png_bytes(image, format="JPEG", exif=exif, quality=95), 64, 128, Limits(), "r.jpg")
+    assert out.shape == (128, 64, 3)
+    assert out[10, 32, 0] > 200 and out[10, 32, 2] < 50  # top red
+    assert out[118, 32, 2] > 200 and out[118, 32, 0] < 50  # bottom blue
+
+
+def test_transparency_goes_over_white():
+    out = load_reference_image(png_bytes(Image.new("RGBA", (64, 64), (0, 0, 0, 0))), 64, 64, Limits(), "a.png")
+    assert (out == 255).all()
+
+
+def test_image_refusals(monkeypatch):
+    Image.init()  # plugin registration draws small images of its own
+    icon = png_bytes(Image.new("RGB", (64, 64)), format="ICO")
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("pixels decoded"))
+    with pytest.raises(InputError, match="bomb.png: image is over the limit of 40000000 pixels"):
+        load_reference_image(png_declaring(100_000, 100_000), 64, 64, Limits(), "bomb.png")
+    with pytest.raises(InputError, match=r"big.png: image is 1200x1000 = 1200000 pixels, over the limit of 1000000"):
+        load_reference_image(png_declaring(1200, 1000), 64, 64, Limits(max_image_pixels=1_000_000), "big.png")
+    with pytest.raises(InputError, match=r"thin.png: image is 4000x40, under the minimum of 64 pixels on a side"):
+        load_reference_image(png_declaring(4000, 40), 64, 64, Limits(), "thin.png")
+    with pytest.raises(InputError, match="junk.png: not a readable image"):
+        load_reference_image(b"not an image", 64, 64, Limits(), "junk.png")
+    with pytest.raises(InputError, match="x.ico: not a readable image"):  # formats outside IMAGE_FORMATS
+        load_reference_image(icon, 64, 64, Limits(), "x.ico")
+
+
+def test_truncated_image_is_a_clear_error():
+    data = png_bytes(Image.effect_noise((128, 128), 50).convert("RGB"))
+    with pytest.raises(InputError, match="cut.png: cannot decode image"):
+        load_reference_image(data[: len(data) // 2], 64, 64, Limits(), "cut.png")
+
+
+def tone(seconds: float, sr: int, channels: int = 1, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    wave = (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return np.stack([wave] * channels, axis=1)
+
+
+def dominant_frequency(wave: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(wave))
+    return float(np.argmax(spectrum) * SAMPLE_RATE / len(wave))
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC", "OGG"])
+def test_decode_soundfile_formats_to_16k_mono(fmt):
+    buffer = io.BytesIO()
+    sf.write(buffer, tone(1.0, 44100, channels=2), 44100, format=fmt)
+    data = buffer.getvalue()
+    assert audio_duration_seconds(data, f"a.{fmt.lower()}") == pytest.approx(1.0, abs=1e-3)
+    wave = decode_audio(data, Limits(), f"a.{fmt.lower()}")
+    assert wave.dtype == np.float32 and wave.ndim == 1
+    assert len(wave) == pytest.approx(SAMPLE_RATE, abs=20)
+    assert dominant_frequency(wave) == pytest.approx(440, abs=2)
+
+
+def test_decode_container_formats_through_ffmpeg(tmp_path):
+    sf.write(tmp_path / "a.wav", tone(1.5, 22050), 22050)
+    subprocess.run([FFMPEG, "-loglevel", "error", "-i", str(tmp_path / "a.wav"), "-c:a", "aac", str(tmp_path / "a.m4a")],
+                   check=True)
+    data = (tmp_path / "a.m4a").read_bytes()
+    assert audio_duration_seconds(data, "a.m4a") == pytest.approx(1.5, abs=0.05)
+    wave = decode_audio(data, Limits(), "a.m4a")
+    assert len(wave) == pytest.approx(1.5 * SAMPLE_RATE, abs=0.05 * SAMPLE_RATE)
+    assert dominant_frequency(wave) == pytest.approx(440, abs=2)
+    with pytest.raises(InputError, match="a.m4a: audio is 1.5 s long, over the limit of 1 s"):
+        decode_audio(data, Limits(max_audio_seconds=1), "a.m4a")
+
+
+def test_audio_refusals():
+    buffer = io.BytesIO()
+    sf.write(buffer, tone(2.0, 16000), 16000, format="WAV")
+    with pytest.raises(InputError, match="long.wav: audio is 2.0 s long, over the limit of 1.5 s"):
+        decode_audio(buffer.getvalue(), Limits(max_audio_seconds=1.5), "long.wav")
+    with pytest.raises(InputError, match="empty.wav: file is empty"):
+        decode_audio(b"", Limits(), "empty.wav")
+    with pytest.raises(InputError, match="junk.wav: not a decodable audio file"):
+        decode_audio(b"RIFF....WAVEjunk" * 50, Limits(), "junk.wav")
+    silent = io.BytesIO()
+    sf.write(silent, np.zeros((0, 1), np.float32), 16000, format="WAV")
+    with pytest.raises(InputError, match="silent.wav: audio has no samples"):
+        decode_audio(silent.getvalue(), Limits(), "silent.wav")
