@@ -14,9 +14,8 @@ from echomimic2.motion_module import MotionModule, sinusoidal_position_table
 from echomimic2.pose_encoder import PoseEncoder
 from echomimic2.reference_unet import ReferenceUNet2D
 
-KEYS_DIR = Path("/work/shared/spec/checkpoint_keys")
-if not KEYS_DIR.is_dir():
-    KEYS_DIR = Path(__file__).resolve().parent / "data" / "checkpoint_keys"
+# Copies of spec/checkpoint_keys: every key, shape and dtype of the official checkpoints.
+KEYS_DIR = Path(__file__).resolve().parent / "data" / "checkpoint_keys"
 
 
 def spec_shapes(name: str) -> dict[str, list[int]]:

@@ -1,0 +1,317 @@
+"""Safe, strict loading of the official EchoMimic V2 checkpoints (spec §1, §11).
+
+Layout of a weights folder:
+
+    reference_unet.pth  pose_encoder.pth
+    denoising_unet.pth  motion_module.pth          (variant "quality")
+    denoising_unet_acc.pth  motion_module_acc.pth  (variant "acc")
+    sd-vae-ft-mse/config.json + diffusion_pytorch_model.safetensors (or .bin)
+    audio_processor/tiny.pt                        (read by echomimic2.audio, checked here too)
+
+Every file is read without executing pickled code (`torch.load(weights_only=True)` or safetensors).
+Every parameter of every network must come from the files: the denoising UNet from
+denoising_unet*.pth ∪ motion_module*.pth (the later file wins, as upstream; the motion modules'
+`pos_encoder.pe` tables are recomputed when absent). Missing, unexpected and mis-shaped keys are
+errors naming the file and the keys — never a silent `strict=False`.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from diffusers import AutoencoderKL
+from safetensors.torch import load_file as load_safetensors
+from torch import nn
+
+from .config import official_unet_config, official_vae_config
+from .denoising_unet import DenoisingUNet3D
+from .motion_module import sinusoidal_position_table
+from .pose_encoder import PoseEncoder
+from .reference_unet import ReferenceUNet2D
+
+VARIANTS = ("quality", "acc")
+REFERENCE_UNET_FILE = "reference_unet.pth"
+POSE_ENCODER_FILE = "pose_encoder.pth"
+VAE_DIR = "sd-vae-ft-mse"
+VAE_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+WHISPER_FILE = "audio_processor/tiny.pt"
+POSITION_TABLE_SUFFIX = ".pos_encoder.pe"
+LISTED_KEYS = 10  # keys listed per problem kind in messages; the counts are always complete
+# AutoencoderKL arguments that fix the architecture; the folder's config.json must agree.
+VAE_ARCHITECTURE_FIELDS = (
+    "in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
+    "layers_per_block", "latent_channels", "norm_num_groups",
+)
+
+
+def denoising_files(variant: str) -> tuple[str, str]:
+    """(2D part, motion modules) file names of a variant."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    suffix = "" if variant == "quality" else "_acc"
+    return f"denoising_unet{suffix}.pth", f"motion_module{suffix}.pth"
+
+
+class CheckpointError(RuntimeError):
+    """A weights file is missing, unreadable, refused, or does not match the network."""
+
+
+@dataclass
+class OfficialNetworks:
+    reference_unet: ReferenceUNet2D
+    denoising_unet: DenoisingUNet3D
+    pose_encoder: PoseEncoder
+    vae: AutoencoderKL
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        return iter((self.reference_unet, self.denoising_unet, self.pose_encoder, self.vae))
+
+
+@dataclass
+class FileReport:
+    """What one weights file holds compared with what its network needs."""
+
+    path: Path
+    found: int = 0  # expected keys present with the expected shape
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    wrong_shape: list[str] = field(default_factory=list)  # "key: expected (..), file has (..)"
+    problems: list[str] = field(default_factory=list)  # file-level: absent, unreadable, refused
+    notes: list[str] = field(default_factory=list)  # not errors (e.g. recomputed position tables)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.wrong_shape or self.problems)
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.path}: {'OK' if self.ok else 'FAILED'} - keys found {self.found}, missing {len(self.missing)}, "
+            f"unexpected {len(self.unexpected)}, shape mismatches {len(self.wrong_shape)}"
+        ]
+        lines += [f"  problem: {problem}" for problem in self.problems]
+        for label, keys in (("missing", self.missing), ("unexpected", self.unexpected), ("shape mismatch", self.wrong_shape)):
+            lines += [f"  {label}: {key}" for key in keys[:LISTED_KEYS]]
+            if len(keys) > LISTED_KEYS:
+                lines.append(f"  ... and {len(keys) - LISTED_KEYS} more {label} keys")
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of one weights file, read without running any pickled code.
+
+    `.safetensors` through safetensors; anything else through `torch.load(weights_only=True)`,
+    memory-mapped when the file is in torch's zip format. Raises CheckpointError naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_safetensors(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as error:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        reason = f"asks for {refused.group(1)}" if refused else _first_line(error)
+        raise CheckpointError(f"{path}: refused: the pickle {reason}, and a weights file may hold only tensors and containers") from error
+    except Exception as error:  # truncated archives, not a weights file at all
+        raise CheckpointError(f"{path}: unreadable as a weights file: {type(error).__name__}: {_first_line(error)}") from error
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path}: expected a flat dict of name -> tensor, found {type(state).__name__}")
+    return state
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _meta_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(tensor.shape) for key, tensor in module.state_dict().items()}
+
+
+def _compare(report: FileReport, state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], allowed: set[str]) -> None:
+    """Count `expected` keys found in `state`; keys outside `allowed` are unexpected."""
+    for key, tensor in state.items():
+        if key not in allowed:
+            report.unexpected.append(key)
+        elif tuple(tensor.shape) != expected[key]:
+            report.wrong_shape.append(f"{key}: expected {expected[key]}, file has {tuple(tensor.shape)}")
+        else:
+            report.found += 1
+
+
+def _read_into(report: FileReport) -> dict[str, torch.Tensor] | None:
+    try:
+        return read_state_dict(report.path)
+    except CheckpointError as error:
+        report.problems.append(str(error).removeprefix(f"{report.path}: "))
+        return None
+
+
+def _check_single(path: Path, module: nn.Module) -> tuple[list[FileReport], dict[str, torch.Tensor] | None]:
+    """A network whose whole state dict lives in one file (reference UNet, pose encoder)."""
+    report = FileReport(path)
+    state = _read_into(report)
+    if state is not None:
+        expected = _meta_shapes(module)
+        _compare(report, state, expected, set(expected))
+        report.missing = [key for key in expected if key not in state]
+    return [report], state
+
+
+def _check_denoising(weights_dir: Path, variant: str, unet: DenoisingUNet3D) -> tuple[list[FileReport], dict[str, torch.Tensor] | None]:
+    """denoising_unet*.pth (2D part, may hold anything of the UNet) ∪ motion_module*.pth (motion modules only)."""
+    unet_name, motion_name = denoising_files(variant)
+    unet_report, motion_report = FileReport(weights_dir / unet_name), FileReport(weights_dir / motion_name)
+    expected = _meta_shapes(unet)
+    motion_keys = {key for key in expected if ".motion_modules." in key}
+    tables = {key for key in motion_keys if key.endswith(POSITION_TABLE_SUFFIX)}
+    unet_state, motion_state = _read_into(unet_report), _read_into(motion_report)
+    if unet_state is not None:
+        _compare(unet_report, unet_state, expected, set(expected))
+    if motion_state is not None:
+        _compare(motion_report, motion_state, expected, motion_keys)
+    if unet_state is None or motion_state is None:
+        return [unet_report, motion_report], None
+    merged = {**motion_state, **unet_state}  # upstream loads motion_module.pth first, denoising_unet.pth over it
+    unet_report.missing = [key for key in expected if key not in motion_keys and key not in merged]
+    motion_report.missing = [key for key in expected if key in motion_keys - tables and key not in merged]
+    absent_tables = [key for key in tables if key not in merged]
+    if absent_tables:
+        motion_report.notes.append(f"{len(absent_tables)} position tables (*{POSITION_TABLE_SUFFIX}) absent: recomputed")
+    return [unet_report, motion_report], merged
+
+
+def _vae_weight_file(vae_dir: Path) -> Path:
+    for name in VAE_WEIGHT_FILES:
+        if (vae_dir / name).is_file():
+            return vae_dir / name
+    return vae_dir / VAE_WEIGHT_FILES[0]
+
+
+def _check_vae(weights_dir: Path, vae: AutoencoderKL) -> tuple[list[FileReport], dict[str, torch.Tensor] | None]:
+    """The diffusers sd-vae-ft-mse folder: config.json must describe the official architecture."""
+    vae_dir = weights_dir / VAE_DIR
+    config_report = FileReport(vae_dir / "config.json")
+    try:
+        config = json.loads(config_report.path.read_text())
+        official = official_vae_config()
+        for name in VAE_ARCHITECTURE_FIELDS:
+            value = config.get(name)
+            value = tuple(value) if isinstance(value, list) else value
+            if value != official[name]:
+                config_report.problems.append(f"{name} is {config.get(name)!r}, sd-vae-ft-mse has {official[name]!r}")
+            else:
+                config_report.found += 1
+    except (OSError, ValueError) as error:
+        config_report.problems.append(f"unreadable: {type(error).__name__}: {error}")
+    report = FileReport(_vae_weight_file(vae_dir))
+    state = _read_into(report)
+    if state is not None:
+        # diffusers' own renaming of pre-0.14 attention names (query/key/value/proj_attn -> to_q/to_k/to_v/to_out.0).
+        state = vae._fix_state_dict_keys_on_load(dict(state))
+        expected = _meta_shapes(vae)
+        _compare(report, state, expected, set(expected))
+        report.missing = [key for key in expected if key not in state]
+    return [config_report, report], state
+
+
+def _meta_networks() -> OfficialNetworks:
+    cfg = official_unet_config()
+    with torch.device("meta"):
+        return OfficialNetworks(
+            reference_unet=ReferenceUNet2D(cfg),
+            denoising_unet=DenoisingUNet3D(cfg),
+            pose_encoder=PoseEncoder(cfg.pose_conditioning_channels, cfg.pose_encoder_block_channels, cfg.block_out_channels[0]),
+            vae=AutoencoderKL(**official_vae_config()),
+        )
+
+
+def check_official_files(weights_dir: Path, variant: str, networks: OfficialNetworks | None = None):
+    """Reports for every file the networks of `variant` load, and their state dicts by network."""
+    weights_dir = Path(weights_dir)
+    networks = networks or _meta_networks()
+    checks = {
+        "reference_unet": _check_single(weights_dir / REFERENCE_UNET_FILE, networks.reference_unet),
+        "denoising_unet": _check_denoising(weights_dir, variant, networks.denoising_unet),
+        "pose_encoder": _check_single(weights_dir / POSE_ENCODER_FILE, networks.pose_encoder),
+        "vae": _check_vae(weights_dir, networks.vae),
+    }
+    reports = [report for file_reports, _ in checks.values() for report in file_reports]
+    return reports, {name: state for name, (_, state) in checks.items()}
+
+
+def official_weight_files(weights_dir: str | Path, variant: str) -> list[Path]:
+    """The files `load_official_networks` reads for `variant` (what the rendered frames depend on)."""
+    weights_dir = Path(weights_dir)
+    vae_dir = weights_dir / VAE_DIR
+    return [
+        weights_dir / REFERENCE_UNET_FILE,
+        *(weights_dir / name for name in denoising_files(variant)),
+        weights_dir / POSE_ENCODER_FILE,
+        vae_dir / "config.json",
+        _vae_weight_file(vae_dir),
+    ]
+
+
+def _materialise(module: nn.Module, state: dict[str, torch.Tensor], device, dtype: torch.dtype) -> None:
+    """Replace the meta tensors by the file's, cast once to (device, dtype); position tables recomputed if absent."""
+    ready = {}
+    for key, meta in module.state_dict().items():
+        tensor = state.get(key)
+        if tensor is None and key.endswith(POSITION_TABLE_SUFFIX):
+            tensor = sinusoidal_position_table(meta.shape[1], meta.shape[2])
+        ready[key] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+    module.load_state_dict(ready, strict=True, assign=True)
+    module.eval().requires_grad_(False)
+
+
+def load_official_networks(
+    weights_dir: str | Path, variant: str = "quality", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> OfficialNetworks:
+    """Build the official networks on `meta` and give every tensor its value from the files (nothing initialised twice).
+
+    Raises CheckpointError listing every problem of every file before anything is loaded.
+    """
+    denoising_files(variant)  # validates the name
+    networks = _meta_networks()
+    reports, states = check_official_files(Path(weights_dir), variant, networks)
+    failed = [report for report in reports if not report.ok]
+    if failed:
+        raise CheckpointError(
+            f"official weights in {weights_dir} (variant {variant!r}) do not match the networks:\n"
+            + "\n".join(report.summary() for report in failed)
+        )
+    for name, module in zip(("reference_unet", "denoising_unet", "pose_encoder", "vae"), networks):
+        _materialise(module, states[name], device, dtype)
+    return networks
+
+
+def weights_check_command(directory: Path, variant: str = "both") -> int:
+    """`cli.py weights check`: one summary per file; exit code 1 on any problem, else 0."""
+    from .audio import check_whisper_checkpoint
+
+    variants = VARIANTS if variant == "both" else (variant,)
+    if not set(variants) <= set(VARIANTS):
+        print(f"variant must be quality, acc or both, got {variant!r}")
+        return 2
+    directory = Path(directory)
+    networks = _meta_networks()
+    reports: dict[Path, object] = {}
+    for name in variants:
+        for report in check_official_files(directory, name, networks)[0]:
+            reports.setdefault(report.path, report)  # shared files are checked once
+    whisper = check_whisper_checkpoint(directory / WHISPER_FILE)
+    all_reports = [*reports.values(), whisper]
+    for report in all_reports:
+        print(report.summary())
+    failed = sum(not report.ok for report in all_reports)
+    print(f"{len(all_reports) - failed} of {len(all_reports)} files OK" + (f", {failed} with problems" if failed else ""))
+    return 1 if failed else 0
