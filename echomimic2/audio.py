@@ -78,6 +78,7 @@ def _tiny_encoder_config() -> WhisperConfig:
     )
 
 
+@lru_cache(maxsize=1)
 def _expected_official_shapes() -> dict[str, tuple[int, ...]]:
     """Every encoder tensor an official tiny.pt must hold, with its shape (built on `meta`, no memory)."""
     with torch.device("meta"):
