@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import librosa
 import numpy as np
 import torch
 from transformers import WhisperConfig
@@ -175,6 +174,8 @@ def _inspect_whisper_checkpoint(path: Path) -> tuple[WhisperCheckpointReport, di
 @lru_cache(maxsize=None)
 def _mel_filterbank() -> np.ndarray:
     # Identical (bit for bit) to openai-whisper's assets/mel_filters.npz "mel_80"; tested.
+    import librosa  # here, not at the top: GPU render workers and the bench use the encoder without librosa
+
     return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS)
 
 
