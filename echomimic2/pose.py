@@ -58,6 +58,8 @@ _NUMPY_SCALAR = np.float64(0).__reduce__()[0]
 class _RefusedCall:
     """Stands in for numpy.ndarray: only `_reconstruct` may use it, calling it directly is refused."""
 
+    __slots__ = ("source",)  # nothing a pickled BUILD could set beyond the file name
+
     def __init__(self, source: str):
         self.source = source
 
@@ -72,13 +74,11 @@ class _PoseUnpickler(pickle.Unpickler):
         super().__init__(file)
         self.source = source
         self.ndarray_token = _RefusedCall(source)
-        reconstruct = self._reconstruct
-        scalar = _NUMPY_SCALAR
         self.allowed = {
-            ("numpy.core.multiarray", "_reconstruct"): reconstruct,
-            ("numpy._core.multiarray", "_reconstruct"): reconstruct,
-            ("numpy.core.multiarray", "scalar"): scalar,
-            ("numpy._core.multiarray", "scalar"): scalar,
+            ("numpy.core.multiarray", "_reconstruct"): self._reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): self._reconstruct,
+            ("numpy.core.multiarray", "scalar"): _NUMPY_SCALAR,
+            ("numpy._core.multiarray", "scalar"): _NUMPY_SCALAR,
             ("numpy", "ndarray"): self.ndarray_token,
             ("numpy", "dtype"): np.dtype,
         }
@@ -103,20 +103,20 @@ class _PoseUnpickler(pickle.Unpickler):
         raise PoseFormatError(f"{self.source}: refused pickled persistent id {pid!r}")
 
 
+def _bytes_within(data: bytes | str | Path, limit: int, name: str) -> bytes:
+    """The file's bytes, refusing (before reading, for a path) anything over `limit`."""
+    size = Path(data).stat().st_size if isinstance(data, (str, Path)) else len(data)
+    if size > limit:
+        raise PoseFormatError(f"{name}: file is {size} bytes, more than the {limit} allowed")
+    return Path(data).read_bytes() if isinstance(data, (str, Path)) else data
+
+
 def read_pose_npy(data: bytes | str | Path, name: str) -> dict:
     """Read one official per-frame pose `.npy` (a pickled dict) without executing anything.
 
     `data` is the file's bytes or a local path; `name` is used in every error message.
     """
-    if isinstance(data, (str, Path)):
-        path = Path(data)
-        size = path.stat().st_size
-        if size > MAX_POSE_FILE_BYTES:
-            raise PoseFormatError(f"{name}: pose file is {size} bytes, more than the {MAX_POSE_FILE_BYTES} allowed")
-        data = path.read_bytes()
-    if len(data) > MAX_POSE_FILE_BYTES:
-        raise PoseFormatError(f"{name}: pose file is {len(data)} bytes, more than the {MAX_POSE_FILE_BYTES} allowed")
-    stream = io.BytesIO(data)
+    stream = io.BytesIO(_bytes_within(data, MAX_POSE_FILE_BYTES, name))
     try:
         version = np.lib.format.read_magic(stream)
         if version == (1, 0):
@@ -209,11 +209,7 @@ def save_pose_npz(poses: list[dict], path_or_file: str | Path | BinaryIO) -> Non
 
 def load_pose_npz(data: bytes | str | Path | BinaryIO, name: str = "poses.npz") -> list[dict]:
     """Read a sequence written by `save_pose_npz` (allow_pickle=False; sizes checked before reading)."""
-    if isinstance(data, (str, Path)):
-        data = Path(data).read_bytes() if Path(data).stat().st_size <= MAX_POSE_NPZ_BYTES else None
-        if data is None:
-            raise PoseFormatError(f"{name}: file larger than {MAX_POSE_NPZ_BYTES} bytes")
-    stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    stream = data if hasattr(data, "read") else io.BytesIO(_bytes_within(data, MAX_POSE_NPZ_BYTES, name))
     try:
         with zipfile.ZipFile(stream) as archive:
             members = {info.filename: info.file_size for info in archive.infolist()}
