@@ -280,19 +280,24 @@ def _check_audio(uri: str, limits: Limits) -> None:
 
 def _check_pose(uri: str, limits: Limits) -> None:
     files = list_pose_files(uri, limits)  # counted before anything is read
-    from echomimic2.pose import load_pose_npz, read_pose_npy
+    from echomimic2.pose import PoseFormatError, load_pose_npz, read_pose_npy
 
-    if len(files) == 1 and files[0] == uri:
-        poses = load_pose_npz(storage.read_bytes(uri, max_bytes=limits.max_pose_npz_bytes))
-        if not 0 < len(poses) <= limits.max_pose_frames:
-            raise InputError(f"pose file holds {len(poses)} frames (allowed 1..{limits.max_pose_frames})")
-        return
-    for file_uri in files:
-        name = file_uri.rsplit("/", 1)[-1]
-        try:
-            read_pose_npy(storage.read_bytes(file_uri, max_bytes=limits.max_pose_file_bytes), name=name)
-        except InputError as exc:
-            raise InputError(f"{name}: {exc}") from None
+    try:
+        if files == [uri] and uri.rstrip("/").lower().endswith(".npz"):
+            name = uri.rsplit("/", 1)[-1]
+            poses = load_pose_npz(storage.read_bytes(uri, max_bytes=limits.max_pose_npz_bytes), name=name)
+            if len(poses) > limits.max_pose_frames:
+                raise InputError(f"{name} holds {len(poses)} frames, over the limit of {limits.max_pose_frames}")
+            return
+        for file_uri in files:
+            name = file_uri.rsplit("/", 1)[-1]
+            try:
+                data = storage.read_bytes(file_uri, max_bytes=limits.max_pose_file_bytes)
+            except InputError as exc:
+                raise InputError(f"{name}: {exc}") from None
+            read_pose_npy(data, name=name)
+    except PoseFormatError as exc:  # names the file and the refused content
+        raise InputError(str(exc)) from None
 
 
 def check_clip_inputs(spec: ClipSpec, limits: Limits = Limits(), *, allow_http: bool = False,

@@ -210,3 +210,58 @@ def test_problem_str_for_the_whole_manifest(tmp_path):
     _, problems = validate_manifest(str(tmp_path / "bad.parquet"))
     assert problems[0].field == "file" and "not a readable Parquet file" in problems[0].reason
     assert str(Problem(2, None, "clip_id", "x")) == "row 2: clip_id: x"
+
+
+class MarkerPayload:
+    """Pickles to a call that would create ``path`` if anything executed it."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pose_folder_and_npz_are_parsed_safely(tmp_path):
+    from echomimic2.pose import default_pose_sequence, save_pose_npz
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "i.png")
+    write_wav(tmp_path / "a.wav", 0.5)
+    poses = default_pose_sequence(4, 24)
+    good = tmp_path / "good"
+    good.mkdir()
+    for i, pose in enumerate(poses):
+        np.save(good / f"{i}.npy", pose, allow_pickle=True)  # the official per-frame format
+    save_pose_npz(poses, tmp_path / "poses.npz")
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    np.save(hostile / "0.npy", poses[0], allow_pickle=True)
+    marker = tmp_path / "executed"
+    np.save(hostile / "1.npy", np.array({"hands": MarkerPayload(marker)}, dtype=object), allow_pickle=True)
+    oversized = tmp_path / "oversized"
+    oversized.mkdir()
+    np.save(oversized / "0.npy", poses[0], allow_pickle=True)
+
+    def check(pose, limits=Limits()):
+        return [str(p) for p in check_clip_inputs(ClipSpec(0, "c", str(tmp_path / "i.png"), str(tmp_path / "a.wav"),
+                                                           pose=str(pose)), limits)]
+
+    assert check(good) == [] and check(tmp_path / "poses.npz") == []
+    (problem,) = check(hostile)
+    assert problem.startswith("row 0 (clip 'c'): pose: 1.npy") and "refused" in problem
+    assert not marker.exists()
+    (problem,) = check(oversized, Limits(max_pose_file_bytes=100))
+    assert "0.npy: file is" in problem and "over the limit of 100" in problem
+    (problem,) = check(tmp_path / "poses.npz", Limits(max_pose_frames=3))
+    assert "poses.npz holds 4 frames, over the limit of 3" in problem
+
+
+def test_demo_manifest_is_valid_from_any_cwd(monkeypatch):
+    demo = Path(__file__).resolve().parent.parent / "manifests" / "demo.parquet"
+    monkeypatch.chdir("/")
+    specs, problems = validate_manifest(str(demo), input_root=demo.parent)
+    assert problems == []
+    assert [s.clip_id for s in specs] == ["demo-hello", "demo-welcome"]
+    assert specs[1].pose == str(demo.parent / "assets" / "pose_gesture") and specs[0].pose is None
+    total = sum(p.stat().st_size for p in (demo.parent / "assets").rglob("*") if p.is_file())
+    assert total < 1_000_000
