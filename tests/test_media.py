@@ -46,6 +46,7 @@ def test_transparency_goes_over_white():
     assert (out == 255).all()
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_image_refusals(monkeypatch):
     Image.init()  # plugin registration draws small images of its own
     icon = png_bytes(Image.new("RGB", (64, 64)), format="ICO")
