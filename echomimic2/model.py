@@ -1,0 +1,173 @@
+"""`EchoMimicV2`: the networks of one preset plus `render`, the only call the batch system makes."""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+
+from .checkpoints import OfficialNetworks, load_official_networks, official_weight_files
+from .config import tiny_unet_config, tiny_vae_config
+from .denoising_unet import DenoisingUNet3D
+from .pose_encoder import PoseEncoder
+from .presets import PRESETS, Preset
+from .reference_unet import ReferenceUNet2D
+from .sampler import VAE_DOWNSCALE, render_segment
+
+AUDIO_TOKENS, AUDIO_WIDTH = 50, 384
+SIZE_MULTIPLE = 64  # latent sides must be multiples of 8 (spec §4.2)
+TINY_VERSION = "v1"  # bump when the tiny architecture or its initialisation changes
+IDENTITY_HASH_BYTES = 4 << 20  # hash the first and last 4 MiB of each file: cheap, yet any other checkpoint differs there
+
+
+class EchoMimicV2:
+    """Reference UNet, denoising UNet, pose encoder and VAE on one device and dtype."""
+
+    def __init__(self, networks: OfficialNetworks, preset: Preset, identity: str):
+        self.networks = networks
+        self.preset = preset
+        self.identity = identity
+        parameter = next(networks.denoising_unet.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+
+    @classmethod
+    def from_official(
+        cls,
+        weights_dir: str | Path,
+        variant: str = "quality",
+        device: str | torch.device = "cuda",
+        dtype: torch.dtype = torch.float16,
+    ) -> "EchoMimicV2":
+        """Load the official checkpoints of `variant` ("quality" or "acc") from `weights_dir`."""
+        if variant not in ("quality", "acc"):
+            raise ValueError(f"variant must be 'quality' or 'acc', got {variant!r}")
+        weights_dir = Path(weights_dir)
+        networks = load_official_networks(weights_dir, variant, device, dtype)
+        return cls(networks, PRESETS[variant], official_identity(weights_dir, variant))
+
+    @classmethod
+    def tiny(cls, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "EchoMimicV2":
+        """The same classes with tiny widths, randomly initialised from `seed` (tests and the demo).
+
+        Built on the CPU in float32 inside a forked RNG, so the weights depend on `seed` only.
+        Layers that upstream zero-initialises (the pose encoder's conv_out) get PyTorch's default
+        initialisation instead, otherwise the tiny model would ignore the pose entirely.
+        """
+        unet_config = tiny_unet_config()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            networks = OfficialNetworks(
+                reference_unet=ReferenceUNet2D(unet_config),
+                denoising_unet=DenoisingUNet3D(unet_config),
+                pose_encoder=PoseEncoder(
+                    unet_config.pose_conditioning_channels,
+                    unet_config.pose_encoder_block_channels,
+                    unet_config.block_out_channels[0],
+                ),
+                vae=AutoencoderKL(**tiny_vae_config()),
+            )
+            for layer in (layer for network in networks for layer in network.modules()):
+                weight = getattr(layer, "weight", None)
+                if isinstance(weight, torch.Tensor) and hasattr(layer, "reset_parameters") and not weight.any():
+                    layer.reset_parameters()
+        for module in networks:
+            module.to(device=device).eval().requires_grad_(False)
+            if dtype != torch.float32:  # diffusers warns on any dtype move, even a no-op one
+                module.to(dtype=dtype)
+        return cls(networks, PRESETS["tiny"], f"tiny-seed{seed}-{TINY_VERSION}")
+
+    def render(
+        self,
+        reference_image: np.ndarray,
+        frame_audio: np.ndarray,
+        pose_images: np.ndarray,
+        seed: int,
+        first_frame: int,
+        steps: int | None = None,
+        guidance: float | None = None,
+        reference_compatible: bool = False,
+        initial_latents: torch.Tensor | None = None,
+        windows_per_batch: int = 4,
+    ) -> np.ndarray:
+        """Frames [first_frame, first_frame + n) of a clip → uint8 (n, H, W, 3).
+
+        reference_image uint8 (H, W, 3) with H, W multiples of 64; frame_audio float (n, 50, 384);
+        pose_images uint8 (n, H, W, 3). The initial noise of global frame i depends on (seed, i) only.
+        `reference_compatible` treats the inputs as a whole clip and samples exactly as the official
+        pipeline (one wrap-around window schedule, one whole-clip noise draw); first_frame must be 0.
+        `initial_latents` (1, 4, n, H/8, W/8) replaces the noise, for comparison runs.
+        """
+        steps = self.preset.steps if steps is None else steps
+        guidance = self.preset.guidance if guidance is None else guidance
+        _validate_render_inputs(reference_image, frame_audio, pose_images, seed, first_frame, steps, guidance)
+        frames, (height, width) = len(frame_audio), reference_image.shape[:2]
+        if reference_compatible and first_frame != 0:
+            raise ValueError(f"first_frame: reference_compatible renders a whole clip, so it must be 0, got {first_frame}")
+        latent_shape = (1, 4, frames, height // VAE_DOWNSCALE, width // VAE_DOWNSCALE)
+        if initial_latents is not None and tuple(initial_latents.shape) != latent_shape:
+            raise ValueError(f"initial_latents: expected shape {latent_shape}, got {tuple(initial_latents.shape)}")
+        if not isinstance(windows_per_batch, int) or windows_per_batch < 1:
+            raise ValueError(f"windows_per_batch: expected a positive int, got {windows_per_batch!r}")
+        return render_segment(
+            self.networks, reference_image, frame_audio, pose_images, seed, first_frame, steps, guidance,
+            reference_compatible=reference_compatible, initial_latents=initial_latents,
+            windows_per_batch=windows_per_batch,
+        )
+
+
+def _validate_render_inputs(reference_image, frame_audio, pose_images, seed, first_frame, steps, guidance) -> None:
+    def require(condition: bool, field: str, problem: str) -> None:
+        if not condition:
+            raise ValueError(f"{field}: {problem}")
+
+    def describe(array) -> str:
+        if isinstance(array, np.ndarray):
+            return f"{array.dtype} array of shape {array.shape}"
+        return type(array).__name__
+
+    require(isinstance(reference_image, np.ndarray) and reference_image.dtype == np.uint8 and reference_image.ndim == 3
+            and reference_image.shape[2] == 3,
+            "reference_image", f"expected a uint8 (H, W, 3) RGB array, got {describe(reference_image)}")
+    height, width = reference_image.shape[:2]
+    require(height >= SIZE_MULTIPLE and width >= SIZE_MULTIPLE and height % SIZE_MULTIPLE == 0 and width % SIZE_MULTIPLE == 0,
+            "reference_image", f"height and width must be positive multiples of {SIZE_MULTIPLE}, got {height}x{width}")
+    require(isinstance(frame_audio, np.ndarray) and np.issubdtype(frame_audio.dtype, np.floating) and frame_audio.ndim == 3
+            and frame_audio.shape[1:] == (AUDIO_TOKENS, AUDIO_WIDTH),
+            "frame_audio", f"expected a float (n, {AUDIO_TOKENS}, {AUDIO_WIDTH}) array, got {describe(frame_audio)}")
+    frames = len(frame_audio)
+    require(frames >= 1, "frame_audio", "needs at least one frame, got 0")
+    require(bool(np.isfinite(frame_audio).all()), "frame_audio", "contains NaN or infinite values")
+    require(isinstance(pose_images, np.ndarray) and pose_images.dtype == np.uint8
+            and pose_images.shape == (frames, height, width, 3),
+            "pose_images", f"expected a uint8 array of shape {(frames, height, width, 3)} (one pose image per audio "
+            f"frame, same size as the reference image), got {describe(pose_images)}")
+    require(isinstance(seed, (int, np.integer)) and not isinstance(seed, bool), "seed", f"expected an int, got {seed!r}")
+    require(isinstance(first_frame, (int, np.integer)) and not isinstance(first_frame, bool) and first_frame >= 0,
+            "first_frame", f"expected an int ≥ 0, got {first_frame!r}")
+    require(isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) and 1 <= steps <= 1000,
+            "steps", f"expected an int in [1, 1000], got {steps!r}")
+    require(isinstance(guidance, (int, float, np.floating)) and not isinstance(guidance, bool) and math.isfinite(guidance)
+            and guidance >= 0, "guidance", f"expected a finite number ≥ 0, got {guidance!r}")
+
+
+def official_identity(weights_dir: str | Path, variant: str) -> str:
+    """The identity `from_official(weights_dir, variant)` reports, without loading any network
+    (the batch job fingerprints clips with it before its render actors load the model)."""
+    return f"official-{variant}-" + _files_digest(official_weight_files(weights_dir, variant), Path(weights_dir))
+
+
+def _files_digest(paths: list[Path], root: Path) -> str:
+    """A short hash of each file's relative name, size, and first and last bytes."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(root).as_posix()}:{size}\n".encode())
+        with path.open("rb") as handle:
+            digest.update(handle.read(IDENTITY_HASH_BYTES))
+            if size > IDENTITY_HASH_BYTES:
+                handle.seek(max(size - IDENTITY_HASH_BYTES, IDENTITY_HASH_BYTES))
+                digest.update(handle.read())
+    return digest.hexdigest()[:16]
