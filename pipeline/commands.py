@@ -1,0 +1,228 @@
+"""The CLI's commands (cli.py calls these; each returns the process exit code).
+
+Exit codes of `run`:
+    0  every row is done (rendered now or skipped as already finished)
+    3  the job ran, but some rows failed (see <output>/results.parquet or `cli.py status OUTPUT`)
+    2  the job could not run: unreadable manifest or one with missing columns, unreachable or
+       unwritable output, bad or missing weights, an unknown preset, a Ray cluster that cannot be reached
+Exit codes of `validate`: 0 no problem, 1 one or more problems (one line each).
+`status` and `plan`: 0, or 2 when the output root / manifest cannot be read.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline import storage
+from pipeline.segments import DEFAULT_OVERLAP_FRAMES, DEFAULT_SEGMENT_FRAMES, plan_segments
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_JOB_FAILED = 2
+EXIT_ROWS_FAILED = 3
+
+# `plan` estimate: FLOPs per output frame at 768x768 (spec §12.3), the fixed cost per segment
+# (reference UNet + reference VAE encode, paid again by every segment), and the assumed speed.
+FLOPS_PER_FRAME = {"quality": 310e12 + 5.75e12, "acc": 28.1e12 + 5.75e12}
+FLOPS_PER_SEGMENT = 2.08e12 + 2.61e12
+H100_DENSE_FP16_FLOPS = 989e12
+ASSUMED_EFFICIENCY = 0.35  # sustained fraction of the H100's dense fp16 peak (a guess, not a measurement)
+
+console = Console(highlight=False)
+
+
+def run_command(manifest: str, output: str, weights: Path | None = None, preset: str | None = None,
+                address: str | None = None, gpus: int | None = None, cpus: int | None = None, force: bool = False,
+                segment_frames: int | None = None, overlap_frames: int | None = None, allow_http: bool = False,
+                input_root: Path | None = None) -> int:
+    import ray
+
+    from echomimic2 import PRESETS
+    from pipeline.job import JobError, run_job
+    from pipeline.preprocess import JobSettings
+    from pipeline.render import model_identity
+
+    preset = preset or ("acc" if weights else "tiny")
+    if preset not in PRESETS:
+        console.print(f"[red]error[/red]: unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+        return EXIT_JOB_FAILED
+    if (preset == "tiny") != (weights is None):
+        console.print(f"[red]error[/red]: preset {preset!r} " + (
+            "needs --weights (the official checkpoints)" if weights is None else "runs the built-in random model; drop --weights"))
+        return EXIT_JOB_FAILED
+    if weights is None:
+        console.print("[yellow]note[/yellow]: no --weights: the tiny RANDOM model runs. It exercises the whole pipeline "
+                      "but makes no real animation (expect coloured noise). See README for the official weights.")
+    try:
+        identity = model_identity(preset, None if weights is None else str(weights))
+    except Exception as exc:
+        console.print(f"[red]error[/red]: weights {weights}: {storage.describe_error(exc)}")
+        return EXIT_JOB_FAILED
+
+    started_ray = False
+    try:
+        if not ray.is_initialized():
+            _init_ray(address, gpus)
+            started_ray = True
+        cluster = ray.cluster_resources()
+    except Exception as exc:
+        console.print(f"[red]error[/red]: cannot start or reach Ray{f' at {address}' if address else ''}: "
+                      f"{storage.describe_error(exc)}")
+        return EXIT_JOB_FAILED
+    try:
+        cluster_gpus, cluster_cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 1))
+        if cluster_gpus:
+            render_actors, gpus_per_actor = min(gpus or cluster_gpus, cluster_gpus), 1.0
+            if gpus and gpus > cluster_gpus:
+                console.print(f"[yellow]note[/yellow]: --gpus {gpus} but the cluster has {cluster_gpus}; using {cluster_gpus}")
+        else:
+            render_actors, gpus_per_actor = 1, 0.0
+            console.print("[yellow]note[/yellow]: the cluster has no GPU: one render actor runs on CPU")
+        # Leave one CPU for the assembly tasks, or no MP4 would be written before preprocessing ends.
+        preprocess_actors = cpus or max(1, cluster_cpus - 1)
+        settings = JobSettings(
+            output=output, preset=preset, weights=None if weights is None else str(weights), model_identity=identity,
+            segment_frames=segment_frames or DEFAULT_SEGMENT_FRAMES,
+            overlap_frames=DEFAULT_OVERLAP_FRAMES if overlap_frames is None else overlap_frames,
+            force=force, allow_http=allow_http, input_root=None if input_root is None else str(input_root),
+            render_threads=0 if cluster_gpus else max(1, cluster_cpus // 2))
+        plan_segments(settings.segment_frames + 1, settings.segment_frames, settings.overlap_frames)  # checks the numbers
+        console.print(f"job: preset {preset}, model {identity}, {render_actors} render actor(s), "
+                      f"up to {preprocess_actors} preprocessing actor(s), output {storage.redact(output)}")
+        report = run_job(manifest, settings, render_actors=render_actors, render_gpus_per_actor=gpus_per_actor,
+                         preprocess_actors=preprocess_actors, console=console)
+    except (JobError, ValueError) as exc:
+        console.print(f"[red]error[/red]: {storage.redact(str(exc))}")
+        return EXIT_JOB_FAILED
+    finally:
+        if started_ray:
+            ray.shutdown()
+    counts = {status: sum(r["status"] == status for r in report.results) for status in ("done", "skipped", "failed")}
+    console.print(f"finished: {counts['done']} rendered, {counts['skipped']} already done, {counts['failed']} failed; "
+                  f"results in {storage.redact(storage.join(output, 'results.parquet'))}")
+    return EXIT_ROWS_FAILED if counts["failed"] else EXIT_OK
+
+
+def _init_ray(address: str | None, gpus: int | None) -> None:
+    import ray
+
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+        return
+    import torch
+
+    real_gpus = torch.cuda.device_count()
+    # On a machine without GPUs, --gpus N gives Ray N logical GPUs (render actors then run on CPU).
+    num_gpus = real_gpus if real_gpus else (gpus or 0)
+    total_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    ray.init(num_cpus=os.cpu_count(), num_gpus=num_gpus, include_dashboard=False, logging_level="WARNING",
+             object_store_memory=int(min(2e9, 0.2 * total_memory)),
+             _temp_dir="/tmp/ray")  # Ray's socket paths must stay short (AF_UNIX limit)
+
+
+def validate_command(manifest: str, allow_http: bool = False, input_root: Path | None = None) -> int:
+    from pipeline.manifest import validate_manifest
+
+    specs, problems = validate_manifest(manifest, allow_http=allow_http, input_root=input_root)
+    for problem in problems:
+        console.print(str(problem), markup=False)
+    rows = {p.row for p in problems}
+    console.print(f"{len(specs)} row(s) OK, {len(rows)} with problems ({len(problems)} problem(s))")
+    return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def status_command(output: str) -> int:
+    from pipeline.job import read_results
+    from pipeline.ledger import Ledger
+
+    try:
+        results = read_results(output)
+    except FileNotFoundError:
+        console.print(f"{storage.redact(output)}: no results.parquet (no job has finished here yet)")
+        results = None
+    except Exception as exc:
+        console.print(f"[red]error[/red]: {storage.redact(output)}: {storage.describe_error(exc)}")
+        return EXIT_JOB_FAILED
+    ledger = Ledger(output)
+    clip_records = ledger.clip_records()
+    console.print(f"{storage.redact(output)}: {len(clip_records)} finished clip(s) in the ledger, "
+                  f"{len(ledger.segment_records())} segment render(s) recorded")
+    if results is None:
+        return EXIT_OK
+    counts = results["status"].value_counts().to_dict()
+    console.print(f"last run: {len(results)} row(s): " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "skipped", "failed")))
+    done = results[results["status"] != "failed"]
+    if len(done):
+        console.print(f"video: {done['frames'].sum():.0f} frames, {done['seconds'].sum():.1f} s of audio; "
+                      f"render {results['render_seconds'].sum():.1f} s, assemble {results['assemble_seconds'].sum():.1f} s")
+    failed = results[results["status"] == "failed"]
+    for _, row in failed.iterrows():
+        console.print(f"[red]failed[/red] {row['error']}")
+    return EXIT_OK
+
+
+def plan_command(manifest: str, segment_frames: int | None = None, overlap_frames: int | None = None) -> int:
+    """Frames and segments per row (from audio headers: nothing is decoded), and GPU time per preset."""
+    from pipeline.manifest import Limits, parse_manifest, read_manifest
+    from pipeline.media import audio_duration_seconds
+
+    segment_frames = segment_frames or DEFAULT_SEGMENT_FRAMES
+    overlap_frames = DEFAULT_OVERLAP_FRAMES if overlap_frames is None else overlap_frames
+    try:
+        specs, problems = parse_manifest(read_manifest(storage.check_uri(manifest)))
+    except Exception as exc:
+        console.print(f"[red]error[/red]: manifest {storage.redact(manifest)}: {storage.describe_error(exc)}")
+        return EXIT_JOB_FAILED
+    limits = Limits()
+    table = Table("row", "clip_id", "seconds", "fps", "frames", "segments", "size")
+    total_frames = total_segments = 0
+    per_preset = {preset: 0.0 for preset in FLOPS_PER_FRAME}
+    for spec in specs:
+        try:
+            with storage.open_input(storage.check_uri(spec.audio)) as f:
+                seconds = audio_duration_seconds(f, spec.audio.rsplit("/", 1)[-1])
+        except Exception as exc:
+            problems.append(_problem(spec, "audio", storage.describe_error(exc)))
+            continue
+        if seconds > limits.max_audio_seconds:
+            problems.append(_problem(spec, "audio", f"{seconds:.1f} s is over the limit of {limits.max_audio_seconds:g} s"))
+            continue
+        frames = round(seconds * spec.fps)
+        segments = plan_segments(frames, segment_frames, overlap_frames)
+        rendered_frames = sum(stop - start for start, stop in segments)  # overlaps are rendered twice
+        total_frames += frames
+        total_segments += len(segments)
+        width, height = spec.width or 768, spec.height or 768
+        scale = _pixel_scale(width, height)
+        for preset, flops in FLOPS_PER_FRAME.items():
+            per_preset[preset] += (rendered_frames * flops + len(segments) * FLOPS_PER_SEGMENT) * scale
+        table.add_row(str(spec.row), spec.clip_id, f"{seconds:.2f}", f"{spec.fps:g}", str(frames), str(len(segments)),
+                      f"{width}x{height}")
+    console.print(table)
+    console.print(f"total: {len(specs)} row(s), {total_frames} frames, {total_segments} segments "
+                  f"({segment_frames} frames, overlap {overlap_frames})")
+    speed = H100_DENSE_FP16_FLOPS * ASSUMED_EFFICIENCY
+    for preset, flops in per_preset.items():
+        gpu_seconds = flops / speed
+        console.print(f"preset {preset}: {flops / 1e15:,.1f} PFLOP ≈ {gpu_seconds / 3600:,.2f} H100-hours "
+                      f"({gpu_seconds:,.0f} GPU-s)")
+    console.print(f"assumption: {ASSUMED_EFFICIENCY:.0%} of an H100's {H100_DENSE_FP16_FLOPS / 1e12:.0f} TFLOP/s dense "
+                  "fp16 peak, FLOPs from spec §12 (768x768, scaled by pixel count for other sizes)")
+    for problem in problems:
+        console.print(f"[yellow]not planned[/yellow]: {problem}")
+    return EXIT_OK
+
+
+def _pixel_scale(width: int, height: int) -> float:
+    """Rough: compute per frame grows with the pixel count (attention grows faster; see spec §12.2)."""
+    return (width * height) / (768 * 768)
+
+
+def _problem(spec, field: str, reason: str):
+    from pipeline.manifest import Problem
+
+    return Problem(spec.row, spec.clip_id, field, reason)
+

@@ -1,0 +1,226 @@
+"""The batch job end to end with the real tiny model: local Ray with 2 logical GPUs (two render
+actors on this CPU machine), inputs and outputs on a real S3 API server on loopback, a mixed
+manifest, resume after a SIGKILL of the driver, and reruns that render nothing / one clip."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile
+from PIL import Image, ImageDraw
+
+from pipeline import storage
+from pipeline.assemble import probe_video
+from pipeline.commands import EXIT_OK, EXIT_ROWS_FAILED, run_command
+from pipeline.job import read_results
+from pipeline.ledger import Ledger
+
+REPO = Path(__file__).resolve().parent.parent
+FPS = 12.0
+SIZE = 128
+# Small segments so that every clip has several (and they spread over both render actors).
+JOB = dict(preset=None, gpus=2, segment_frames=16, overlap_frames=4)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, object_store_memory=500_000_000,
+             _temp_dir="/tmp/ray", logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def image_bytes(seed: int) -> bytes:
+    """A drawn figure: head and shoulders on a plain background."""
+    image = Image.new("RGB", (160, 200), (200 + seed % 50, 210, 230))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((55, 30, 105, 90), fill=(230, 190, 160))
+    draw.rectangle((30, 100, 130, 200), fill=(40, 60 + 20 * seed % 200, 120))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def wav_bytes(seconds: float, pitch: float = 220.0) -> bytes:
+    t = np.arange(int(seconds * 16_000)) / 16_000
+    voice = 0.3 * np.sin(2 * np.pi * pitch * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    buffer = io.BytesIO()
+    soundfile.write(buffer, voice.astype(np.float32), 16_000, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def write_inputs(root: str, clips: dict[str, float]) -> str:
+    """Inputs + manifest under root (any fsspec URL); returns the manifest URI."""
+    rows = []
+    for index, (clip_id, seconds) in enumerate(clips.items()):
+        storage.write_atomic(storage.join(root, f"{clip_id}.png"), image_bytes(index))
+        storage.write_atomic(storage.join(root, f"{clip_id}.wav"), wav_bytes(seconds, 180 + 40 * index))
+        rows.append(dict(clip_id=clip_id, image=f"{clip_id}.png", audio=f"{clip_id}.wav"))
+    return write_manifest(root, rows)
+
+
+def write_manifest(root: str, rows: list[dict]) -> str:
+    frame = pd.DataFrame(rows)
+    frame["fps"], frame["width"], frame["height"] = FPS, SIZE, SIZE
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    uri = storage.join(root, "manifest.parquet")
+    storage.write_atomic(uri, buffer.getvalue())
+    return uri
+
+
+def check_video(uri: str, audio_seconds: float) -> None:
+    probe = probe_video(uri)
+    assert (probe["vcodec"], probe["acodec"]) == ("h264", "aac")
+    assert probe["fps"] == pytest.approx(FPS)
+    assert (probe["width"], probe["height"]) == (SIZE, SIZE)
+    assert abs(probe["duration"] - audio_seconds) <= 1 / FPS + 1e-3
+    assert probe["frames"] == round(audio_seconds * FPS)
+
+
+def segment_keys(records: list[dict]) -> list[tuple]:
+    return sorted((r["clip_id"], r["fingerprint"], r["start"], r["stop"]) for r in records)
+
+
+def test_job_on_s3_renders_every_clip(ray_cluster, s3_bucket, tmp_path):
+    clips = {"short": 1.5, "long": 4.2}
+    manifest = write_inputs(s3_bucket + "/in", clips)
+    output = s3_bucket + "/out"
+    assert run_command(manifest, output, **JOB) == EXIT_OK
+    results = read_results(output).set_index("clip_id")
+    assert list(results["status"]) == ["done", "done"]
+    for clip_id, seconds in clips.items():
+        assert results.loc[clip_id, "output"] == f"{output}/{clip_id}.mp4"
+        assert results.loc[clip_id, "frames"] == round(seconds * FPS)
+        check_video(results.loc[clip_id, "output"], seconds)
+    ledger = Ledger(output)
+    records = ledger.segment_records()
+    assert len(records) == len(set(segment_keys(records)))  # each segment rendered once
+    assert {r["pid"] for r in ledger.segment_records("long")} .__len__() >= 1
+    assert not storage.exists(f"{output}/_segments/long/{results.loc['long', 'fingerprint']}/0-16.npy")  # freed
+
+
+def test_mixed_manifest_fails_each_bad_row_alone(ray_cluster, tmp_path):
+    root = str(tmp_path)
+    storage.write_atomic(f"{root}/good.png", image_bytes(0))
+    storage.write_atomic(f"{root}/good.wav", wav_bytes(1.5))
+    storage.write_atomic(f"{root}/corrupt.wav", b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(200))
+    storage.write_atomic(f"{root}/empty.wav", b"")
+    rows = [
+        dict(clip_id="good", image="good.png", audio="good.wav"),
+        dict(clip_id="corrupt_wav", image="good.png", audio="corrupt.wav"),
+        dict(clip_id="missing_image", image="nowhere.png", audio="good.wav"),
+        dict(clip_id="empty_audio", image="good.png", audio="empty.wav"),
+        dict(clip_id="GOOD", image="good.png", audio="good.wav"),
+        dict(clip_id="../x", image="good.png", audio="good.wav"),
+    ]
+    manifest = write_manifest(root, rows)
+    output = str(tmp_path / "out")
+    assert run_command(manifest, output, **JOB) == EXIT_ROWS_FAILED
+    results = read_results(output)
+    assert list(results["row"]) == list(range(len(rows)))
+    status = dict(zip(results["row"], results["status"]))
+    errors = dict(zip(results["row"], results["error"]))
+    assert status[0] == "done" and pd.isna(errors[0])
+    check_video(results.loc[0, "output"], 1.5)
+    assert all(status[row] == "failed" for row in range(1, 6))
+    assert errors[1].startswith("row 1 (clip 'corrupt_wav'): audio: ")
+    assert errors[2].startswith("row 2 (clip 'missing_image'): image: not found")
+    assert errors[3] == "row 3 (clip 'empty_audio'): audio: file is empty"
+    assert errors[4].startswith("row 4 (clip 'GOOD'): clip_id: duplicate of row 0")
+    assert errors[5].startswith("row 5 (clip '../x'): clip_id: ")
+    assert sorted(p.name for p in Path(output).glob("*.mp4")) == ["good.mp4"]
+
+
+def test_rerun_renders_nothing_and_an_edited_row_only_itself(ray_cluster, tmp_path):
+    root = str(tmp_path)
+    manifest = write_inputs(root, {"a": 1.5, "b": 2.0})
+    output = str(tmp_path / "out")
+    assert run_command(manifest, output, **JOB) == EXIT_OK
+    ledger = Ledger(output)
+    first = segment_keys(ledger.segment_records())
+    first_mp4 = {clip: Path(output, f"{clip}.mp4").stat().st_mtime_ns for clip in "ab"}
+
+    assert run_command(manifest, output, **JOB) == EXIT_OK
+    assert list(read_results(output)["status"]) == ["skipped", "skipped"]
+    assert segment_keys(ledger.segment_records()) == first  # nothing rendered
+    assert {clip: Path(output, f"{clip}.mp4").stat().st_mtime_ns for clip in "ab"} == first_mp4
+
+    storage.write_atomic(f"{root}/b.wav", wav_bytes(2.5, pitch=300))  # edit row b's audio
+    assert run_command(manifest, output, **JOB) == EXIT_OK
+    results = read_results(output).set_index("clip_id")
+    assert list(results["status"]) == ["skipped", "done"]
+    new = sorted(set(segment_keys(ledger.segment_records())) - set(first))
+    assert new and {key[0] for key in new} == {"b"}  # only b rendered, under its new fingerprint
+    assert Path(output, "a.mp4").stat().st_mtime_ns == first_mp4["a"]
+    check_video(results.loc["b", "output"], 2.5)
+
+    assert run_command(manifest, output, force=True, **JOB) == EXIT_OK
+    assert list(read_results(output)["status"]) == ["done", "done"]
+
+
+def test_driver_killed_midway_then_rerun_finishes_without_rendering_twice(ray_cluster, tmp_path):
+    clips = {f"clip{i}": 2.5 for i in range(5)}
+    root = str(tmp_path)
+    manifest = write_inputs(root, clips)
+    output = tmp_path / "out"
+    command = [sys.executable, str(REPO / "cli.py"), "run", manifest, "--output", str(output), "--gpus", "2",
+               "--cpus", "1", "--segment-frames", "16", "--overlap-frames", "4"]
+    log = open(tmp_path / "driver.log", "wb")
+    driver = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    complete_seen: set[str] = set()
+    try:
+        deadline = time.monotonic() + 240
+        while not complete_seen and time.monotonic() < deadline and driver.poll() is None:
+            for video in output.glob("*.mp4"):  # a final name must only ever hold a complete video
+                check_video(str(video), clips[video.stem])
+                complete_seen.add(video.stem)
+            time.sleep(0.05)
+        assert complete_seen, f"no MP4 appeared; driver log:\n{(tmp_path / 'driver.log').read_text()}"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        _kill_session(driver.pid)
+    ledger = Ledger(str(output))
+    finished_at_kill = {r["clip_id"] for r in ledger.clip_records()}
+    assert finished_at_kill < set(clips), "the kill came too late to test resuming"
+    records_at_kill = segment_keys(ledger.segment_records())
+    files_at_kill = {p for p in (output / "_segments").glob("*/*/*.npy")}
+    for video in output.glob("*.mp4"):
+        check_video(str(video), clips[video.stem])
+
+    assert run_command(manifest, str(output), **JOB) == EXIT_OK
+    results = read_results(str(output)).set_index("clip_id")
+    assert all(results.loc[clip, "status"] == ("skipped" if clip in finished_at_kill else "done") for clip in clips)
+    for clip_id, seconds in clips.items():
+        check_video(str(output / f"{clip_id}.mp4"), seconds)
+    records = segment_keys(ledger.segment_records())
+    assert len(records) == len(set(records)), "a segment was rendered twice"
+    # Exactly the segments without a committed file at the kill were rendered by the rerun.
+    from pipeline.segments import plan_segments
+
+    kept = {(p.parts[-3], p.parts[-2], *map(int, p.stem.split("-"))) for p in files_at_kill}
+    expected_new = {(clip, results.loc[clip, "fingerprint"], start, stop)
+                    for clip in set(clips) - finished_at_kill
+                    for start, stop in plan_segments(results.loc[clip, "frames"], 16, 4)} - kept
+    assert set(records) - set(records_at_kill) == expected_new
+
+
+def _kill_session(session_id: int) -> None:
+    """The killed driver's local Ray (raylet, GCS, workers) runs in the session the test started."""
+    for _ in range(100):
+        try:
+            os.killpg(session_id, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
