@@ -138,7 +138,7 @@ def _resnet(in_channels: int, out_channels: int, cfg: UNetConfig) -> ResnetBlock
 
 def _motion_module(channels: int, cfg: UNetConfig) -> MotionModule:
     return MotionModule(
-        channels, cfg.motion_module_heads, cfg.motion_module_max_len, cfg.norm_num_groups, cfg.transformer_norm_eps
+        channels, cfg.motion_module_heads, cfg.motion_module_max_len, cfg.motion_module_norm_groups, cfg.transformer_norm_eps
     )
 
 

@@ -33,6 +33,8 @@ class UNetConfig:
     audio_attention_scale: float = 3.0
     motion_module_heads: int = 8
     motion_module_max_len: int = 32
+    # Upstream's motion modules keep their own default of 32 groups whatever the UNet uses.
+    motion_module_norm_groups: int = 32
     pose_encoder_block_channels: tuple[int, ...] = (16, 32, 96, 256)
     pose_conditioning_channels: int = 3
 
@@ -57,6 +59,7 @@ def tiny_unet_config() -> UNetConfig:
         attention_heads=4,
         norm_num_groups=8,
         motion_module_heads=4,
+        motion_module_norm_groups=8,
         pose_encoder_block_channels=(8, 8, 16, 16),
     )
 
