@@ -79,7 +79,7 @@ def write_official_layout(root: Path, small: bool, vae_format: str = "bin") -> d
     (vae_dir / "config.json").write_text(json.dumps(config))
     vae = random_state("vae_sd_vae_ft_mse", 7, small)
     if vae_format == "safetensors":
-        save_file({k: v.contiguous() for k, v in vae.items()}, vae_dir / "diffusion_pytorch_model.safetensors")
+        save_file({k: v.clone() for k, v in vae.items()}, vae_dir / "diffusion_pytorch_model.safetensors")
     else:
         torch.save(vae, vae_dir / "diffusion_pytorch_model.bin")
     files["sd-vae-ft-mse"] = vae
