@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import ray
 
 from pipeline import storage
 from pipeline.ledger import Ledger
@@ -68,6 +69,8 @@ class SegmentRenderer:
             raise RuntimeError(f"weights changed since the job started: model is {self.model.identity}, "
                                f"the job's fingerprints use {settings.model_identity}")
         self.ledger = Ledger(settings.output)
+        # Which Ray node rendered each segment (ledger records): shows placement and re-renders after node loss.
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         row = {name: batch[name][0] for name in WORK_COLUMNS}
@@ -87,7 +90,8 @@ class SegmentRenderer:
                 render_seconds = time.perf_counter() - started
                 write_segment(frames, uri)
                 self.ledger.record_segment(clip_id, fingerprint, start, stop, seconds=render_seconds,
-                                           attempt=attempt, pid=os.getpid(), model=self.model.identity)
+                                           attempt=attempt, pid=os.getpid(), node_id=self.node_id,
+                                           model=self.model.identity)
             except Exception as exc:  # noqa: BLE001 - any failure of this segment is retried, then reported
                 errors.append(f"attempt {attempt}: {storage.describe_error(exc)}")
                 continue
