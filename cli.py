@@ -17,7 +17,8 @@ def run(
     output: str = typer.Option(..., "--output", "-o", help="Output root: local path or fsspec URL."),
     weights: Optional[Path] = typer.Option(None, help="Official weights folder; without it the random tiny model runs."),
     preset: Optional[str] = typer.Option(None, help="quality | acc | tiny (default: acc with --weights, else tiny)."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address to join (default: start a local Ray)."),
+    address: Optional[str] = typer.Option(
+        None, help="Ray cluster to join: auto, or <head-ip>:6379 (default: RAY_ADDRESS if set, else start a local Ray)."),
     gpus: Optional[int] = typer.Option(None, help="Render actors (GPUs) to use; default: all the cluster has."),
     cpus: Optional[int] = typer.Option(None, help="Preprocessing actors; default: follow the cluster's CPUs."),
     force: bool = typer.Option(False, help="Redo every clip, ignoring the ledger."),
@@ -25,6 +26,8 @@ def run(
     overlap_frames: Optional[int] = typer.Option(None, help="Frames shared by neighbouring segments (cross-faded)."),
     allow_http: bool = typer.Option(False, help="Allow http(s):// inputs."),
     input_root: Optional[Path] = typer.Option(None, help="Confine local inputs to this folder (symlinks may not leave it)."),
+    shared_fs: bool = typer.Option(
+        False, help="Local paths are one filesystem mounted alike on every node (NFS, EFS): allow them on a multi-node cluster."),
 ) -> None:
     """Render one MP4 per manifest row into OUTPUT (resumable: finished clips are skipped)."""
     arguments = dict(locals())  # the parameters only, taken before the import adds a name

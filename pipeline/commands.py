@@ -4,7 +4,8 @@ Exit codes of `run`:
     0  every row is done (rendered now or skipped as already finished)
     3  the job ran, but some rows failed (see <output>/results.parquet or `cli.py status OUTPUT`)
     2  the job could not run: unreadable manifest or one with missing columns, unreachable or
-       unwritable output, bad or missing weights, an unknown preset, a Ray cluster that cannot be reached
+       unwritable output, bad or missing weights, an unknown preset, a Ray cluster that cannot be reached,
+       node-local paths on a multi-node cluster (see cluster/README.md)
 Exit codes of `validate`: 0 no problem, 1 one or more problems (one line each).
 `status` and `plan`: 0, or 2 when the output root / manifest cannot be read.
 """
@@ -14,6 +15,7 @@ import os
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline import storage
@@ -37,11 +39,12 @@ console = Console(highlight=False)
 def run_command(manifest: str, output: str, weights: Path | None = None, preset: str | None = None,
                 address: str | None = None, gpus: int | None = None, cpus: int | None = None, force: bool = False,
                 segment_frames: int | None = None, overlap_frames: int | None = None, allow_http: bool = False,
-                input_root: Path | None = None) -> int:
+                input_root: Path | None = None, shared_fs: bool = False) -> int:
     import ray
 
     from echomimic2 import PRESETS
     from pipeline.job import JobError, run_job
+    from pipeline.multinode import refuse_node_local_paths, work_runs_off_this_node
     from pipeline.preprocess import JobSettings
     from pipeline.render import model_identity
 
@@ -62,6 +65,7 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
         console.print(f"[red]error[/red]: weights {weights}: {storage.describe_error(exc)}")
         return EXIT_JOB_FAILED
 
+    address = address or os.environ.get("RAY_ADDRESS")  # set for the driver of a `ray job submit`
     started_ray = False
     try:
         if not ray.is_initialized():
@@ -90,6 +94,12 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
             force=force, allow_http=allow_http, input_root=None if input_root is None else str(input_root),
             render_threads=0 if cluster_gpus else max(1, cluster_cpus // 2))
         plan_segments(settings.segment_frames + 1, settings.segment_frames, settings.overlap_frames)  # checks the numbers
+        if address and work_runs_off_this_node():
+            refused = refuse_node_local_paths(manifest, settings, shared_fs=shared_fs)
+            for line in refused:
+                console.print(f"[red]error[/red]: {escape(storage.redact(line))}")
+            if refused:
+                return EXIT_JOB_FAILED
         console.print(f"job: preset {preset}, model {identity}, {render_actors} render actor(s), "
                       f"up to {preprocess_actors} preprocessing actor(s), output {storage.redact(output)}")
         report = run_job(manifest, settings, render_actors=render_actors, render_gpus_per_actor=gpus_per_actor,

@@ -41,3 +41,17 @@ def node_local_paths(named_uris: list[tuple[str, str]], *, shared_fs: bool) -> l
         elif scheme == "file" and not storage.local_path(uri).is_absolute():
             problems.append(f"{name}: relative path {uri} means a different folder on each node; give an absolute path")
     return problems
+
+
+def refuse_node_local_paths(manifest: str, settings, *, shared_fs: bool) -> list[str]:
+    """node_local_paths for the job's output root and every row's inputs (the manifest itself is read
+    by the driver alone, so it may be local). `settings` is the job's JobSettings."""
+    from pipeline.job import load_specs
+
+    specs, _ = load_specs(manifest, settings)
+    named = [("--output", settings.output)]
+    for spec in specs:
+        label = f"row {spec.row} (clip {spec.clip_id!r})"
+        named += [(f"{label}: {field}", uri) for field, uri in
+                  (("image", spec.image), ("audio", spec.audio), ("pose", spec.pose)) if uri]
+    return node_local_paths(named, shared_fs=shared_fs)
