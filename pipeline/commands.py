@@ -33,7 +33,7 @@ FLOPS_PER_SEGMENT = 2.08e12 + 2.61e12
 H100_DENSE_FP16_FLOPS = 989e12
 ASSUMED_EFFICIENCY = 0.35  # sustained fraction of the H100's dense fp16 peak (a guess, not a measurement)
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # soft wrap: one line per problem, even in logs
 
 
 def run_command(manifest: str, output: str, weights: Path | None = None, preset: str | None = None,
@@ -78,7 +78,12 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
         return EXIT_JOB_FAILED
     try:
         cluster_gpus, cluster_cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 1))
-        if cluster_gpus:
+        if address and gpus and gpus > cluster_gpus:
+            # A joined cluster may autoscale: pending GPU actors are what makes it add GPU nodes.
+            render_actors, gpus_per_actor = gpus, 1.0
+            console.print(f"[yellow]note[/yellow]: --gpus {gpus} but the cluster has {cluster_gpus} GPU(s) now; "
+                          "rendering starts as its autoscaler adds GPU nodes")
+        elif cluster_gpus:
             render_actors, gpus_per_actor = min(gpus or cluster_gpus, cluster_gpus), 1.0
             if gpus and gpus > cluster_gpus:
                 console.print(f"[yellow]note[/yellow]: --gpus {gpus} but the cluster has {cluster_gpus}; using {cluster_gpus}")
