@@ -471,3 +471,32 @@ def test_losing_the_gpu_node_mid_job_loses_nothing(loopback_cluster, s3_bucket, 
     assert not (twice.keys() & finished), (twice, finished)
     assert len(twice) <= 2, twice
     assert loopback_cluster.head_node_id() not in {r["node_id"] for r in renders}
+
+
+@pytest.mark.slow
+def test_gpus_beyond_the_cluster_wait_for_gpu_nodes_to_join(loopback_cluster, s3_bucket, tmp_path):
+    """`--gpus N` on a cluster scaled down to its head: the job asks for N GPU actors and renders once
+    a GPU node joins (here started by the test, as an autoscaler would)."""
+    from pipeline.job import read_results
+
+    manifest = write_inputs(s3_bucket, {"epsilon": 1.0})
+    output = f"{s3_bucket}/renders"
+    log = tmp_path / "job.log"
+    loopback_cluster.lose_gpu_node()
+    job = start_cli_run(loopback_cluster, manifest, "--output", output, "--gpus", "2", *SEGMENT_ARGS, log=log)
+    try:
+        deadline = time.monotonic() + 300
+        while "adds GPU nodes" not in " ".join(log.read_text().split()):
+            assert job.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(0.5)
+        time.sleep(5)
+        assert job.poll() is None and segment_renders(output) == []  # waiting, not rendering on CPU
+        loopback_cluster.start_gpu_node()
+        assert job.wait(600) == 0, log.read_text()[-4000:]
+    finally:
+        if job.poll() is None:
+            job.kill()
+        if loopback_cluster.gpu_node is None:
+            loopback_cluster.start_gpu_node()
+    assert list(read_results(output)["status"]) == ["done"]
+    assert {r["node_id"] for r in segment_renders(output)} == {loopback_cluster.gpu_node_id()}
