@@ -109,3 +109,25 @@ def test_bad_inputs_are_named(model, inputs):
         arguments.update(change)
         with pytest.raises(ValueError, match=message):
             model.render(**arguments)
+
+
+def test_from_official_names_the_missing_files(tmp_path):
+    with pytest.raises(Exception, match=r"denoising_unet_acc\.pth.*\n.*file not found"):
+        EchoMimicV2.from_official(tmp_path, variant="acc", device="cpu", dtype=torch.float32)
+    with pytest.raises(ValueError, match="variant"):
+        EchoMimicV2.from_official(tmp_path, variant="tiny", device="cpu")
+
+
+def test_weights_identity_follows_file_content(tmp_path):
+    from echomimic2.model import _files_digest
+
+    files = [tmp_path / "a.pth", tmp_path / "sub" / "b.pth"]
+    files[1].parent.mkdir()
+    files[0].write_bytes(b"x" * 10)
+    files[1].write_bytes(bytes(range(256)) * 40_000)  # 10 MB: larger than the hashed head + tail
+    first = _files_digest(files, tmp_path)
+    assert first == _files_digest(list(reversed(files)), tmp_path)
+    data = bytearray(files[1].read_bytes())
+    data[-1] ^= 1  # a change in the tail
+    files[1].write_bytes(bytes(data))
+    assert _files_digest(files, tmp_path) != first

@@ -6,6 +6,7 @@ from echomimic2.sampler import (
     CONTEXT_FRAMES,
     NOISE_CLAMP,
     frame_noise,
+    official_noise,
     official_windows,
     segment_noise,
     segment_windows,
@@ -112,3 +113,11 @@ def test_official_windows_wrap_around_and_rotate():
     assert len(official_windows(240, 0)) == 27
     # A short clip is one window, rotated every step as the official code does.
     assert official_windows(10, 1) == [[3, 4, 5, 6, 7, 8, 9, 0, 1, 2]]
+
+
+def test_reference_compatible_noise_is_the_official_global_draw():
+    """infer.py seeds the global CPU generator and draws the whole clip at once in the model dtype."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(420)
+        expected = torch.randn((1, 4, 7, 6, 6), dtype=torch.float16).clamp(-1.5, 1.5).float()
+    assert torch.equal(official_noise(420, 7, 6, 6, torch.float16), expected)
