@@ -224,6 +224,10 @@ class LoopbackRayCluster:
         # Auth mode is fixed for every process (nodes, drivers): mixing modes breaks connections.
         self.env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
         self.env.pop("RAY_ADDRESS", None)
+        # `python` is this venv's on every node, as the image's is on a real one (job entrypoints say `python`).
+        self.env["PATH"] = f"{RAY_BIN.parent}{os.pathsep}{self.env.get('PATH', '')}"
+        self.dashboard_port = free_port()
+        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"  # the Ray Jobs API
         self.head: subprocess.Popen | None = None
         self.gpu_node: subprocess.Popen | None = None
 
@@ -241,7 +245,7 @@ class LoopbackRayCluster:
     def start(self) -> None:
         self.head = self._start("head", [
             "--head", f"--port={self.port}", f"--ray-client-server-port={free_port()}",
-            "--include-dashboard=false", f"--dashboard-port={free_port()}", "--num-cpus=1", "--num-gpus=0"])
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}", "--num-cpus=1", "--num-gpus=0"])
         self._wait(lambda: self._port_open(self.port), "the head's GCS port")
         self.start_gpu_node()
 
@@ -499,4 +503,23 @@ def test_gpus_beyond_the_cluster_wait_for_gpu_nodes_to_join(loopback_cluster, s3
         if loopback_cluster.gpu_node is None:
             loopback_cluster.start_gpu_node()
     assert list(read_results(output)["status"]) == ["done"]
+    assert {r["node_id"] for r in segment_renders(output)} == {loopback_cluster.gpu_node_id()}
+
+
+@pytest.mark.slow
+def test_ray_job_submit_with_the_runtime_env_from_cluster_dir(loopback_cluster, s3_bucket):
+    """The README's submission: `ray job submit --runtime-env cluster/runtime_env.yaml -- python cli.py
+    run s3://… --output s3://…` (no --address: the driver joins the job's cluster through RAY_ADDRESS)."""
+    from pipeline.job import read_results
+
+    manifest = write_inputs(s3_bucket, {"zeta": 1.0})
+    output = f"{s3_bucket}/renders"
+    submit = subprocess.run(
+        [str(RAY_BIN), "job", "submit", "--address", loopback_cluster.dashboard_url,
+         "--runtime-env", "cluster/runtime_env.yaml", "--",
+         "python", "cli.py", "run", manifest, "--output", output, *SEGMENT_ARGS],
+        cwd=REPO, env=loopback_cluster.env, capture_output=True, text=True, timeout=900)
+    said = submit.stdout[-4000:] + submit.stderr[-4000:]
+    assert submit.returncode == 0 and "succeeded" in said, said
+    assert list(read_results(output)["status"]) == ["done"], said
     assert {r["node_id"] for r in segment_renders(output)} == {loopback_cluster.gpu_node_id()}
