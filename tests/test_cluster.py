@@ -472,6 +472,7 @@ def test_losing_the_gpu_node_mid_job_loses_nothing(loopback_cluster, s3_bucket, 
     finished = {(r["clip_id"], r["fingerprint"], r["start"], r["stop"]) for r in finished_before_loss}
     # Only the segments the lost node was rendering (one per render actor) may be rendered again;
     # anything recorded as finished before the loss is kept.
+    print(f"{len(times_rendered)} segments, {len(renders)} renders, rendered twice: {sorted(twice)}")
     assert not (twice.keys() & finished), (twice, finished)
     assert len(twice) <= 2, twice
     assert loopback_cluster.head_node_id() not in {r["node_id"] for r in renders}
