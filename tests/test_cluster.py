@@ -164,7 +164,9 @@ def test_dockerfile_copies_existing_paths_and_installs_cuda_torch_and_ffmpeg():
     missing = [path for path in copied if not (REPO / path).exists()]
     assert copied and not missing, missing
     text = "\n".join(lines)
-    assert "download.pytorch.org/whl/cu" in text and "torch.version.cuda" in text
+    # The same torch as requirements.txt, checked for CUDA at build time; ffmpeg for the assembler.
+    pinned = next(line for line in (REPO / "requirements.txt").read_text().splitlines() if line.startswith("torch=="))
+    assert f'pip install "{pinned}"' in text and "torch.version.cuda" in text
     assert "ffmpeg" in text
 
 
