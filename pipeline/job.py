@@ -110,19 +110,23 @@ def run_job(manifest: str, settings: JobSettings, *, render_actors: int, render_
             ray.data.from_items([{"spec": spec_json(spec)} for spec in specs], override_num_blocks=len(specs))
             .map_batches(Preprocessor, fn_constructor_kwargs=dict(settings=settings), batch_size=1,
                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(preprocess_actors, len(specs)))),
+                         # Ray 2.60 has no named parameter for these two (its deprecation warning is expected).
                          num_cpus=1, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
             .map_batches(SegmentRenderer, fn_constructor_kwargs=dict(settings=settings), batch_size=1,
                          compute=ray.data.ActorPoolStrategy(size=render_actors),
                          num_gpus=render_gpus_per_actor, num_cpus=0,
                          max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
         )
-        with tracker.progress:
-            for row in dataset.iter_rows():
-                tracker.on_row(row)
-                tracker.collect_assemblies(wait=False)
-            tracker.finish_streaming()
-            while tracker.collect_assemblies(wait=True):
-                pass
+        try:
+            with tracker.progress:
+                for row in dataset.iter_rows():
+                    tracker.on_row(row)
+                    tracker.collect_assemblies(wait=False)
+                tracker.finish_streaming()
+                while tracker.collect_assemblies(wait=True):
+                    pass
+        except Exception as exc:  # e.g. actors that cannot start (bad weights): finished clips stay in the ledger
+            raise JobError(f"the pipeline stopped: {storage.describe_error(exc)}") from exc
     results = tracker.results()
     write_results(ledger, results)
     ledger.record_job("end", done=sum(r["status"] == "done" for r in results),

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from pipeline import storage
 from pipeline.assemble import probe_video
-from pipeline.commands import EXIT_OK, EXIT_ROWS_FAILED, run_command
+from pipeline.commands import EXIT_OK, EXIT_ROWS_FAILED, plan_command, run_command, status_command
 from pipeline.job import read_results
 from pipeline.ledger import Ledger
 
@@ -110,7 +110,7 @@ def test_job_on_s3_renders_every_clip(ray_cluster, s3_bucket, tmp_path):
     assert not storage.exists(f"{output}/_segments/long/{results.loc['long', 'fingerprint']}/0-16.npy")  # freed
 
 
-def test_mixed_manifest_fails_each_bad_row_alone(ray_cluster, tmp_path):
+def test_mixed_manifest_fails_each_bad_row_alone(ray_cluster, tmp_path, capsys):
     root = str(tmp_path)
     storage.write_atomic(f"{root}/good.png", image_bytes(0))
     storage.write_atomic(f"{root}/good.wav", wav_bytes(1.5))
@@ -140,6 +140,12 @@ def test_mixed_manifest_fails_each_bad_row_alone(ray_cluster, tmp_path):
     assert errors[4].startswith("row 4 (clip 'GOOD'): clip_id: duplicate of row 0")
     assert errors[5].startswith("row 5 (clip '../x'): clip_id: ")
     assert sorted(p.name for p in Path(output).glob("*.mp4")) == ["good.mp4"]
+
+    capsys.readouterr()
+    assert status_command(output) == 0
+    report = capsys.readouterr().out
+    assert "6 row(s): 1 done, 0 skipped, 5 failed" in report
+    assert "row 3 (clip 'empty_audio'): audio: file is empty" in report
 
 
 def test_rerun_renders_nothing_and_an_edited_row_only_itself(ray_cluster, tmp_path):
@@ -224,3 +230,12 @@ def _kill_session(session_id: int) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.1)
+
+
+def test_plan_counts_frames_segments_and_gpu_time_without_rendering(tmp_path, capsys):
+    manifest = write_inputs(str(tmp_path), {"a": 2.0, "b": 10.0})
+    assert plan_command(manifest, segment_frames=16, overlap_frames=4) == 0
+    report = capsys.readouterr().out
+    assert "2 row(s), 144 frames, 12 segments" in report  # 24 + 120 frames at 12 fps: 2 + 10 segments
+    assert "preset quality:" in report and "preset acc:" in report and "H100" in report
+    assert not list(tmp_path.glob("**/*.mp4"))
