@@ -43,6 +43,7 @@ class ClipState:
     fingerprint: str = ""
     info: dict = field(default_factory=dict)  # the clip row's plan
     waiting: set = field(default_factory=set)  # segments still to come back from the render stage
+    rendered: set = field(default_factory=set)  # segments back from the render stage (may precede the plan)
     render_seconds: float = 0.0
     result: dict | None = None  # final results row
     assembling: bool = False
@@ -178,10 +179,11 @@ class Tracker:
                          seconds=record.get("seconds"))
         elif kind == "clip":
             clip.fingerprint, clip.info = row["fingerprint"], info
-            clip.waiting |= {tuple(s) for s in info["pending"]}
+            clip.waiting = {tuple(s) for s in info["pending"]} - clip.rendered
             self.progress.update(self.segment_task, total=self.progress.tasks[self.segment_task].total + len(info["pending"]))
             self._maybe_assemble(clip)
         elif kind == "rendered":
+            clip.rendered.add((row["start"], row["stop"]))
             clip.waiting.discard((row["start"], row["stop"]))
             clip.render_seconds += info["seconds"]
             self.progress.advance(self.segment_task)
@@ -196,6 +198,9 @@ class Tracker:
         if not clip.info or clip.waiting or clip.assembling:
             return
         clip.assembling = True
+        self.start_assembly(clip)
+
+    def start_assembly(self, clip: ClipState) -> None:
         ref = assemble_task.remote(self.settings, clip.spec.clip_id, clip.fingerprint, clip.info)
         self.assemblies[ref] = clip.spec.clip_id
 
