@@ -1,0 +1,335 @@
+"""`cli.py bench`: time the segment renderer with full-size, randomly initialised networks.
+
+The networks are built on the `meta` device and materialised straight on the GPU (no CPU
+initialisation), then `render_segment` runs exactly as `EchoMimicV2.render` runs it. Stage times
+come from CUDA events recorded around each network call, so the timed run is not slowed by
+synchronisation. Achieved TFLOP/s use the official FLOP counts of spec §12 ("spec-equivalent": the
+work the official code does for the same frames, including what our fast paths skip).
+
+Without a GPU the same code runs the tiny networks at a small size on the CPU: a smoke test only,
+its figures say nothing about GPU speed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+
+from .audio import SLICE_MEL_FRAMES, N_MELS, WhisperFeatures
+from .checkpoints import OfficialNetworks
+from .config import UNetConfig, official_unet_config, official_vae_config, tiny_unet_config, tiny_vae_config
+from .denoising_unet import DenoisingUNet3D
+from .fast import prepare_for_gpu
+from .motion_module import PositionalEncoding, sinusoidal_position_table
+from .pose_encoder import PoseEncoder
+from .presets import PRESETS
+from .reference_unet import ReferenceUNet2D
+from .sampler import render_segment, segment_windows
+
+FPS = 24
+REPORT_FRAMES = 120  # figures are given per 120 frames (5 s of video), as in issue 5
+CPU_SIZE, CPU_MAX_FRAMES = 64, 12
+WARMUP_STEPS = 2  # 2 steps see every window-batch shape (the window grid alternates between two layouts)
+WARMUP_MAX_FRAMES = 120  # longer segments reuse the same batch shapes
+
+# Official code, one H100 80GB HBM3, 768², 120 frames (issue 5).
+OFFICIAL_SECONDS_PER_120 = {"acc": 23.7, "quality": 189.0}
+TARGET_SECONDS_PER_120 = {"acc": 8.0, "quality": 60.0}
+TARGET_PEAK_GIB = 8.0
+
+# Spec §12.2 FLOP counts. Per denoising window of 12 frames: alpha·P + beta·P², P = latent pixels per frame.
+WINDOW_FIT = {True: (6.066e9, 4.371e5), False: (2.958e9, 1.748e5)}  # keyed by "CFG on"
+REFERENCE_UNET_FLOPS = {256: 1.699e11, 384: 4.036e11, 512: 7.711e11, 640: 1.312e12, 768: 2.079e12}
+VAE_DECODE_FLOPS_PER_FRAME = {256: 6.222e11, 384: 1.406e12, 512: 2.515e12, 640: 3.959e12, 768: 5.754e12}
+VAE_ENCODE_FLOPS = {256: 2.727e11, 384: 6.197e11, 512: 1.117e12, 640: 1.775e12, 768: 2.609e12}
+POSE_ENCODER_FLOPS_PER_12_FRAMES = {256: 4.417e10, 384: 9.937e10, 512: 1.767e11, 640: 2.760e11, 768: 3.975e11}
+WHISPER_FLOPS_PER_SLICE = 3.694e10
+
+
+def _sized(table: dict[int, float], size: int) -> float:
+    """The spec's figure at `size`; other sizes scale with the pixel count from the nearest listed size."""
+    if size in table:
+        return table[size]
+    nearest = min(table, key=lambda listed: abs(listed - size))
+    return table[nearest] * (size / nearest) ** 2
+
+
+def spec_flops(size: int, frames: int, steps: int, guidance: float) -> dict[str, float]:
+    """Official FLOPs of rendering `frames` frames at size² with our window schedule."""
+    pixels = (size // 8) ** 2
+    alpha, beta = WINDOW_FIT[guidance > 1.0]
+    windows = sum(len(segment_windows(frames, step)) for step in range(steps))
+    return {
+        "audio": WHISPER_FLOPS_PER_SLICE * math.ceil(frames / FPS / 30),
+        "reference": _sized(VAE_ENCODE_FLOPS, size) + _sized(REFERENCE_UNET_FLOPS, size),
+        "denoise": windows * (alpha * pixels + beta * pixels**2),
+        "decode": frames * _sized(VAE_DECODE_FLOPS_PER_FRAME, size),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Random networks, built on meta and materialised on the target device
+
+
+def random_networks(unet_config: UNetConfig, vae_config: dict, device: torch.device, dtype: torch.dtype, seed: int = 0) -> OfficialNetworks:
+    """The four networks with PyTorch's default random initialisation, done on `device`.
+
+    Every parameter is first poisoned with NaN and must come out finite: a layer that the
+    initialisation missed would otherwise keep uninitialised memory and time on garbage.
+    """
+    with torch.device("meta"):
+        networks = OfficialNetworks(
+            reference_unet=ReferenceUNet2D(unet_config),
+            denoising_unet=DenoisingUNet3D(unet_config),
+            pose_encoder=PoseEncoder(unet_config.pose_conditioning_channels, unet_config.pose_encoder_block_channels, unet_config.block_out_channels[0]),
+            vae=AutoencoderKL(**vae_config),
+        )
+    torch.manual_seed(seed)
+    for module in networks:
+        module.to_empty(device=device)
+        with torch.no_grad():
+            for tensor in module.parameters():
+                tensor.fill_(float("nan"))
+            for layer in module.modules():
+                if isinstance(layer, PositionalEncoding):
+                    layer.pe.copy_(sinusoidal_position_table(layer.pe.shape[1], layer.pe.shape[2]))
+                elif any(True for _ in layer.parameters(recurse=False)):
+                    layer.reset_parameters()
+        missed = [name for name, tensor in module.named_parameters() if not torch.isfinite(tensor).all()]
+        if missed:
+            raise RuntimeError(f"{type(module).__name__}: no initialisation for {missed[:5]} ({len(missed)} tensors)")
+        if dtype != torch.float32:  # diffusers warns about any dtype move of the VAE, even a no-op one
+            module.to(dtype=dtype)
+        module.eval().requires_grad_(False)
+    return networks
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage timing
+
+
+class _StageClock:
+    """Intervals recorded with CUDA events (no synchronisation while running) or host time on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.intervals: list[tuple[str, object, object]] = []
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def seconds(self) -> dict[str, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+        totals: dict[str, float] = {}
+        for label, start, end in self.intervals:
+            elapsed = start.elapsed_time(end) / 1e3 if self.cuda else end - start
+            totals[label] = totals.get(label, 0.0) + elapsed
+        return totals
+
+    @contextmanager
+    def instrument(self, owner, method: str, label):
+        """Time every call of `owner.method`; `label(args, kwargs)` names the stage of a call."""
+        original = getattr(owner, method)
+        patched_before = method in vars(owner)
+
+        def timed(*args, **kwargs):
+            start = self.mark()
+            result = original(*args, **kwargs)
+            self.intervals.append((label(args, kwargs), start, self.mark()))
+            return result
+
+        setattr(owner, method, timed)
+        try:
+            yield
+        finally:
+            if patched_before:
+                setattr(owner, method, original)
+            else:
+                delattr(owner, method)
+
+
+def _denoise_step_label(args, kwargs) -> str:
+    timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+    return f"step t={int(timestep)}"
+
+
+@dataclass
+class BenchResult:
+    preset: str
+    frames: int
+    size: int
+    steps: int
+    guidance: float
+    device: str
+    dtype: str
+    networks: str
+    wall_seconds: float
+    stages: dict[str, float]
+    step_seconds: list[float]
+    peak_gib: float | None
+    flops: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def seconds_per_120(self) -> float:
+        return self.wall_seconds * REPORT_FRAMES / self.frames
+
+    @property
+    def realtime_factor(self) -> float:
+        return self.frames / FPS / self.wall_seconds
+
+    def tflops(self) -> dict[str, float]:
+        if not self.flops:  # the CPU smoke run uses the tiny networks: the spec's counts do not apply
+            return {}
+        pairs = {"total": (sum(self.flops.values()), self.wall_seconds)}
+        pairs.update({stage: (self.flops[stage], self.stages.get(stage, 0.0)) for stage in self.flops})
+        return {name: flops / seconds / 1e12 for name, (flops, seconds) in pairs.items() if seconds > 0}
+
+    def as_dict(self) -> dict:
+        return {
+            "preset": self.preset, "frames": self.frames, "size": self.size, "steps": self.steps,
+            "guidance": self.guidance, "device": self.device, "dtype": self.dtype, "networks": self.networks,
+            "wall_s": round(self.wall_seconds, 3), "s_per_120_frames": round(self.seconds_per_120, 3),
+            "realtime_factor": round(self.realtime_factor, 3),
+            "stages_s": {k: round(v, 4) for k, v in self.stages.items()},
+            "mean_step_s": round(sum(self.step_seconds) / len(self.step_seconds), 4) if self.step_seconds else None,
+            "spec_pflops": {k: round(v / 1e15, 4) for k, v in self.flops.items()},
+            "spec_equivalent_tflops_per_s": {k: round(v, 1) for k, v in self.tflops().items()},
+            "peak_gib": None if self.peak_gib is None else round(self.peak_gib, 3),
+            "notes": self.notes,
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def run_bench(preset_name: str, frames: int, size: int, compile_networks: bool = True, windows_per_batch: int = 2, decode_batch: int = 2) -> BenchResult:
+    """Defaults: the settings that keep peak memory ≤ 8 GiB at 768² (BENCHMARKS.md); compilation only on a GPU."""
+    if preset_name not in ("acc", "quality"):
+        raise ValueError(f"preset must be acc or quality, got {preset_name!r}")
+    if frames < 1:
+        raise ValueError(f"frames must be at least 1, got {frames}")
+    if size < 64 or size % 64:
+        raise ValueError(f"size must be a positive multiple of 64, got {size}")
+    preset = PRESETS[preset_name]
+    notes: list[str] = []
+    if torch.cuda.is_available():
+        device, dtype, networks_kind = torch.device("cuda"), torch.float16, "official sizes, random weights"
+        networks = prepare_for_gpu(random_networks(official_unet_config(), official_vae_config(), device, dtype), compile_networks)
+        if compile_networks:
+            notes.append("torch.compile on (compilation happens in the untimed warm-up)")
+    else:
+        device, dtype, networks_kind = torch.device("cpu"), torch.float32, "tiny, random weights"
+        if size != CPU_SIZE or frames > CPU_MAX_FRAMES:
+            notes.append(f"no GPU: ran the tiny networks on the CPU at {CPU_SIZE}² for {min(frames, CPU_MAX_FRAMES)} frames instead of {size}² x {frames}")
+        else:
+            notes.append("no GPU: ran the tiny networks on the CPU")
+        size, frames = CPU_SIZE, min(frames, CPU_MAX_FRAMES)
+        networks = random_networks(tiny_unet_config(), tiny_vae_config(), device, dtype)
+    whisper = WhisperFeatures.tiny(seed=0, device=device, dtype=dtype)
+
+    generator = np.random.default_rng(0)
+    reference = generator.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    audio = generator.standard_normal((frames, 50, 384), dtype=np.float32)
+    poses = generator.integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
+    mel = torch.from_numpy(generator.standard_normal((math.ceil(frames / FPS / 30), N_MELS, SLICE_MEL_FRAMES), dtype=np.float32))
+
+    def render(n: int, steps: int) -> np.ndarray:
+        return render_segment(
+            networks, reference, audio[:n], poses[:n], seed=0, first_frame=0, steps=steps, guidance=preset.guidance,
+            windows_per_batch=windows_per_batch, decode_batch=decode_batch,
+        )
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    # Warm-up: kernel selection (cudnn.benchmark), compilation and allocator growth stay out of the timing.
+    whisper._encode(mel.to(device, dtype))
+    render(min(frames, WARMUP_MAX_FRAMES), min(WARMUP_STEPS, preset.steps))
+    synchronize()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    clock = _StageClock(device)
+    with ExitStack() as stack:
+        stack.enter_context(clock.instrument(whisper, "_encode", lambda a, k: "audio"))
+        stack.enter_context(clock.instrument(networks.vae, "encode", lambda a, k: "reference"))
+        stack.enter_context(clock.instrument(networks.reference_unet, "forward", lambda a, k: "reference"))
+        stack.enter_context(clock.instrument(networks.denoising_unet, "reference_kv", lambda a, k: "reference"))
+        stack.enter_context(clock.instrument(networks.pose_encoder, "forward", lambda a, k: "pose"))
+        stack.enter_context(clock.instrument(networks.denoising_unet, "forward", _denoise_step_label))
+        stack.enter_context(clock.instrument(networks.vae, "decode", lambda a, k: "decode"))
+        synchronize()
+        started = time.perf_counter()
+        whisper._encode(mel.to(device, dtype))
+        video = render(frames, preset.steps)
+        synchronize()
+        wall = time.perf_counter() - started
+    if video.shape != (frames, size, size, 3):
+        raise RuntimeError(f"renderer returned {video.shape}, expected {(frames, size, size, 3)}")
+
+    stages = clock.seconds()
+    step_seconds = [seconds for label, seconds in stages.items() if label.startswith("step ")]
+    stages = {label: seconds for label, seconds in stages.items() if not label.startswith("step ")}
+    # Pose encoding runs inside the window loop; the denoiser's own time excludes it.
+    stages["denoise"] = sum(step_seconds)
+    stages["other"] = wall - sum(stages.values())
+    return BenchResult(
+        preset=preset_name, frames=frames, size=size, steps=preset.steps, guidance=preset.guidance,
+        device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", dtype=str(dtype).removeprefix("torch."),
+        networks=networks_kind, wall_seconds=wall, stages=stages, step_seconds=step_seconds,
+        peak_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+        flops=spec_flops(size, frames, preset.steps, preset.guidance) if device.type == "cuda" else {}, notes=notes,
+    )
+
+
+def format_report(result: BenchResult) -> str:
+    tflops = result.tflops()
+    lines = [
+        f"EchoMimic V2 bench: preset {result.preset} ({result.steps} steps, guidance {result.guidance}), "
+        f"{result.frames} frames at {result.size}², {result.device}, {result.dtype}, {result.networks}",
+        *(f"NOTE: {note}" for note in result.notes),
+        f"wall {result.wall_seconds:.2f} s = {result.seconds_per_120:.2f} s per {REPORT_FRAMES} frames; "
+        f"real-time factor {result.realtime_factor:.3f} (video seconds at {FPS} fps / wall seconds)",
+        f"{'stage':<10}{'seconds':>10}{'share':>8}{'spec PFLOP':>12}{'TFLOP/s':>10}",
+    ]
+    for stage in ("audio", "pose", "reference", "denoise", "decode", "other"):
+        seconds = result.stages.get(stage, 0.0)
+        flops = result.flops.get(stage)
+        lines.append(
+            f"{stage:<10}{seconds:>10.3f}{seconds / result.wall_seconds:>8.1%}"
+            f"{'' if flops is None else f'{flops / 1e15:.3f}':>12}{'' if stage not in tflops else f'{tflops[stage]:.0f}':>10}"
+        )
+    if result.step_seconds:
+        lines.append(f"per denoising step: mean {sum(result.step_seconds) / len(result.step_seconds):.3f} s ("
+                     + ", ".join(f"{s:.3f}" for s in result.step_seconds) + ")")
+    if result.flops:
+        lines.append(f"spec-equivalent throughput: {tflops['total']:.0f} TFLOP/s over {sum(result.flops.values()) / 1e15:.3f} PFLOP")
+    lines.append("peak GPU memory: " + ("n/a (CPU)" if result.peak_gib is None else f"{result.peak_gib:.2f} GiB allocated"))
+    if result.device != "cpu" and result.size == 768:
+        target, official = TARGET_SECONDS_PER_120[result.preset], OFFICIAL_SECONDS_PER_120[result.preset]
+        lines.append(f"official code on an H100: {official} s per 120 frames; target ≤ {target} s, ≤ {TARGET_PEAK_GIB} GiB")
+    return "\n".join(lines)
+
+
+def bench_command(preset: str = "acc", frames: int = REPORT_FRAMES, size: int = 768, json_out: bool = False) -> int:
+    try:
+        result = run_bench(preset, frames, size)
+    except ValueError as error:
+        print(f"bench: {error}")
+        return 2
+    print(json.dumps(result.as_dict()) if json_out else format_report(result))
+    return 0

@@ -1,0 +1,270 @@
+"""Measure each speed-up of BENCHMARKS.md on its own (GPU only): one denoising step of a 120-frame
+768² segment under each setting, the VAE decode, the pose encoder, a profile by op class, and the
+fast path's deviation from fp32 in uint8 levels.
+
+    python scripts/gpu_ablations.py [--out DIR] [--compile] [--parts step,cfg,decode,profile,accuracy]
+
+Prints a table; writes ablations.json (and profile tables) into DIR.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from echomimic2.bench import random_networks  # noqa: E402
+from echomimic2.config import official_unet_config, official_vae_config  # noqa: E402
+from echomimic2.sampler import _batched, decode_latents, render_segment, segment_windows  # noqa: E402
+
+SIZE, FRAMES = 768, 120
+LATENT = SIZE // 8
+RESULTS: dict[str, dict] = {}
+
+
+def record(name: str, **values) -> None:
+    RESULTS[name] = values
+    print(f"{name:<58} " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()), flush=True)
+
+
+def timed(fn, repeats: int = 2) -> float:
+    """Median seconds of `repeats` calls after one warm-up call (CUDA events)."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def set_layout(networks, channels_last: bool) -> None:
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    for module in networks:
+        module.to(memory_format=layout)
+
+
+def step_inputs(dtype, windows: int, cfg: bool):
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    rows = 2 * windows if cfg else windows
+    sample = torch.randn((rows, 4, 12, LATENT, LATENT), device="cuda", generator=generator).to(dtype)
+    audio = torch.randn((rows, 12, 50, 384), device="cuda", generator=generator).to(dtype)
+    pose = torch.randn((rows, 320, 12, LATENT, LATENT), device="cuda", generator=generator).to(dtype)
+    return sample, audio, pose
+
+
+def one_step(networks, banks, dtype, per_batch: int, cfg: bool, official_kv: bool, uncond_all_ref: bool = False):
+    """A closure running one denoising step's 14 windows of a 120-frame segment in batches of `per_batch`."""
+    unet = networks.denoising_unet
+    windows = len(segment_windows(FRAMES, 1))
+    cached = unet.reference_kv(banks)
+    groups = [len(g) for g in _batched(list(range(windows)), per_batch)]
+    inputs = {k: step_inputs(dtype, k, cfg) for k in set(groups)}
+
+    def run():
+        for k in groups:
+            sample, audio, pose = inputs[k]
+            uncond = k if cfg and not uncond_all_ref else 0
+            if official_kv:  # the official reader: bank repeated per conditional row, projected every call
+                rows = (2 * k if cfg else k) * 12 - uncond * 12
+                reference_kv = unet.reference_kv({p: b.repeat(rows, 1, 1) for p, b in banks.items()})
+            else:
+                reference_kv = cached
+            unet(sample, 500, audio, pose, reference_kv, uncond_batch=uncond)
+
+    return run
+
+
+def part_step(networks_by_dtype, args) -> None:
+    for dtype_name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        networks, banks = networks_by_dtype[dtype_name]
+        set_layout(networks, False)
+        torch.backends.cudnn.benchmark = False
+        record(f"acc step, {dtype_name}, 1 window/call, official ref K/V", s=timed(one_step(networks, banks, dtype, 1, False, True)))
+        record(f"acc step, {dtype_name}, 1 window/call, cached ref K/V", s=timed(one_step(networks, banks, dtype, 1, False, False)))
+    networks, banks = networks_by_dtype["bf16"]
+    dtype = torch.bfloat16
+    for k in (2, 4, 7):
+        record(f"acc step, bf16, {k} windows/call", s=timed(one_step(networks, banks, dtype, k, False, False)))
+    torch.backends.cudnn.benchmark = True
+    record("acc step, bf16, 4 windows/call, cudnn.benchmark", s=timed(one_step(networks, banks, dtype, 4, False, False)))
+    set_layout(networks, True)
+    for k in (1, 2, 4):
+        torch.cuda.reset_peak_memory_stats()
+        seconds = timed(one_step(networks, banks, dtype, k, False, False))
+        record(f"acc step, bf16, {k} windows/call, channels_last+benchmark", s=seconds, peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION):
+        try:
+            with sdpa_kernel([backend]):
+                record(f"acc step, bf16, 4 windows/call, channels_last, SDPA {backend.name}", s=timed(one_step(networks, banks, dtype, 4, False, False)))
+        except RuntimeError as error:
+            record(f"acc step, SDPA {backend.name}", error=str(error).splitlines()[0][:100])
+
+
+def part_cfg(networks_by_dtype, args) -> None:
+    networks, banks = networks_by_dtype["bf16"]
+    set_layout(networks, True)
+    torch.backends.cudnn.benchmark = True
+    dtype = torch.bfloat16
+    record("quality step (CFG), 2 windows/call, uncond rows self-attention only", s=timed(one_step(networks, banks, dtype, 2, True, False)))
+    record("quality step (CFG), 2 windows/call, reference attention on all rows", s=timed(one_step(networks, banks, dtype, 2, True, False, uncond_all_ref=True)))
+    record("quality step (CFG), 2 windows/call, official ref K/V + all rows", s=timed(one_step(networks, banks, dtype, 2, True, True, uncond_all_ref=True)))
+
+
+def part_decode(networks_by_dtype, args) -> None:
+    networks, _ = networks_by_dtype["bf16"]
+    latents = torch.randn((1, 4, 24, LATENT, LATENT), device="cuda")
+    for label, dtype_name, layout, benchmark, batch in (
+        ("fp16, frame by frame (official)", "fp16", False, False, 1),
+        ("bf16, frame by frame", "bf16", False, False, 1),
+        ("bf16, batch 4, channels_last+benchmark", "bf16", True, True, 4),
+        ("bf16, batch 8, channels_last+benchmark", "bf16", True, True, 8),
+        ("bf16, batch 8, NCHW+benchmark", "bf16", False, True, 8),
+    ):
+        nets, _ = networks_by_dtype[dtype_name]
+        set_layout(nets, layout)
+        torch.backends.cudnn.benchmark = benchmark
+        dtype = torch.float16 if dtype_name == "fp16" else torch.bfloat16
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        seconds = timed(lambda: decode_latents(nets.vae, latents, dtype, batch), repeats=1)
+        record(f"VAE decode {label}", s_per_120=seconds * 5, transient_gib=(torch.cuda.max_memory_allocated() - base) / 2**30)
+    set_layout(networks, True)
+    torch.backends.cudnn.benchmark = True
+    images = torch.randint(0, 256, (39, 3, SIZE, SIZE), device="cuda", dtype=torch.uint8)
+    seconds = timed(lambda: networks.pose_encoder(images.float().div(255).to(torch.bfloat16)))
+    record("pose encoder, 39 distinct frames (one 4-window batch)", s=seconds)
+
+
+KERNEL_CLASSES = (
+    ("attention", ("flash", "fmha", "attention", "cudnn_generated_fort_native_sdpa", "sdpa")),
+    ("gemm", ("gemm", "sm90_xmma", "cutlass", "nvjet", "matmul")),
+    ("conv", ("conv", "implicit", "winograd", "fprop", "dgrad")),
+    ("norm", ("norm", "welford")),
+    ("copy/layout", ("copy", "transpose", "cat", "index", "gather", "scatter")),
+)
+
+
+def part_profile(networks_by_dtype, args) -> None:
+    networks, banks = networks_by_dtype["bf16"]
+    set_layout(networks, True)
+    torch.backends.cudnn.benchmark = True
+    run = one_step(networks, banks, torch.bfloat16, 4, False, False)
+    run()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+        run()
+        torch.cuda.synchronize()
+    classes: dict[str, float] = {}
+    kernels: dict[str, float] = {}
+    for event in profiler.key_averages():
+        if event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        total = event.device_time_total / 1e6
+        name = event.key.lower()
+        kind = next((label for label, keys in KERNEL_CLASSES if any(key in name for key in keys)), "elementwise/other")
+        classes[kind] = classes.get(kind, 0.0) + total
+        kernels[event.key] = total
+    busy = sum(classes.values())
+    for kind, seconds in sorted(classes.items(), key=lambda item: -item[1]):
+        record(f"profile (acc step, 4 windows/call): {kind}", s=seconds, share=seconds / busy)
+    top = sorted(kernels.items(), key=lambda item: -item[1])[:25]
+    (args.out / "profile_top_kernels.txt").write_text("\n".join(f"{s:9.4f} s  {k}" for k, s in top))
+
+
+def part_compile(networks_by_dtype, args) -> None:
+    networks, banks = networks_by_dtype["fp16"]
+    set_layout(networks, False)
+    torch.backends.cudnn.benchmark = True
+    unet, decoder = networks.denoising_unet, networks.vae.decoder
+    eager_unet, eager_decoder = unet.forward, decoder.forward
+    for k in (1, 2):
+        run = one_step(networks, banks, torch.float16, k, False, False)
+        record(f"acc step, fp16, {k} windows/call, eager+benchmark", s=timed(run))
+        unet.forward = torch.compile(eager_unet, mode=args.compile_mode, dynamic=False)
+        started = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        compile_seconds = time.perf_counter() - started
+        torch.cuda.reset_peak_memory_stats()
+        record(f"acc step, fp16, {k} windows/call, torch.compile {args.compile_mode}", s=timed(run), compile_s=compile_seconds,
+               peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+        unet.forward = eager_unet
+    latents = torch.randn((1, 4, 24, LATENT, LATENT), device="cuda")
+    for batch in (1, 2):
+        record(f"VAE decode fp16 batch {batch} eager+benchmark", s_per_120=5 * timed(lambda: decode_latents(networks.vae, latents, torch.float16, batch), repeats=1))
+        decoder.forward = torch.compile(eager_decoder, mode=args.compile_mode, dynamic=False)
+        decode_latents(networks.vae, latents, torch.float16, batch)
+        record(f"VAE decode fp16 batch {batch} torch.compile", s_per_120=5 * timed(lambda: decode_latents(networks.vae, latents, torch.float16, batch), repeats=1))
+        decoder.forward = eager_decoder
+
+
+def part_accuracy(networks_by_dtype, args) -> None:
+    """Same inputs and weights: fp32 plain path vs the bf16 fast path, 24 frames at 256², acc 6 steps."""
+    size, frames = 256, 24
+    generator = np.random.default_rng(1)
+    reference = generator.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    audio = generator.standard_normal((frames, 50, 384), dtype=np.float32)
+    poses = generator.integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
+    def build(dtype):
+        return random_networks(official_unet_config(), official_vae_config(), torch.device("cuda"), dtype, seed=3)
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = False
+    fp32 = build(torch.float32)
+    plain = render_segment(fp32, reference, audio, poses, 0, 0, 6, 1.0, windows_per_batch=1, decode_batch=1)
+    del fp32
+    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        fast = build(dtype)  # the same weights (same seed and order), rounded once to `dtype`
+        set_layout(fast, True)
+        torch.backends.cudnn.benchmark = True
+        frames_fast = render_segment(fast, reference, audio, poses, 0, 0, 6, 1.0, windows_per_batch=2, decode_batch=8)
+        diff = np.abs(plain.astype(np.int16) - frames_fast.astype(np.int16))
+        record(f"accuracy {name} fast path vs fp32 plain (256², 24 frames, acc)", max_abs_levels=int(diff.max()), mean_abs_levels=float(diff.mean()), p99_levels=float(np.percentile(diff, 99)))
+        del fast
+
+
+PARTS = {"step": part_step, "cfg": part_cfg, "decode": part_decode, "profile": part_profile, "compile": part_compile, "accuracy": part_accuracy}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--parts", default="step,cfg,decode,profile,accuracy")
+    parser.add_argument("--compile-mode", default="default")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    parts = args.parts.split(",")
+    networks_by_dtype = {}
+    if set(parts) - {"accuracy"}:
+        for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+            if name == "fp16" and not {"step", "decode", "compile"} & set(parts):
+                continue
+            networks = random_networks(official_unet_config(), official_vae_config(), torch.device("cuda"), dtype)
+            banks = networks.reference_unet(torch.randn((1, 4, LATENT, LATENT), device="cuda", dtype=dtype))
+            networks_by_dtype[name] = (networks, banks)
+    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, weights {torch.cuda.memory_allocated() / 2**30:.2f} GiB", flush=True)
+    for part in parts:
+        started = time.perf_counter()
+        try:
+            PARTS[part](networks_by_dtype, args)
+        except Exception as error:  # one broken part must not cost the rest of the device call
+            record(f"{part} FAILED", error=f"{type(error).__name__}: {str(error)[:300]}")
+        print(f"[{part} took {time.perf_counter() - started:.1f} s]", flush=True)
+        (args.out / "ablations.json").write_text(json.dumps(RESULTS, indent=1))
+
+
+if __name__ == "__main__":
+    main()
