@@ -273,12 +273,13 @@ class LoopbackRayCluster:
     def nodes(self) -> list[dict]:
         """`ray.nodes()` as seen from a separate driver, so this test process never joins the cluster."""
         out = subprocess.run(
-            [sys.executable, "-c", "import json, ray; ray.init(address=%r, logging_level='ERROR'); "
-             "print(json.dumps([dict(NodeID=n['NodeID'], Alive=n['Alive'], Resources=n['Resources']) "
+            [sys.executable, "-c", "import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
+             "print('NODES', json.dumps([dict(NodeID=n['NodeID'], Alive=n['Alive'], Resources=n['Resources']) "
              "for n in ray.nodes()]))" % self.address],
             env=self.env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-3000:]
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        listing = next(line for line in out.stdout.splitlines() if line.startswith("NODES "))
+        return json.loads(listing[len("NODES "):])
 
     def gpu_node_id(self) -> str:
         return next(n["NodeID"] for n in self.nodes() if n["Alive"] and n["Resources"].get("gpu_node"))
@@ -455,6 +456,8 @@ def test_losing_the_gpu_node_mid_job_loses_nothing(loopback_cluster, s3_bucket, 
     finally:
         if job.poll() is None:
             job.kill()
+        if loopback_cluster.gpu_node is None:  # leave the module's cluster whole for the next test
+            loopback_cluster.start_gpu_node()
     log = (tmp_path / "job.log").read_text()
     print(f"first run exit {exit_code}; {len(finished_before_loss)} segments were done before the loss")
     if exit_code != 0:  # the job may give up on clips whose actors died too often: a rerun finishes them
@@ -489,9 +492,10 @@ def test_gpus_beyond_the_cluster_wait_for_gpu_nodes_to_join(loopback_cluster, s3
     manifest = write_inputs(s3_bucket, {"epsilon": 1.0})
     output = f"{s3_bucket}/renders"
     log = tmp_path / "job.log"
-    loopback_cluster.lose_gpu_node()
-    job = start_cli_run(loopback_cluster, manifest, "--output", output, "--gpus", "2", *SEGMENT_ARGS, log=log)
+    job = None
     try:
+        loopback_cluster.lose_gpu_node()
+        job = start_cli_run(loopback_cluster, manifest, "--output", output, "--gpus", "2", *SEGMENT_ARGS, log=log)
         deadline = time.monotonic() + 300
         while "adds GPU nodes" not in " ".join(log.read_text().split()):
             assert job.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
@@ -501,7 +505,7 @@ def test_gpus_beyond_the_cluster_wait_for_gpu_nodes_to_join(loopback_cluster, s3
         loopback_cluster.start_gpu_node()
         assert job.wait(600) == 0, log.read_text()[-4000:]
     finally:
-        if job.poll() is None:
+        if job is not None and job.poll() is None:
             job.kill()
         if loopback_cluster.gpu_node is None:
             loopback_cluster.start_gpu_node()
@@ -524,5 +528,6 @@ def test_ray_job_submit_with_the_runtime_env_from_cluster_dir(loopback_cluster, 
         cwd=REPO, env=loopback_cluster.env, capture_output=True, text=True, timeout=900)
     said = submit.stdout[-4000:] + submit.stderr[-4000:]
     assert submit.returncode == 0 and "succeeded" in said, said
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in submit.stdout + submit.stderr  # credentials stay out of logs
     assert list(read_results(output)["status"]) == ["done"], said
     assert {r["node_id"] for r in segment_renders(output)} == {loopback_cluster.gpu_node_id()}
