@@ -108,15 +108,30 @@ def encode_reference(vae, reference_image: np.ndarray, device: torch.device, dty
     return vae.encode(pixels).latent_dist.mean * VAE_SCALING_FACTOR
 
 
+def host_pose_images(pose_images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (n, H, W, 3) → a host tensor, page-locked when the device is a GPU so window uploads overlap compute."""
+    images = torch.from_numpy(np.ascontiguousarray(pose_images))
+    return images.pin_memory() if device.type == "cuda" else images
+
+
 @torch.no_grad()
-def encode_poses(pose_encoder, pose_images: np.ndarray, device: torch.device, dtype: torch.dtype, chunk: int) -> torch.Tensor:
-    """uint8 (n, H, W, 3) → pose features (n, C0, H/8, W/8), `chunk` frames per encoder call."""
-    features = []
-    for begin in range(0, len(pose_images), chunk):
-        images = torch.from_numpy(np.ascontiguousarray(pose_images[begin : begin + chunk])).to(device)
-        images = (images.permute(0, 3, 1, 2).float() / 255.0).to(dtype)
-        features.append(pose_encoder(images))
-    return torch.cat(features)
+def encode_window_poses(pose_encoder, pose_images: torch.Tensor, group: Sequence[Sequence[int]], dtype: torch.dtype) -> torch.Tensor:
+    """Pose features of a batch of windows, (k, C0, f, h, w), from host uint8 pose images (n, H, W, 3).
+
+    Encoded per window batch (each distinct frame once) rather than for the whole segment, so
+    memory does not grow with the segment's length; the encoder is ~0.1% of the denoiser's work.
+    """
+    device = next(pose_encoder.parameters()).device
+    frames = sorted({index for window in group for index in window})
+    if frames[-1] - frames[0] + 1 == len(frames):  # consecutive: upload a view, no host gather
+        images = pose_images[frames[0] : frames[-1] + 1]
+    else:
+        images = pose_images[torch.tensor(frames)]
+    images = images.to(device, non_blocking=True).permute(0, 3, 1, 2)
+    features = pose_encoder((images.float() / 255.0).to(dtype))  # (distinct frames, C0, h, w)
+    position = {index: slot for slot, index in enumerate(frames)}
+    gather = torch.tensor([[position[index] for index in window] for window in group], device=device)
+    return features[gather].permute(0, 2, 1, 3, 4)
 
 
 @torch.no_grad()
@@ -143,7 +158,10 @@ def decode_latents(vae, latents: torch.Tensor, dtype: torch.dtype, batch: int) -
 
 
 def _batched(items: Sequence, size: int) -> list[Sequence]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+    """At most `size` items per batch, in as few and as even batches as possible (even shapes suit cuDNN's autotuner)."""
+    count = -(-len(items) // size)
+    bounds = [round(i * len(items) / count) for i in range(count + 1)]
+    return [items[bounds[i] : bounds[i + 1]] for i in range(count)]
 
 
 @torch.no_grad()
@@ -152,14 +170,15 @@ def denoise(
     reference_kv,
     latents: torch.Tensor,
     frame_audio: torch.Tensor,
-    pose_features: torch.Tensor,
+    pose_encoder,
+    pose_images: torch.Tensor,
     steps: int,
     guidance: float,
     reference_compatible: bool,
     windows_per_batch: int,
 ) -> torch.Tensor:
-    """Run the DDIM loop on float32 latents (1, 4, n, h, w); audio (n, 50, 384) and pose
-    features (n, C0, h, w) are in the model dtype. Returns the final latents (float32)."""
+    """Run the DDIM loop on float32 latents (1, 4, n, h, w); audio (n, 50, 384) is in the model
+    dtype, pose images are host uint8 (n, H, W, 3). Returns the final latents (float32)."""
     dtype = frame_audio.dtype
     frames = latents.shape[2]
     use_cfg = guidance > 1.0
@@ -175,7 +194,7 @@ def denoise(
             index = torch.tensor(group, device=latents.device)  # (k, f)
             sample = latents[0][:, index].permute(1, 0, 2, 3, 4).to(dtype)  # (k, 4, f, h, w)
             audio = frame_audio[index]  # (k, f, 50, 384)
-            pose = pose_features[index].permute(0, 2, 1, 3, 4)  # (k, C0, f, h, w)
+            pose = encode_window_poses(pose_encoder, pose_images, group, dtype)  # (k, C0, f, h, w)
             if use_cfg:
                 sample = torch.cat([sample, sample])
                 audio = torch.cat([torch.zeros_like(audio), audio])
@@ -207,7 +226,6 @@ def render_segment(
     reference_compatible: bool = False,
     initial_latents: torch.Tensor | None = None,
     windows_per_batch: int = 4,
-    pose_batch: int = 12,
     decode_batch: int = 8,
 ) -> np.ndarray:
     """Frames [first_frame, first_frame + n) → uint8 (n, H, W, 3). Inputs are assumed validated.
@@ -230,12 +248,12 @@ def render_segment(
 
     reference_latent = encode_reference(networks.vae, reference_image, device, dtype)
     reference_kv = networks.denoising_unet.reference_kv(networks.reference_unet(reference_latent))
-    pose_features = encode_poses(networks.pose_encoder, pose_images, device, dtype, pose_batch)
+    poses = host_pose_images(pose_images, device)
     audio = torch.from_numpy(np.ascontiguousarray(frame_audio)).to(device=device, dtype=dtype)
 
     latents = denoise(
-        networks.denoising_unet, reference_kv, latents, audio, pose_features,
+        networks.denoising_unet, reference_kv, latents, audio, networks.pose_encoder, poses,
         steps, guidance, reference_compatible, windows_per_batch,
     )
-    del reference_kv, pose_features, audio
+    del reference_kv, audio
     return decode_latents(networks.vae, latents, dtype, decode_batch)
