@@ -199,6 +199,26 @@ def test_node_local_paths_are_refused_unless_on_a_shared_filesystem():
     assert "memory://x/c.npz" in shared[0] and "relative path renders/out" in shared[1]
 
 
+def test_a_head_without_cpus_or_gpus_counts_as_multi_node():
+    """A lone `num-cpus: 0` head (workers scaled to zero) runs nothing itself: work will run elsewhere."""
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    with tempfile.TemporaryDirectory(prefix="rc", dir="/tmp") as temp_dir:  # short: AF_UNIX socket paths
+        script = (
+            "import ray\n"
+            "from pipeline.multinode import work_runs_off_this_node\n"
+            "for cpus in (0, 1):\n"
+            f"    ray.init(num_cpus=cpus, num_gpus=0, include_dashboard=False, _temp_dir={temp_dir!r},\n"
+            "             object_store_memory=80_000_000, logging_level='ERROR')\n"
+            "    print('cpus', cpus, 'off-node', work_runs_off_this_node())\n"
+            "    ray.shutdown()\n")
+        out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [line for line in out.stdout.splitlines() if line.startswith("cpus")] == [
+        "cpus 0 off-node True", "cpus 1 off-node False"]
+
+
 # ---------------------------------------------------------------- a two-node cluster on loopback
 
 
