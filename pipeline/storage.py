@@ -69,7 +69,8 @@ def redact(text: str) -> str:
 
 def describe_error(exc: BaseException) -> str:
     """One redacted line for an exception: its type and message."""
-    message = str(exc).strip() or type(exc).__name__
+    # Library messages may span lines (botocore's validation errors): one problem stays one line.
+    message = re.sub(r"\s*\n\s*", " ", str(exc).strip()) or type(exc).__name__
     return redact(f"{type(exc).__name__}: {message}" if not isinstance(exc, InputError) else message)
 
 
@@ -250,6 +251,15 @@ def list_files(uri: str, *, max_entries: int) -> list[str]:
 # Writes
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_CREATE_MODE = 0o666 & ~_umask()
+
+
 def write_atomic(uri: str, data: bytes | Path) -> None:
     """Write ``data`` (bytes, or a local file to copy) so that no reader ever sees a partial file under
     ``uri``: local files go to a temporary name in the same folder, then ``os.replace``; object stores
@@ -268,6 +278,7 @@ def write_atomic(uri: str, data: bytes | Path) -> None:
                     out.write(data)
                 out.flush()
                 os.fsync(out.fileno())
+            os.chmod(tmp, _CREATE_MODE)  # mkstemp makes 0600; outputs get the usual umask-based mode
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -180,3 +180,11 @@ def test_s3_errors_never_show_the_secret(s3_bucket):
     except FileNotFoundError as exc:
         message = storage.describe_error(exc)
     assert S3_SECRET not in message and "missing.wav" in message
+
+
+def test_local_atomic_write_gets_the_usual_file_mode(tmp_path):
+    mask = os.umask(0)
+    os.umask(mask)
+    target = tmp_path / "clip.mp4"
+    storage.write_atomic(str(target), b"data")
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
