@@ -50,10 +50,10 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
 
     preset = preset or ("acc" if weights else "tiny")
     if preset not in PRESETS:
-        console.print(f"[red]error[/red]: unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+        console.print(f"[red]error[/red]: unknown preset {escape(repr(preset))} (choose from {', '.join(PRESETS)})")
         return EXIT_JOB_FAILED
     if (preset == "tiny") != (weights is None):
-        console.print(f"[red]error[/red]: preset {preset!r} " + (
+        console.print(f"[red]error[/red]: preset {escape(repr(preset))} " + (
             "needs --weights (the official checkpoints)" if weights is None else "runs the built-in random model; drop --weights"))
         return EXIT_JOB_FAILED
     if weights is None:
@@ -62,7 +62,7 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
     try:
         identity = model_identity(preset, None if weights is None else str(weights))
     except Exception as exc:
-        console.print(f"[red]error[/red]: weights {weights}: {storage.describe_error(exc)}")
+        console.print(f"[red]error[/red]: {escape(f'weights {weights}: {storage.describe_error(exc)}')}")
         return EXIT_JOB_FAILED
 
     address = address or os.environ.get("RAY_ADDRESS")  # set for the driver of a `ray job submit`
@@ -73,8 +73,8 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
             started_ray = True
         cluster = ray.cluster_resources()
     except Exception as exc:
-        console.print(f"[red]error[/red]: cannot start or reach Ray{f' at {address}' if address else ''}: "
-                      f"{storage.describe_error(exc)}")
+        console.print("[red]error[/red]: " + escape(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
+                                                    f"{storage.describe_error(exc)}"))
         return EXIT_JOB_FAILED
     try:
         cluster_gpus, cluster_cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 1))
@@ -106,18 +106,18 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
             if refused:
                 return EXIT_JOB_FAILED
         console.print(f"job: preset {preset}, model {identity}, {render_actors} render actor(s), "
-                      f"up to {preprocess_actors} preprocessing actor(s), output {storage.redact(output)}")
+                      f"up to {preprocess_actors} preprocessing actor(s), output {escape(storage.redact(output))}")
         report = run_job(manifest, settings, render_actors=render_actors, render_gpus_per_actor=gpus_per_actor,
                          preprocess_actors=preprocess_actors, console=console)
     except (JobError, ValueError) as exc:
-        console.print(f"[red]error[/red]: {storage.redact(str(exc))}")
+        console.print(f"[red]error[/red]: {escape(storage.redact(str(exc)))}")
         return EXIT_JOB_FAILED
     finally:
         if started_ray:
             ray.shutdown()
     counts = {status: sum(r["status"] == status for r in report.results) for status in ("done", "skipped", "failed")}
     console.print(f"finished: {counts['done']} rendered, {counts['skipped']} already done, {counts['failed']} failed; "
-                  f"results in {storage.redact(storage.join(output, 'results.parquet'))}")
+                  f"results in {escape(storage.redact(storage.join(output, 'results.parquet')))}")
     return EXIT_ROWS_FAILED if counts["failed"] else EXIT_OK
 
 
@@ -156,14 +156,14 @@ def status_command(output: str) -> int:
     try:
         results = read_results(output)
     except FileNotFoundError:
-        console.print(f"{storage.redact(output)}: no results.parquet (no job has finished here yet)")
+        console.print(f"{escape(storage.redact(output))}: no results.parquet (no job has finished here yet)")
         results = None
     except Exception as exc:
-        console.print(f"[red]error[/red]: {storage.redact(output)}: {storage.describe_error(exc)}")
+        console.print(f"[red]error[/red]: {escape(storage.redact(output) + ': ' + storage.describe_error(exc))}")
         return EXIT_JOB_FAILED
     ledger = Ledger(output)
     clip_records = ledger.clip_records()
-    console.print(f"{storage.redact(output)}: {len(clip_records)} finished clip(s) in the ledger, "
+    console.print(f"{escape(storage.redact(output))}: {len(clip_records)} finished clip(s) in the ledger, "
                   f"{len(ledger.segment_records())} segment render(s) recorded")
     if results is None:
         return EXIT_OK
@@ -175,7 +175,7 @@ def status_command(output: str) -> int:
                       f"render {results['render_seconds'].sum():.1f} s, assemble {results['assemble_seconds'].sum():.1f} s")
     failed = results[results["status"] == "failed"]
     for _, row in failed.iterrows():
-        console.print(f"[red]failed[/red] {row['error']}")
+        console.print(f"[red]failed[/red] {escape(row['error'])}")
     return EXIT_OK
 
 
@@ -189,7 +189,7 @@ def plan_command(manifest: str, segment_frames: int | None = None, overlap_frame
     try:
         specs, problems = parse_manifest(read_manifest(storage.check_uri(manifest)))
     except Exception as exc:
-        console.print(f"[red]error[/red]: manifest {storage.redact(manifest)}: {storage.describe_error(exc)}")
+        console.print(f"[red]error[/red]: {escape(f'manifest {storage.redact(manifest)}: {storage.describe_error(exc)}')}")
         return EXIT_JOB_FAILED
     limits = Limits()
     table = Table("row", "clip_id", "seconds", "fps", "frames", "segments", "size")
@@ -227,7 +227,7 @@ def plan_command(manifest: str, segment_frames: int | None = None, overlap_frame
     console.print(f"assumption: {ASSUMED_EFFICIENCY:.0%} of an H100's {H100_DENSE_FP16_FLOPS / 1e12:.0f} TFLOP/s dense "
                   "fp16 peak, FLOPs from spec §12 (768x768, scaled by pixel count for other sizes)")
     for problem in problems:
-        console.print(f"[yellow]not planned[/yellow]: {problem}")
+        console.print(f"[yellow]not planned[/yellow]: {escape(str(problem))}")
     return EXIT_OK
 
 

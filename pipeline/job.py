@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import ray
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pipeline import storage
@@ -162,7 +163,7 @@ class Tracker:
                                                 completed=len(self.refused))
         self.segment_task = self.progress.add_task("segments", total=0)
         for refused in self.refused:
-            console.print(f"[red]failed[/red] {refused['error']}")
+            console.print(f"[red]failed[/red] {escape(refused['error'])}")
 
     # -- rows from the pipeline ------------------------------------------------------------
     def on_row(self, row: dict) -> None:
@@ -242,9 +243,10 @@ class Tracker:
                            **values)
         self.progress.advance(self.clip_task)
         if status == "failed":
-            self.console.print(f"[red]failed[/red] {values['error']}")
+            self.console.print(f"[red]failed[/red] {escape(values['error'])}")
         elif status == "done":
-            self.console.print(f"[green]done[/green] {clip.spec.clip_id}: {values['frames']} frames → {values['output']}")
+            done = f"{clip.spec.clip_id}: {values['frames']} frames → {values['output']}"
+            self.console.print(f"[green]done[/green] {escape(done)}")
 
     def _clip_description(self) -> str:
         results = [c.result for c in self.clips.values() if c.result]
