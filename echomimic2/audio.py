@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import numpy as np
 import torch
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from .weights_io import CheckpointError, FileReport, load_weights_only
 
 SAMPLE_RATE = 16_000
 N_FFT = 400
@@ -85,41 +86,12 @@ def _expected_official_shapes() -> dict[str, tuple[int, ...]]:
     return {hf_to_official_key(k): tuple(v.shape) for k, v in encoder.state_dict().items()}
 
 
-@dataclass
-class WhisperCheckpointReport:
-    """What `check_whisper_checkpoint` found in one tiny.pt; `ok` is False on any problem."""
-
-    path: str
-    found: list[str] = field(default_factory=list)  # encoder tensors present with the right shape
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    wrong_shape: list[str] = field(default_factory=list)  # "key: expected (..), found (..)"
-    problems: list[str] = field(default_factory=list)  # file-level: unreadable, refused pickle, dims
-    ignored_decoder: int = 0  # decoder.* tensors: present in official files, never used
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.wrong_shape or self.problems)
-
-    def summary(self) -> str:
-        lines = [
-            f"{self.path}: {'OK' if self.ok else 'FAILED'} - encoder keys found {len(self.found)}, "
-            f"missing {len(self.missing)}, unexpected {len(self.unexpected)}, wrong shape {len(self.wrong_shape)}, "
-            f"decoder keys ignored {self.ignored_decoder}"
-        ]
-        lines += [f"  problem: {p}" for p in self.problems]
-        lines += [f"  missing: {k}" for k in self.missing]
-        lines += [f"  unexpected: {k}" for k in self.unexpected]
-        lines += [f"  wrong shape: {k}" for k in self.wrong_shape]
-        return "\n".join(lines)
-
-
-def _read_whisper_file(path: Path, report: WhisperCheckpointReport) -> dict[str, torch.Tensor] | None:
+def _read_whisper_file(path: Path, report: FileReport) -> dict[str, torch.Tensor] | None:
     """Load tiny.pt without running pickled code; file-level problems go into the report."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # refused globals, truncated zip, not a torch file at all
-        report.problems.append(f"cannot be read as a weights-only torch file: {type(error).__name__}: {error}")
+        checkpoint = load_weights_only(path)
+    except CheckpointError as error:  # refused globals, truncated zip, not a torch file at all
+        report.problems.append(str(error).removeprefix(f"{path}: "))
         return None
     if not isinstance(checkpoint, dict) or "model_state_dict" not in checkpoint or "dims" not in checkpoint:
         report.problems.append('not an openai-whisper checkpoint: expected a dict with "dims" and "model_state_dict"')
@@ -138,7 +110,7 @@ def _read_whisper_file(path: Path, report: WhisperCheckpointReport) -> dict[str,
     return state
 
 
-def check_whisper_checkpoint(path: str | Path) -> WhisperCheckpointReport:
+def check_whisper_checkpoint(path: str | Path) -> FileReport:
     """Check an openai-whisper `tiny.pt` against what the audio encoder needs, without loading a model.
 
     Every `encoder.*` tensor of whisper-tiny must be present with its shape (`missing`, `wrong_shape`);
@@ -148,15 +120,13 @@ def check_whisper_checkpoint(path: str | Path) -> WhisperCheckpointReport:
     return _inspect_whisper_checkpoint(Path(path))[0]
 
 
-def _inspect_whisper_checkpoint(path: Path) -> tuple[WhisperCheckpointReport, dict[str, torch.Tensor] | None]:
-    report = WhisperCheckpointReport(path=str(path))
-    if not path.is_file():
-        report.problems.append("file not found")
-        return report, None
+def _inspect_whisper_checkpoint(path: Path) -> tuple[FileReport, dict[str, torch.Tensor] | None]:
+    report = FileReport(path)
     state = _read_whisper_file(path, report)
     if state is None:
         return report, None
     expected = _expected_official_shapes()
+    ignored_decoder = 0
     for key, tensor in state.items():
         if key in expected:
             if tuple(tensor.shape) == expected[key]:
@@ -164,10 +134,12 @@ def _inspect_whisper_checkpoint(path: Path) -> tuple[WhisperCheckpointReport, di
             else:
                 report.wrong_shape.append(f"{key}: expected {expected[key]}, found {tuple(tensor.shape)}")
         elif key.startswith("decoder."):
-            report.ignored_decoder += 1
+            ignored_decoder += 1
         else:
             report.unexpected.append(key)
     report.missing = sorted(set(expected) - set(state))
+    if ignored_decoder:
+        report.notes.append(f"{ignored_decoder} decoder tensors ignored (only the encoder is used)")
     return report, state
 
 
@@ -208,7 +180,7 @@ class WhisperFeatures:
         """Load the encoder half of an openai-whisper `tiny.pt` (weights-only unpickling, strict keys)."""
         report, state = _inspect_whisper_checkpoint(Path(path))
         if not report.ok:
-            raise ValueError(f"whisper checkpoint rejected:\n{report.summary()}")
+            raise CheckpointError(f"whisper checkpoint rejected:\n{report.summary()}")
         encoder = WhisperEncoder(_tiny_encoder_config())
         hf_state = {hf_key: state[hf_to_official_key(hf_key)].float() for hf_key in encoder.state_dict()}
         encoder.load_state_dict(hf_state, strict=True)

@@ -17,16 +17,12 @@ errors naming the file and the keys — never a silent `strict=False`.
 from __future__ import annotations
 
 import json
-import pickle
-import re
-import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from diffusers import AutoencoderKL
-from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
 from .config import official_unet_config, official_vae_config
@@ -34,6 +30,7 @@ from .denoising_unet import DenoisingUNet3D
 from .motion_module import sinusoidal_position_table
 from .pose_encoder import PoseEncoder
 from .reference_unet import ReferenceUNet2D
+from .weights_io import CheckpointError, FileReport, read_into, read_state_dict
 
 VARIANTS = ("quality", "acc")
 REFERENCE_UNET_FILE = "reference_unet.pth"
@@ -42,7 +39,6 @@ VAE_DIR = "sd-vae-ft-mse"
 VAE_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 WHISPER_FILE = "audio_processor/tiny.pt"
 POSITION_TABLE_SUFFIX = ".pos_encoder.pe"
-LISTED_KEYS = 10  # keys listed per problem kind in messages; the counts are always complete
 # AutoencoderKL arguments that fix the architecture; the folder's config.json must agree.
 VAE_ARCHITECTURE_FIELDS = (
     "in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
@@ -58,10 +54,6 @@ def denoising_files(variant: str) -> tuple[str, str]:
     return f"denoising_unet{suffix}.pth", f"motion_module{suffix}.pth"
 
 
-class CheckpointError(RuntimeError):
-    """A weights file is missing, unreadable, refused, or does not match the network."""
-
-
 @dataclass
 class OfficialNetworks:
     reference_unet: ReferenceUNet2D
@@ -71,65 +63,6 @@ class OfficialNetworks:
 
     def __iter__(self) -> Iterator[nn.Module]:
         return iter((self.reference_unet, self.denoising_unet, self.pose_encoder, self.vae))
-
-
-@dataclass
-class FileReport:
-    """What one weights file holds compared with what its network needs."""
-
-    path: Path
-    found: int = 0  # expected keys present with the expected shape
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    wrong_shape: list[str] = field(default_factory=list)  # "key: expected (..), file has (..)"
-    problems: list[str] = field(default_factory=list)  # file-level: absent, unreadable, refused
-    notes: list[str] = field(default_factory=list)  # not errors (e.g. recomputed position tables)
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.wrong_shape or self.problems)
-
-    def summary(self) -> str:
-        lines = [
-            f"{self.path}: {'OK' if self.ok else 'FAILED'} - keys found {self.found}, missing {len(self.missing)}, "
-            f"unexpected {len(self.unexpected)}, shape mismatches {len(self.wrong_shape)}"
-        ]
-        lines += [f"  problem: {problem}" for problem in self.problems]
-        for label, keys in (("missing", self.missing), ("unexpected", self.unexpected), ("shape mismatch", self.wrong_shape)):
-            lines += [f"  {label}: {key}" for key in keys[:LISTED_KEYS]]
-            if len(keys) > LISTED_KEYS:
-                lines.append(f"  ... and {len(keys) - LISTED_KEYS} more {label} keys")
-        lines += [f"  note: {note}" for note in self.notes]
-        return "\n".join(lines)
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of one weights file, read without running any pickled code.
-
-    `.safetensors` through safetensors; anything else through `torch.load(weights_only=True)`,
-    memory-mapped when the file is in torch's zip format. Raises CheckpointError naming the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        if path.suffix == ".safetensors":
-            state = load_safetensors(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as error:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        reason = f"asks for {refused.group(1)}" if refused else _first_line(error)
-        raise CheckpointError(f"{path}: refused: the pickle {reason}, and a weights file may hold only tensors and containers") from error
-    except Exception as error:  # truncated archives, not a weights file at all
-        raise CheckpointError(f"{path}: unreadable as a weights file: {type(error).__name__}: {_first_line(error)}") from error
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise CheckpointError(f"{path}: expected a flat dict of name -> tensor, found {type(state).__name__}")
-    return state
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _meta_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -144,21 +77,13 @@ def _compare(report: FileReport, state: dict[str, torch.Tensor], expected: dict[
         elif tuple(tensor.shape) != expected[key]:
             report.wrong_shape.append(f"{key}: expected {expected[key]}, file has {tuple(tensor.shape)}")
         else:
-            report.found += 1
-
-
-def _read_into(report: FileReport) -> dict[str, torch.Tensor] | None:
-    try:
-        return read_state_dict(report.path)
-    except CheckpointError as error:
-        report.problems.append(str(error).removeprefix(f"{report.path}: "))
-        return None
+            report.found.append(key)
 
 
 def _check_single(path: Path, module: nn.Module) -> tuple[list[FileReport], dict[str, torch.Tensor] | None]:
     """A network whose whole state dict lives in one file (reference UNet, pose encoder)."""
     report = FileReport(path)
-    state = _read_into(report)
+    state = read_into(report)
     if state is not None:
         expected = _meta_shapes(module)
         _compare(report, state, expected, set(expected))
@@ -173,7 +98,7 @@ def _check_denoising(weights_dir: Path, variant: str, unet: DenoisingUNet3D) -> 
     expected = _meta_shapes(unet)
     motion_keys = {key for key in expected if ".motion_modules." in key}
     tables = {key for key in motion_keys if key.endswith(POSITION_TABLE_SUFFIX)}
-    unet_state, motion_state = _read_into(unet_report), _read_into(motion_report)
+    unet_state, motion_state = read_into(unet_report), read_into(motion_report)
     if unet_state is not None:
         _compare(unet_report, unet_state, expected, set(expected))
     if motion_state is not None:
@@ -209,11 +134,11 @@ def _check_vae(weights_dir: Path, vae: AutoencoderKL) -> tuple[list[FileReport],
             if value != official[name]:
                 config_report.problems.append(f"{name} is {config.get(name)!r}, sd-vae-ft-mse has {official[name]!r}")
             else:
-                config_report.found += 1
+                config_report.found.append(name)
     except (OSError, ValueError) as error:
         config_report.problems.append(f"unreadable: {type(error).__name__}: {error}")
     report = FileReport(_vae_weight_file(vae_dir))
-    state = _read_into(report)
+    state = read_into(report)
     if state is not None:
         # diffusers' own renaming of pre-0.14 attention names (query/key/value/proj_attn -> to_q/to_k/to_v/to_out.0).
         state = vae._fix_state_dict_keys_on_load(dict(state))
