@@ -28,6 +28,8 @@ def run(
     input_root: Optional[Path] = typer.Option(None, help="Confine local inputs to this folder (symlinks may not leave it)."),
     shared_fs: bool = typer.Option(
         False, help="Local paths are one filesystem mounted alike on every node (NFS, EFS): allow them on a multi-node cluster."),
+    random_weights: bool = typer.Option(
+        False, hidden=True, help="Benchmarks only: full-size acc/quality networks with random weights, no --weights."),
 ) -> None:
     """Render one MP4 per manifest row into OUTPUT (resumable: finished clips are skipped)."""
     arguments = dict(locals())  # the parameters only, taken before the import adds a name

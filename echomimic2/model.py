@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
+from .bench import random_networks
 from .checkpoints import OfficialNetworks, load_official_networks, official_weight_files
-from .config import tiny_unet_config, tiny_vae_config
+from .config import official_unet_config, official_vae_config, tiny_unet_config, tiny_vae_config
 from .denoising_unet import DenoisingUNet3D
 from .pose_encoder import PoseEncoder
 from .presets import PRESETS, Preset
@@ -20,6 +21,7 @@ from .sampler import VAE_DOWNSCALE, render_segment
 AUDIO_TOKENS, AUDIO_WIDTH = 50, 384
 SIZE_MULTIPLE = 64  # latent sides must be multiples of 8 (spec §4.2)
 TINY_VERSION = "v1"  # bump when the tiny architecture or its initialisation changes
+RANDOM_VERSION = "v1"  # bump when random() changes its initialisation
 IDENTITY_HASH_BYTES = 4 << 20  # hash the first and last 4 MiB of each file: cheap, yet any other checkpoint differs there
 
 
@@ -78,6 +80,21 @@ class EchoMimicV2:
             if dtype != torch.float32:  # diffusers warns on any dtype move, even a no-op one
                 module.to(dtype=dtype)
         return cls(networks, PRESETS["tiny"], f"tiny-seed{seed}-{TINY_VERSION}")
+
+    @classmethod
+    def random(cls, preset: str = "acc", seed: int = 0, device: str | torch.device = "cuda",
+               dtype: torch.dtype = torch.float16) -> "EchoMimicV2":
+        """Full-size networks (the official configs) with random weights, for benchmarks only: the
+        batch system's speed without the official checkpoints. Its frames are noise.
+
+        Built on `meta` and initialised directly on `device` (`bench.random_networks`), so a GPU
+        actor does not spend minutes initialising 2.2 B parameters on the CPU. `preset` ("acc" or
+        "quality") gives the default steps, guidance and size.
+        """
+        if preset not in ("acc", "quality"):
+            raise ValueError(f"preset must be 'acc' or 'quality', got {preset!r}")
+        networks = random_networks(official_unet_config(), official_vae_config(), torch.device(device), dtype, seed)
+        return cls(networks, PRESETS[preset], random_identity(preset, seed))
 
     def render(
         self,
@@ -151,6 +168,11 @@ def _validate_render_inputs(reference_image, frame_audio, pose_images, seed, fir
             "steps", f"expected an int in [1, 1000], got {steps!r}")
     require(isinstance(guidance, (int, float, np.floating)) and not isinstance(guidance, bool) and math.isfinite(guidance)
             and guidance >= 0, "guidance", f"expected a finite number ≥ 0, got {guidance!r}")
+
+
+def random_identity(preset: str, seed: int) -> str:
+    """The identity `EchoMimicV2.random(preset, seed)` reports, without building it."""
+    return f"random-{preset}-seed{seed}-{RANDOM_VERSION}"
 
 
 def official_identity(weights_dir: str | Path, variant: str) -> str:

@@ -39,7 +39,7 @@ console = Console(highlight=False, soft_wrap=True)  # soft wrap: one line per pr
 def run_command(manifest: str, output: str, weights: Path | None = None, preset: str | None = None,
                 address: str | None = None, gpus: int | None = None, cpus: int | None = None, force: bool = False,
                 segment_frames: int | None = None, overlap_frames: int | None = None, allow_http: bool = False,
-                input_root: Path | None = None, shared_fs: bool = False) -> int:
+                input_root: Path | None = None, shared_fs: bool = False, random_weights: bool = False) -> int:
     import ray
 
     from echomimic2 import PRESETS
@@ -48,19 +48,26 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
     from pipeline.preprocess import JobSettings
     from pipeline.render import model_identity
 
-    preset = preset or ("acc" if weights else "tiny")
+    preset = preset or ("acc" if weights or random_weights else "tiny")
     if preset not in PRESETS:
         console.print(f"[red]error[/red]: unknown preset {escape(repr(preset))} (choose from {', '.join(PRESETS)})")
         return EXIT_JOB_FAILED
-    if (preset == "tiny") != (weights is None):
+    if random_weights:
+        if weights is not None or preset == "tiny":
+            console.print("[red]error[/red]: --random-weights builds the full-size acc/quality networks with random "
+                          "weights: use it with --preset acc or quality and without --weights")
+            return EXIT_JOB_FAILED
+        console.print("[yellow]note[/yellow]: --random-weights: full-size networks with RANDOM weights, for "
+                      "benchmarks only (the videos are noise)")
+    elif (preset == "tiny") != (weights is None):
         console.print(f"[red]error[/red]: preset {escape(repr(preset))} " + (
             "needs --weights (the official checkpoints)" if weights is None else "runs the built-in random model; drop --weights"))
         return EXIT_JOB_FAILED
-    if weights is None:
+    elif weights is None:
         console.print("[yellow]note[/yellow]: no --weights: the tiny RANDOM model runs. It exercises the whole pipeline "
                       "but makes no real animation (expect coloured noise). See README for the official weights.")
     try:
-        identity = model_identity(preset, None if weights is None else str(weights))
+        identity = model_identity(preset, None if weights is None else str(weights), random_weights)
     except Exception as exc:
         console.print(f"[red]error[/red]: {escape(f'weights {weights}: {storage.describe_error(exc)}')}")
         return EXIT_JOB_FAILED
@@ -97,7 +104,7 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
             segment_frames=segment_frames or DEFAULT_SEGMENT_FRAMES,
             overlap_frames=DEFAULT_OVERLAP_FRAMES if overlap_frames is None else overlap_frames,
             force=force, allow_http=allow_http, input_root=None if input_root is None else str(input_root),
-            render_threads=0 if cluster_gpus else max(1, cluster_cpus // 2))
+            render_threads=0 if cluster_gpus else max(1, cluster_cpus // 2), random_weights=random_weights)
         plan_segments(settings.segment_frames + 1, settings.segment_frames, settings.overlap_frames)  # checks the numbers
         if address and work_runs_off_this_node():
             refused = refuse_node_local_paths(manifest, settings, shared_fs=shared_fs)

@@ -44,6 +44,7 @@ class JobSettings:
     input_root: str | None = None
     limits: Limits = field(default_factory=Limits)
     render_threads: int = 0  # torch CPU threads per render actor when there is no GPU (0: torch's default)
+    random_weights: bool = False  # benchmarks only: full-size networks with random weights (EchoMimicV2.random)
 
 
 def render_params(spec: ClipSpec, settings: JobSettings) -> dict:

@@ -21,7 +21,7 @@ from pipeline.preprocess import WORK_COLUMNS, JobSettings, unpack_arrays, work_r
 from pipeline.segment_store import write_segment
 
 SEGMENT_ATTEMPTS = 3
-TINY_MODEL_SEED = 0
+TINY_MODEL_SEED = 0  # also the seed of the full-size random networks of --random-weights
 
 
 def load_model(settings: JobSettings, device: str):
@@ -29,17 +29,21 @@ def load_model(settings: JobSettings, device: str):
     from echomimic2 import PRESETS, EchoMimicV2
 
     variant = PRESETS[settings.preset].variant
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    if settings.random_weights:
+        return EchoMimicV2.random(settings.preset, seed=TINY_MODEL_SEED, device=device, dtype=dtype)
     if settings.weights is None:
         return EchoMimicV2.tiny(seed=TINY_MODEL_SEED, device=device)
-    dtype = torch.float16 if device == "cuda" else torch.float32
     return EchoMimicV2.from_official(settings.weights, variant=variant, device=device, dtype=dtype)
 
 
-def model_identity(preset: str, weights: str | None) -> str:
+def model_identity(preset: str, weights: str | None, random_weights: bool = False) -> str:
     """What the frames depend on besides the inputs: the renderer's weights and the audio encoder's."""
     from echomimic2 import PRESETS, EchoMimicV2
-    from echomimic2.model import official_identity
+    from echomimic2.model import official_identity, random_identity
 
+    if random_weights:
+        return f"{random_identity(preset, TINY_MODEL_SEED)}+whisper-random-seed{TINY_MODEL_SEED}"
     if weights is None:
         # Building the tiny networks takes ~0.1 s; their identity is the same string the actors will report.
         return f"{EchoMimicV2.tiny(seed=TINY_MODEL_SEED).identity}+whisper-random-seed{TINY_MODEL_SEED}"
