@@ -7,15 +7,22 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".tmp" / "numba"))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import io
 import logging
 import struct
 import uuid
 import zlib
 
 import numpy as np
+import pandas as pd
 import soundfile as sf
+from PIL import Image, ImageDraw
 
 import pytest
+
+# Job tests render small clips: 128x128 at 12 fps.
+FPS = 12.0
+SIZE = 128
 
 # A distinctive secret: tests assert its value never shows up in messages, results or logs.
 S3_SECRET = "S3cr3t-" + uuid.uuid4().hex
@@ -65,3 +72,47 @@ def write_wav(path: Path, seconds: float, sr: int = 16000) -> Path:
     t = np.arange(int(seconds * sr)) / sr
     sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), sr, subtype="PCM_16")
     return path
+
+
+def image_bytes(seed: int) -> bytes:
+    """A drawn figure: head and shoulders on a plain background."""
+    image = Image.new("RGB", (160, 200), (200 + seed % 50, 210, 230))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((55, 30, 105, 90), fill=(230, 190, 160))
+    draw.rectangle((30, 100, 130, 200), fill=(40, 60 + 20 * seed % 200, 120))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def wav_bytes(seconds: float, pitch: float = 220.0) -> bytes:
+    t = np.arange(int(seconds * 16_000)) / 16_000
+    voice = 0.3 * np.sin(2 * np.pi * pitch * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    buffer = io.BytesIO()
+    sf.write(buffer, voice.astype(np.float32), 16_000, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def write_manifest(root: str, rows: list[dict]) -> str:
+    """rows as root/manifest.parquet (any fsspec URL), every clip at FPS and SIZE x SIZE; returns its URI."""
+    from pipeline import storage
+
+    frame = pd.DataFrame(rows)
+    frame["fps"], frame["width"], frame["height"] = FPS, SIZE, SIZE
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    uri = storage.join(root, "manifest.parquet")
+    storage.write_atomic(uri, buffer.getvalue())
+    return uri
+
+
+def check_video(uri: str, audio_seconds: float) -> None:
+    """An H.264 + AAC MP4 of SIZE x SIZE at FPS, as long as the audio (within a frame)."""
+    from pipeline.assemble import probe_video
+
+    probe = probe_video(uri)
+    assert (probe["vcodec"], probe["acodec"]) == ("h264", "aac")
+    assert probe["fps"] == pytest.approx(FPS)
+    assert (probe["width"], probe["height"]) == (SIZE, SIZE)
+    assert abs(probe["duration"] - audio_seconds) <= 1 / FPS + 1e-3
+    assert probe["frames"] == round(audio_seconds * FPS)

@@ -14,21 +14,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile
-from PIL import Image, ImageDraw
 
+from conftest import FPS, check_video, image_bytes, wav_bytes, write_manifest
 from echomimic2.pose import default_pose_sequence
 
 from pipeline import storage
-from pipeline.assemble import probe_video
 from pipeline.commands import (EXIT_JOB_FAILED, EXIT_OK, EXIT_PROBLEMS, EXIT_ROWS_FAILED, plan_command, run_command,
                                status_command, validate_command)
 from pipeline.job import read_results
 from pipeline.ledger import Ledger
 
 REPO = Path(__file__).resolve().parent.parent
-FPS = 12.0
-SIZE = 128
 # Small segments so that every clip has several (and they spread over both render actors).
 JOB = dict(preset=None, gpus=2, segment_frames=16, overlap_frames=4)
 
@@ -41,25 +37,6 @@ def ray_cluster():
              _temp_dir="/tmp/ray", logging_level="WARNING")
     yield
     ray.shutdown()
-
-
-def image_bytes(seed: int) -> bytes:
-    """A drawn figure: head and shoulders on a plain background."""
-    image = Image.new("RGB", (160, 200), (200 + seed % 50, 210, 230))
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((55, 30, 105, 90), fill=(230, 190, 160))
-    draw.rectangle((30, 100, 130, 200), fill=(40, 60 + 20 * seed % 200, 120))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def wav_bytes(seconds: float, pitch: float = 220.0) -> bytes:
-    t = np.arange(int(seconds * 16_000)) / 16_000
-    voice = 0.3 * np.sin(2 * np.pi * pitch * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
-    buffer = io.BytesIO()
-    soundfile.write(buffer, voice.astype(np.float32), 16_000, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
 
 
 def write_inputs(root: str, clips: dict[str, float], pose_frames: dict[str, int] | None = None) -> str:
@@ -77,25 +54,6 @@ def write_inputs(root: str, clips: dict[str, float], pose_frames: dict[str, int]
                 storage.write_atomic(storage.join(root, f"{clip_id}_pose", f"{frame}.npy"), data.getvalue())
             rows[-1]["pose"] = f"{clip_id}_pose"
     return write_manifest(root, rows)
-
-
-def write_manifest(root: str, rows: list[dict]) -> str:
-    frame = pd.DataFrame(rows)
-    frame["fps"], frame["width"], frame["height"] = FPS, SIZE, SIZE
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    uri = storage.join(root, "manifest.parquet")
-    storage.write_atomic(uri, buffer.getvalue())
-    return uri
-
-
-def check_video(uri: str, audio_seconds: float) -> None:
-    probe = probe_video(uri)
-    assert (probe["vcodec"], probe["acodec"]) == ("h264", "aac")
-    assert probe["fps"] == pytest.approx(FPS)
-    assert (probe["width"], probe["height"]) == (SIZE, SIZE)
-    assert abs(probe["duration"] - audio_seconds) <= 1 / FPS + 1e-3
-    assert probe["frames"] == round(audio_seconds * FPS)
 
 
 def segment_keys(records: list[dict]) -> list[tuple]:
