@@ -15,7 +15,8 @@ Two window schedules exist:
   index is shifted by 3·s mod n. For n ≤ 12 one window [0..n−1], shifted (i.e. rotated) likewise.
 
 Predictions of overlapping windows are averaged (accumulator / per-frame counter) with and without
-CFG, as the official acc pipeline does. With CFG the batch is [uncond windows…, cond windows…]; the
+CFG, as the official acc pipeline does; a frame takes its DDIM step as soon as its average is final,
+so the accumulator is a ring a few windows long instead of the whole segment (`denoise`). With CFG the batch is [uncond windows…, cond windows…]; the
 unconditional rows get zero audio, zero pose features and no reference attention.
 """
 from __future__ import annotations
@@ -164,6 +165,31 @@ def _batched(items: Sequence, size: int) -> list[Sequence]:
     return [items[bounds[i] : bounds[i + 1]] for i in range(count)]
 
 
+def completed_frames(groups: Sequence[Sequence[Sequence[int]]]) -> list[list[int]]:
+    """For each window batch of a step, the frames no later batch touches: their average is final after it."""
+    last_batch = {index: number for number, group in enumerate(groups) for window in group for index in window}
+    completed: list[list[int]] = [[] for _ in groups]
+    for index in sorted(last_batch):
+        completed[last_batch[index]].append(index)
+    return completed
+
+
+def accumulator_frames(groups: Sequence[Sequence[Sequence[int]]]) -> int:
+    """Slots the overlap accumulator needs: the widest span of frames whose average is in progress.
+
+    Frame i lives in slot i mod span, which never collides because in-progress frames always lie
+    within one span. Inside a segment the windows advance, so this is ~windows_per_batch × 12
+    whatever the segment's length; the wrap-around official schedule needs the whole clip.
+    """
+    in_progress: set[int] = set()
+    span = 1
+    for group, done in zip(groups, completed_frames(groups)):
+        in_progress.update(index for window in group for index in window)
+        span = max(span, max(in_progress) - min(in_progress) + 1)
+        in_progress.difference_update(done)
+    return span
+
+
 @torch.no_grad()
 def denoise(
     denoising_unet,
@@ -177,8 +203,14 @@ def denoise(
     reference_compatible: bool,
     windows_per_batch: int,
 ) -> torch.Tensor:
-    """Run the DDIM loop on float32 latents (1, 4, n, h, w); audio (n, 50, 384) is in the model
-    dtype, pose images are host uint8 (n, H, W, 3). Returns the final latents (float32)."""
+    """Run the DDIM loop on float32 latents (1, 4, n, h, w), updated in place and returned; audio
+    (n, 50, 384) is in the model dtype, pose images are host uint8 (n, H, W, 3).
+
+    Memory does not grow with n beyond the latents themselves: the overlap average of a frame is
+    accumulated in a ring of slots, and the frame takes its DDIM step (diffusers' own `step`, on a
+    few frames at a time) as soon as no later window of the step reads it. Each frame sees exactly
+    the operations of the whole-tensor update (sum over its windows in order, / count, CFG, step).
+    """
     dtype = frame_audio.dtype
     frames = latents.shape[2]
     use_cfg = guidance > 1.0
@@ -186,11 +218,13 @@ def denoise(
     scheduler = official_scheduler()
     scheduler.set_timesteps(steps, device=latents.device)
     schedule = official_windows if reference_compatible else segment_windows
+    step_groups = [_batched(schedule(frames, step), windows_per_batch) for step in range(len(scheduler.timesteps))]
+    span = max(accumulator_frames(groups) for groups in step_groups)
+    accumulated = torch.zeros((branches, LATENT_CHANNELS, span, *latents.shape[3:]), device=latents.device, dtype=torch.float32)
+    counter = torch.zeros((1, 1, span, 1, 1), device=latents.device, dtype=torch.float32)
 
-    for step, timestep in enumerate(scheduler.timesteps):
-        accumulated = torch.zeros((branches, *latents.shape[1:]), device=latents.device, dtype=torch.float32)
-        counter = torch.zeros((1, 1, frames, 1, 1), device=latents.device, dtype=torch.float32)
-        for group in _batched(schedule(frames, step), windows_per_batch):
+    for timestep, groups in zip(scheduler.timesteps, step_groups):
+        for group, done in zip(groups, completed_frames(groups)):
             index = torch.tensor(group, device=latents.device)  # (k, f)
             sample = latents[0][:, index].permute(1, 0, 2, 3, 4).to(dtype)  # (k, 4, f, h, w)
             audio = frame_audio[index]  # (k, f, 50, 384)
@@ -202,13 +236,21 @@ def denoise(
             v = denoising_unet(sample, timestep, audio, pose, reference_kv, uncond_batch=len(group) if use_cfg else 0)
             v = v.float().unflatten(0, (branches, len(group)))  # (branches, k, 4, f, h, w)
             for slot, window in enumerate(group):
-                accumulated[:, :, window] += v[:, slot]
-                counter[:, :, window] += 1
-        v = accumulated / counter
-        if use_cfg:
-            v_uncond, v_cond = v.chunk(2)
-            v = v_uncond + guidance * (v_cond - v_uncond)
-        latents = scheduler.step(v, timestep, latents).prev_sample
+                slots = [frame % span for frame in window]
+                accumulated[:, :, slots] += v[:, slot]
+                counter[:, :, slots] += 1
+            del sample, audio, pose, v
+            for begin in range(0, len(done), CONTEXT_FRAMES):
+                chunk = done[begin : begin + CONTEXT_FRAMES]
+                slots = torch.tensor([frame % span for frame in chunk], device=latents.device)
+                chunk = torch.tensor(chunk, device=latents.device)
+                v = accumulated[:, :, slots] / counter[:, :, slots]
+                if use_cfg:
+                    v_uncond, v_cond = v.chunk(2)
+                    v = v_uncond + guidance * (v_cond - v_uncond)
+                latents[:, :, chunk] = scheduler.step(v, timestep, latents[:, :, chunk]).prev_sample
+                accumulated[:, :, slots] = 0
+                counter[:, :, slots] = 0
     return latents
 
 
@@ -232,15 +274,16 @@ def render_segment(
 
     `networks` has `reference_unet`, `denoising_unet`, `pose_encoder` and `vae` on one device and
     dtype. `initial_latents` (1, 4, n, H/8, W/8) replaces the drawn noise (for comparison runs).
-    Memory grows with n only: nothing here sees the rest of the clip.
+    Nothing here sees the rest of the clip; of the GPU memory only the latents (16 B per latent pixel
+    and frame) grow with n.
     """
     parameter = next(networks.denoising_unet.parameters())
     device, dtype = parameter.device, parameter.dtype
     frames = len(frame_audio)
     latent_height, latent_width = reference_image.shape[0] // VAE_DOWNSCALE, reference_image.shape[1] // VAE_DOWNSCALE
 
-    if initial_latents is not None:
-        latents = initial_latents.to(device=device, dtype=torch.float32)
+    if initial_latents is not None:  # copied: the DDIM loop updates its latents in place
+        latents = initial_latents.to(device=device, dtype=torch.float32, copy=True)
     elif reference_compatible:
         latents = official_noise(seed, frames, latent_height, latent_width, dtype).to(device)
     else:

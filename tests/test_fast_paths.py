@@ -5,10 +5,23 @@ import numpy as np
 import pytest
 import torch
 
+from echomimic2 import EchoMimicV2
 from echomimic2.bench import random_networks, spec_flops
 from echomimic2.config import tiny_unet_config, tiny_vae_config
 from echomimic2.pose_encoder import PoseEncoder
-from echomimic2.sampler import _batched, encode_window_poses, host_pose_images, segment_windows
+from echomimic2.sampler import (
+    CONTEXT_FRAMES,
+    _batched,
+    accumulator_frames,
+    completed_frames,
+    denoise,
+    encode_window_poses,
+    host_pose_images,
+    official_windows,
+    segment_noise,
+    segment_windows,
+)
+from echomimic2.scheduler import official_scheduler
 
 
 @pytest.mark.parametrize("items, size", [(14, 4), (13, 4), (14, 2), (5, 7), (1, 3)])
@@ -65,3 +78,81 @@ def test_bench_runs_on_the_cpu_and_says_so(capsys):
     assert bench_command("acc", 12, 768, json_out=False) == 0
     out = capsys.readouterr().out
     assert "no GPU" in out and "per denoising step" in out
+
+
+# --------------------------------------------------------------------------------------------------
+# The bounded-memory DDIM update (ring accumulator, per-frame step) against the whole-segment update
+
+
+def _whole_segment_denoise(unet, reference_kv, latents, audio, pose_encoder, poses, steps, guidance, reference_compatible, windows_per_batch):
+    """The previous update, kept as the oracle: a full-length accumulator, one scheduler.step on the whole segment."""
+    frames, branches = latents.shape[2], 2 if guidance > 1.0 else 1
+    scheduler = official_scheduler()
+    scheduler.set_timesteps(steps)
+    schedule = official_windows if reference_compatible else segment_windows
+    for step, timestep in enumerate(scheduler.timesteps):
+        accumulated = torch.zeros((branches, *latents.shape[1:]))
+        counter = torch.zeros((1, 1, frames, 1, 1))
+        for group in _batched(schedule(frames, step), windows_per_batch):
+            index = torch.tensor(group)
+            sample = latents[0][:, index].permute(1, 0, 2, 3, 4)
+            window_audio = audio[index]
+            pose = encode_window_poses(pose_encoder, poses, group, torch.float32)
+            if branches == 2:
+                sample = torch.cat([sample, sample])
+                window_audio = torch.cat([torch.zeros_like(window_audio), window_audio])
+                pose = torch.cat([torch.zeros_like(pose), pose])
+            v = unet(sample, timestep, window_audio, pose, reference_kv, uncond_batch=len(group) if branches == 2 else 0)
+            v = v.float().unflatten(0, (branches, len(group)))
+            for slot, window in enumerate(group):
+                accumulated[:, :, window] += v[:, slot]
+                counter[:, :, window] += 1
+        v = accumulated / counter
+        if branches == 2:
+            v_uncond, v_cond = v.chunk(2)
+            v = v_uncond + guidance * (v_cond - v_uncond)
+        latents = scheduler.step(v, timestep, latents).prev_sample
+    return latents
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return EchoMimicV2.tiny(seed=0)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("guidance, reference_compatible, windows_per_batch", [(1.0, False, 2), (2.5, False, 3), (1.0, True, 2)])
+def test_bounded_memory_update_equals_the_whole_segment_update(tiny_model, guidance, reference_compatible, windows_per_batch):
+    networks = tiny_model.networks
+    frames, latent = 31, 8
+    rng = np.random.default_rng(1)
+    poses = host_pose_images(rng.integers(0, 256, (frames, 8 * latent, 8 * latent, 3), dtype=np.uint8), torch.device("cpu"))
+    audio = torch.from_numpy(rng.standard_normal((frames, 50, 384), dtype=np.float32))
+    reference_kv = networks.denoising_unet.reference_kv(networks.reference_unet(torch.randn(1, 4, latent, latent)))
+    start = segment_noise(2, 0, frames, latent, latent)
+    arguments = (networks.denoising_unet, reference_kv)
+    rest = (audio, networks.pose_encoder, poses, 3, guidance, reference_compatible, windows_per_batch)
+    expected = _whole_segment_denoise(*arguments, start.clone(), *rest)
+    got = denoise(*arguments, start.clone(), *rest)
+    assert torch.equal(got, expected)  # same operations per element: bit for bit
+
+
+@pytest.mark.parametrize("windows_per_batch", [1, 2, 4])
+def test_overlap_accumulator_does_not_grow_with_segment_length(windows_per_batch):
+    def slots(frames: int) -> int:
+        return max(accumulator_frames(_batched(segment_windows(frames, step), windows_per_batch)) for step in range(3))
+
+    assert slots(120) == slots(1200) == slots(12_000) <= windows_per_batch * CONTEXT_FRAMES
+    # The official wrap-around schedule keeps its first frames open until the last window: the whole clip.
+    assert accumulator_frames(_batched(official_windows(120, 1), windows_per_batch)) == 120
+
+
+def test_every_frame_completes_once_per_step():
+    for schedule, frames in ((segment_windows, 121), (official_windows, 50)):
+        for step in range(3):
+            groups = _batched(schedule(frames, step), 2)
+            completed = completed_frames(groups)
+            assert sorted(f for done in completed for f in done) == list(range(frames))
+            for number, done in enumerate(completed):  # no later batch reads a completed frame
+                later = {f for group in groups[number + 1 :] for window in group for f in window}
+                assert later.isdisjoint(done)
