@@ -215,8 +215,10 @@ class BenchResult:
 # The benchmark
 
 
-def run_bench(preset_name: str, frames: int, size: int, compile_networks: bool = True, windows_per_batch: int = 2, decode_batch: int = 2) -> BenchResult:
-    """Defaults: the settings that keep peak memory ≤ 8 GiB at 768² (BENCHMARKS.md); compilation only on a GPU."""
+def run_bench(preset_name: str, frames: int, size: int, compile_networks: bool = True, windows_per_batch: int | None = None,
+              decode_batch: int | None = None) -> BenchResult:
+    """Batch sizes default to the renderer's per-device defaults (on a GPU those keep peak memory ≤ 8 GiB at
+    768², BENCHMARKS.md); compilation only on a GPU."""
     if preset_name not in ("acc", "quality"):
         raise ValueError(f"preset must be acc or quality, got {preset_name!r}")
     if frames < 1:

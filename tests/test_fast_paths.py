@@ -14,6 +14,7 @@ from echomimic2.sampler import (
     _batched,
     accumulator_frames,
     completed_frames,
+    default_batches,
     denoise,
     encode_window_poses,
     host_pose_images,
@@ -156,3 +157,15 @@ def test_every_frame_completes_once_per_step():
             for number, done in enumerate(completed):  # no later batch reads a completed frame
                 later = {f for group in groups[number + 1 :] for window in group for f in window}
                 assert later.isdisjoint(done)
+
+
+def test_compiling_is_refused_off_cuda(tmp_path):
+    with pytest.raises(ValueError, match="compile.*CUDA"):
+        EchoMimicV2.from_official(tmp_path, variant="acc", device="cpu", compile=True)
+    with pytest.raises(ValueError, match="compile.*CUDA"):
+        EchoMimicV2.random("acc", device="cpu", compile=True)
+
+
+def test_batch_defaults_follow_the_device():
+    assert default_batches(torch.device("cuda")) == (2, 2)  # measured best under 8 GiB at 768² (BENCHMARKS.md)
+    assert default_batches(torch.device("cpu")) == (4, 8)
