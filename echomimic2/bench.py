@@ -119,7 +119,7 @@ class _StageClock:
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
-        self.intervals: list[tuple[str, object, object]] = []
+        self.intervals: list[tuple[str | torch.Tensor, object, object]] = []
 
     def mark(self):
         if self.cuda:
@@ -133,13 +133,15 @@ class _StageClock:
             torch.cuda.synchronize()
         totals: dict[str, float] = {}
         for label, start, end in self.intervals:
+            label = label if isinstance(label, str) else f"step t={int(label)}"  # read after the run: no sync while timing
             elapsed = start.elapsed_time(end) / 1e3 if self.cuda else end - start
             totals[label] = totals.get(label, 0.0) + elapsed
         return totals
 
     @contextmanager
     def instrument(self, owner, method: str, label):
-        """Time every call of `owner.method`; `label(args, kwargs)` names the stage of a call."""
+        """Time every call of `owner.method`; `label(args, kwargs)` names the stage of a call (a str, or a
+        timestep tensor for a denoising step)."""
         original = getattr(owner, method)
         patched_before = method in vars(owner)
 
@@ -159,9 +161,9 @@ class _StageClock:
                 delattr(owner, method)
 
 
-def _denoise_step_label(args, kwargs) -> str:
-    timestep = args[1] if len(args) > 1 else kwargs["timestep"]
-    return f"step t={int(timestep)}"
+def _denoise_step_label(args, kwargs) -> torch.Tensor:
+    """The call's timestep (a device tensor), named by `seconds()` once the run is over."""
+    return args[1] if len(args) > 1 else kwargs["timestep"]
 
 
 @dataclass
@@ -215,10 +217,18 @@ class BenchResult:
 # The benchmark
 
 
+def gpu_networks(compile_networks: bool = True) -> OfficialNetworks:
+    """The bench's full-size random networks on the GPU in fp16, with the GPU settings (optionally compiled).
+    Several `run_bench` calls can share them, so compilation is paid once per process."""
+    device = torch.device("cuda")
+    return prepare_for_gpu(random_networks(official_unet_config(), official_vae_config(), device, torch.float16), compile_networks)
+
+
 def run_bench(preset_name: str, frames: int, size: int, compile_networks: bool = True, windows_per_batch: int | None = None,
-              decode_batch: int | None = None) -> BenchResult:
+              decode_batch: int | None = None, networks: OfficialNetworks | None = None, steps: int | None = None) -> BenchResult:
     """Batch sizes default to the renderer's per-device defaults (on a GPU those keep peak memory ≤ 8 GiB at
-    768², BENCHMARKS.md); compilation only on a GPU."""
+    768², BENCHMARKS.md); compilation only on a GPU. `networks` from `gpu_networks(compile_networks)` are
+    reused (pass the same compile_networks); `steps` overrides the preset's (a shorter run, to time steps)."""
     if preset_name not in ("acc", "quality"):
         raise ValueError(f"preset must be acc or quality, got {preset_name!r}")
     if frames < 1:
@@ -226,10 +236,13 @@ def run_bench(preset_name: str, frames: int, size: int, compile_networks: bool =
     if size < 64 or size % 64:
         raise ValueError(f"size must be a positive multiple of 64, got {size}")
     preset = PRESETS[preset_name]
+    steps = preset.steps if steps is None else steps
     notes: list[str] = []
+    if steps != preset.steps:
+        notes.append(f"{steps} steps instead of the preset's {preset.steps}")
     if torch.cuda.is_available():
         device, dtype, networks_kind = torch.device("cuda"), torch.float16, "official sizes, random weights"
-        networks = prepare_for_gpu(random_networks(official_unet_config(), official_vae_config(), device, dtype), compile_networks)
+        networks = gpu_networks(compile_networks) if networks is None else networks
         if compile_networks:
             notes.append("torch.compile on (compilation happens in the untimed warm-up)")
     else:
@@ -260,7 +273,7 @@ def run_bench(preset_name: str, frames: int, size: int, compile_networks: bool =
 
     # Warm-up: kernel selection (cudnn.benchmark), compilation and allocator growth stay out of the timing.
     whisper._encode(mel.to(device, dtype))
-    render(min(frames, WARMUP_MAX_FRAMES), min(WARMUP_STEPS, preset.steps))
+    render(min(frames, WARMUP_MAX_FRAMES), min(WARMUP_STEPS, steps))
     synchronize()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -277,7 +290,7 @@ def run_bench(preset_name: str, frames: int, size: int, compile_networks: bool =
         synchronize()
         started = time.perf_counter()
         whisper._encode(mel.to(device, dtype))
-        video = render(frames, preset.steps)
+        video = render(frames, steps)
         synchronize()
         wall = time.perf_counter() - started
     if video.shape != (frames, size, size, 3):
@@ -290,11 +303,11 @@ def run_bench(preset_name: str, frames: int, size: int, compile_networks: bool =
     stages["denoise"] = sum(step_seconds)
     stages["other"] = wall - sum(stages.values())
     return BenchResult(
-        preset=preset_name, frames=frames, size=size, steps=preset.steps, guidance=preset.guidance,
+        preset=preset_name, frames=frames, size=size, steps=steps, guidance=preset.guidance,
         device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", dtype=str(dtype).removeprefix("torch."),
         networks=networks_kind, wall_seconds=wall, stages=stages, step_seconds=step_seconds,
         peak_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
-        flops=spec_flops(size, frames, preset.steps, preset.guidance) if device.type == "cuda" else {}, notes=notes,
+        flops=spec_flops(size, frames, steps, preset.guidance) if device.type == "cuda" else {}, notes=notes,
     )
 
 

@@ -232,7 +232,9 @@ def denoise(
     accumulated = torch.zeros((branches, LATENT_CHANNELS, span, *latents.shape[3:]), device=latents.device, dtype=torch.float32)
     counter = torch.zeros((1, 1, span, 1, 1), device=latents.device, dtype=torch.float32)
 
-    for timestep, groups in zip(scheduler.timesteps, step_groups):
+    # The UNet takes the device tensor; the scheduler the same value as an int, read once (indexing its
+    # CPU alphas with a device tensor would synchronise with the GPU at every window batch).
+    for timestep, step_value, groups in zip(scheduler.timesteps, scheduler.timesteps.tolist(), step_groups):
         for group, done in zip(groups, completed_frames(groups)):
             index = torch.tensor(group, device=latents.device)  # (k, f)
             sample = latents[0][:, index].permute(1, 0, 2, 3, 4).to(dtype)  # (k, 4, f, h, w)
@@ -257,7 +259,7 @@ def denoise(
                 if use_cfg:
                     v_uncond, v_cond = v.chunk(2)
                     v = v_uncond + guidance * (v_cond - v_uncond)
-                latents[:, :, chunk] = scheduler.step(v, timestep, latents[:, :, chunk]).prev_sample
+                latents[:, :, chunk] = scheduler.step(v, step_value, latents[:, :, chunk]).prev_sample
                 accumulated[:, :, slots] = 0
                 counter[:, :, slots] = 0
     return latents
