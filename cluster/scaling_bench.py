@@ -17,6 +17,9 @@ count, it runs the real job (`cli.py run`, a subprocess with its own local Ray) 
 - scaling efficiency = throughput_N / (N · throughput_1) (render window; the job-wall one in --json)
   and the long clip's speed-up over 1 GPU.
 
+`--baseline FILE` takes the 1-GPU figures from an earlier `--json` run of the same settings (a sweep
+split over several sessions, or over machines with the same card).
+
 On GPUs, run N sees the first N GPUs only (CUDA_VISIBLE_DEVICES), the render actors build the
 full-size networks with random weights (`cli.py run --random-weights`, `EchoMimicV2.random`): the
 speed of the official weights without them. Without GPUs, `--gpus N` gives Ray N logical GPUs and the
@@ -140,6 +143,7 @@ class RunMetrics:
     wall_s: float  # the whole `cli.py run`: Ray start-up, model loading, rendering, last assembly
     window_s: float | None  # first segment's render start → last MP4 committed
     long_clip_s: float | None  # the long clip's first segment render start → its MP4 committed
+    long_clip_assemble_s: float | None  # of which stitching + encoding (one CPU task: does not shrink with N)
     gpu_util_percent: float | None  # mean over the render window; None without nvidia-smi
     clips_per_hour: float = 0.0
     clips_per_hour_window: float | None = None
@@ -147,6 +151,9 @@ class RunMetrics:
     efficiency_wall: float | None = None  # the same with whole-job throughput
     long_clip_speedup: float | None = None
     notes: list[str] = field(default_factory=list)
+
+    def as_dict(self, settings: dict) -> dict:
+        return dict(vars(self), **settings)
 
 
 def run_metrics(gpus: int, exit_code: int, started: float, wall_s: float, results: pd.DataFrame | None,
@@ -168,6 +175,8 @@ def run_metrics(gpus: int, exit_code: int, started: float, wall_s: float, result
     long_segments = [r["time"] - r["seconds"] for r in segment_records if r["clip_id"] == long_clip_id]
     long_commit = [r["time"] for r in clip_records if r["clip_id"] == long_clip_id]
     long_clip = max(long_commit) - min(long_segments) if long_segments and long_commit else None
+    long_rows = None if results is None else results.loc[results["clip_id"] == long_clip_id, "assemble_seconds"].dropna()
+    long_assemble = float(long_rows.iloc[0]) if long_rows is not None and len(long_rows) else None
 
     utilisation = None
     if samples:
@@ -176,6 +185,7 @@ def run_metrics(gpus: int, exit_code: int, started: float, wall_s: float, result
     return RunMetrics(
         gpus=gpus, exit_code=exit_code, clips_done=done, clips_failed=failed, frames=frames,
         segments=len(segment_records), wall_s=wall_s, window_s=window, long_clip_s=long_clip,
+        long_clip_assemble_s=long_assemble,
         gpu_util_percent=utilisation, clips_per_hour=done / wall_s * 3600 if wall_s > 0 else 0.0,
         clips_per_hour_window=done / window * 3600 if window else None)
 
@@ -200,13 +210,13 @@ def format_table(runs: list[RunMetrics]) -> str:
         return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
 
     header = (f"{'GPUs':>4} {'done':>5} {'failed':>6} {'wall s':>8} {'window s':>9} {'clips/h':>8} {'clips/h win':>11} "
-              f"{'GPU util':>8} {'long clip s':>11} {'efficiency':>10} {'long speed-up':>13}")
+              f"{'GPU util':>8} {'long clip s':>11} {'(assembly)':>10} {'efficiency':>10} {'long speed-up':>13}")
     lines = [header]
     for run in runs:
         lines.append(
             f"{run.gpus:>4} {run.clips_done:>5} {run.clips_failed:>6} {run.wall_s:>8.1f} {number(run.window_s):>9} "
             f"{run.clips_per_hour:>8.1f} {number(run.clips_per_hour_window):>11} "
-            f"{number(run.gpu_util_percent, 0, '%'):>8} {number(run.long_clip_s):>11} "
+            f"{number(run.gpu_util_percent, 0, '%'):>8} {number(run.long_clip_s):>11} {number(run.long_clip_assemble_s):>10} "
             f"{number(run.efficiency, 2):>10} {number(run.long_clip_speedup, 2, 'x'):>13}")
     return "\n".join(lines)
 
@@ -261,6 +271,25 @@ def run_job(manifest: Path, output: str, gpus: int, preset: str, random_weights:
     return metrics
 
 
+SETTINGS_THAT_MUST_MATCH = ("preset", "size", "clips", "clip_seconds", "long_seconds", "segment_frames")
+
+
+def read_baseline(path: Path, settings: dict) -> RunMetrics:
+    """The 1-GPU run of an earlier `--json` output; its settings must be this run's."""
+    for line in path.read_text().splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if record.get("gpus") != 1:
+            continue
+        different = {key: (record.get(key), settings[key]) for key in SETTINGS_THAT_MUST_MATCH
+                     if record.get(key) != settings[key]}
+        if different:
+            raise ValueError(f"{path}: its 1-GPU run used other settings (theirs, ours): {different}")
+        metrics = RunMetrics(**{name: record[name] for name in RunMetrics.__dataclass_fields__})
+        metrics.notes.append(f"from {path} ({record.get('device')}, {record.get('date')})")
+        return metrics
+    raise ValueError(f"{path}: no line with \"gpus\": 1")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -277,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: a new temp folder); each run writes <root>/gpus-<N>")
     parser.add_argument("--work-dir", type=Path, default=None, help="manifest, inputs and logs (default: a new temp folder)")
     parser.add_argument("--json", action="store_true", help="one JSON line per GPU count instead of the table")
+    parser.add_argument("--baseline", type=Path, default=None, help="--json output of an earlier run with the same "
+                        "settings: its 1-GPU line is the reference when this run has no 1-GPU count")
     args = parser.parse_args(argv)
 
     gpu_ids = visible_gpu_ids()
@@ -294,6 +325,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--preset {preset} builds the full-size networks: it needs GPUs (use --preset tiny here)")
     if not counts:
         parser.error(f"no GPU count in {requested} fits the {len(gpu_ids)} GPU(s) present")
+    settings = dict(preset=preset, size=args.size, clips=args.clips, clip_seconds=args.clip_seconds,
+                    long_seconds=args.long_seconds, segment_frames=args.segment_frames)
+    baseline = None
+    if args.baseline and 1 not in counts:
+        try:
+            baseline = read_baseline(args.baseline, settings)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            parser.error(f"--baseline: {error}")
 
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="scaling-bench-"))
     output_root = args.output_root or str(work_dir / "outputs")
@@ -306,13 +345,14 @@ def main(argv: list[str] | None = None) -> int:
         what = (f"NO GPU: {os.cpu_count()} CPU core(s) with N logical GPUs, preset tiny: a smoke run of the "
                 "harness, NOT a GPU scaling figure")
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    log(f"scaling bench {time.strftime('%Y-%m-%d %H:%M %Z')}: {what}; size {args.size or 'preset default'}; "
+    settings.update(device=what, date=time.strftime("%Y-%m-%d %H:%M %Z"))
+    log(f"scaling bench {settings['date']}: {what}; size {args.size or 'preset default'}; "
         f"1 clip of {args.long_seconds:g} s + {args.clips} of {args.clip_seconds:g} s; manifest {manifest}; "
         f"outputs under {storage.redact(output_root)}")
     if skipped:
         log(f"skipped GPU counts {skipped}: only {len(gpu_ids)} GPU(s) present")
 
-    runs = []
+    runs = [baseline] if baseline else []
     for gpus in counts:
         output = storage.join(output_root, f"gpus-{gpus}")
         log(f"running {gpus} GPU(s) → {storage.redact(output)} (log {work_dir / f'gpus-{gpus}.log'})")
@@ -321,8 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     add_scaling(runs)
     if args.json:
         for run in runs:
-            print(json.dumps(dict(vars(run), preset=preset, device=what, size=args.size, clips=args.clips,
-                                  clip_seconds=args.clip_seconds, long_seconds=args.long_seconds)))
+            print(json.dumps(run.as_dict(settings)))
     else:
         print(format_table(runs))
     for run in runs:

@@ -40,7 +40,7 @@ def test_manifest_has_the_long_clip_first_and_valid_speech(tmp_path):
 
 def test_figures_from_results_and_ledger_records():
     results = pd.DataFrame(dict(clip_id=[LONG_CLIP_ID, "short-000", "short-001"], status=["done", "done", "failed"],
-                                frames=[2880, 240, None]))
+                                frames=[2880, 240, None], assemble_seconds=[12.5, 1.0, None]))
     segments = [
         segment(LONG_CLIP_ID, end=1_020.0, seconds=10.0),  # the job's first render starts at 1010
         segment(LONG_CLIP_ID, end=1_050.0, seconds=10.0),
@@ -54,6 +54,7 @@ def test_figures_from_results_and_ledger_records():
     assert (metrics.clips_done, metrics.clips_failed, metrics.frames, metrics.segments) == (2, 1, 3120, 3)
     assert metrics.window_s == pytest.approx(80.0)  # 1010 → last MP4 at 1090
     assert metrics.long_clip_s == pytest.approx(60.0)  # 1010 → its MP4 at 1070
+    assert metrics.long_clip_assemble_s == pytest.approx(12.5)
     assert metrics.gpu_util_percent == pytest.approx(90.0)  # samples inside the render window only
     assert metrics.clips_per_hour == pytest.approx(72.0)
     assert metrics.clips_per_hour_window == pytest.approx(90.0)
@@ -65,8 +66,8 @@ def test_figures_from_results_and_ledger_records():
 def test_scaling_efficiency_and_long_clip_speedup():
     def run(gpus, per_hour, window_per_hour, long_clip):
         return RunMetrics(gpus=gpus, exit_code=0, clips_done=10, clips_failed=0, frames=0, segments=0, wall_s=1.0,
-                          window_s=1.0, long_clip_s=long_clip, gpu_util_percent=None, clips_per_hour=per_hour,
-                          clips_per_hour_window=window_per_hour)
+                          window_s=1.0, long_clip_s=long_clip, long_clip_assemble_s=None, gpu_util_percent=None,
+                          clips_per_hour=per_hour, clips_per_hour_window=window_per_hour)
 
     runs = add_scaling([run(1, 100.0, 120.0, 80.0), run(4, 300.0, 432.0, 25.0)])
     assert runs[0].efficiency == pytest.approx(1.0) and runs[0].long_clip_speedup == pytest.approx(1.0)
@@ -105,6 +106,22 @@ def test_one_logical_gpu_run_end_to_end(tmp_path, capsys):
     assert len(lines) == 1 and lines[0]["gpus"] == 1
     run = lines[0]
     assert (run["clips_done"], run["clips_failed"], run["frames"]) == (2, 0, 72 + 24)
-    assert 0 < run["long_clip_s"] <= run["window_s"] < run["wall_s"]
+    assert 0 < run["long_clip_assemble_s"] < run["long_clip_s"] <= run["window_s"] < run["wall_s"]
     assert run["efficiency"] == pytest.approx(1.0) and run["gpu_util_percent"] is None
     assert (tmp_path / "outputs" / "gpus-1" / f"{LONG_CLIP_ID}.mp4").stat().st_size > 0
+
+
+def test_baseline_from_an_earlier_json_run_must_have_the_same_settings(tmp_path):
+    settings = dict(preset="acc", size=None, clips=8, clip_seconds=5.0, long_seconds=120.0, segment_frames=None)
+    one = RunMetrics(gpus=1, exit_code=0, clips_done=9, clips_failed=0, frames=3840, segments=90, wall_s=700.0,
+                     window_s=600.0, long_clip_s=400.0, long_clip_assemble_s=20.0, gpu_util_percent=97.0)
+    two = RunMetrics(**dict(vars(one), gpus=2))
+    path = tmp_path / "sweep.jsonl"
+    path.write_text("".join(json.dumps(run.as_dict(dict(settings, device="H100", date="d"))) + "\n" for run in (two, one)))
+    baseline = scaling_bench.read_baseline(path, settings)
+    assert (baseline.gpus, baseline.window_s, baseline.long_clip_s) == (1, 600.0, 400.0)
+    with pytest.raises(ValueError, match="long_seconds"):
+        scaling_bench.read_baseline(path, dict(settings, long_seconds=60.0))
+    path.write_text(json.dumps(two.as_dict(dict(settings, device="H100", date="d"))) + "\n")
+    with pytest.raises(ValueError, match="no line"):
+        scaling_bench.read_baseline(path, settings)
