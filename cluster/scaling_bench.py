@@ -22,7 +22,9 @@ split over several sessions, or over machines with the same card).
 
 On GPUs, run N sees the first N GPUs only (CUDA_VISIBLE_DEVICES), the render actors build the
 full-size networks with random weights (`cli.py run --random-weights`, `EchoMimicV2.random`): the
-speed of the official weights without them. Without GPUs, `--gpus N` gives Ray N logical GPUs and the
+speed of the official weights without them. The render actors torch.compile on first use (≈ 2 min
+each, inside the render window): for sweeps too short to amortise it, run with ECHOMIMIC2_COMPILE=0
+(the job inherits the environment). Without GPUs, `--gpus N` gives Ray N logical GPUs and the
 render actors share the CPU: the harness runs end to end, but its figures say nothing about GPUs.
 """
 from __future__ import annotations
@@ -190,6 +192,20 @@ def run_metrics(gpus: int, exit_code: int, started: float, wall_s: float, result
         clips_per_hour_window=done / window * 3600 if window else None)
 
 
+def measure_output(output: str, gpus: int, exit_code: int, started: float, wall_s: float,
+                   samples: list[tuple[float, float]] | None) -> RunMetrics:
+    """`run_metrics` of the job that wrote `output`: its results.parquet (if it got that far) and ledger."""
+    from pipeline.job import read_results
+    from pipeline.ledger import Ledger
+
+    try:
+        results = read_results(output)
+    except FileNotFoundError:
+        results = None
+    ledger = Ledger(output)
+    return run_metrics(gpus, exit_code, started, wall_s, results, ledger.clip_records(), ledger.segment_records(), samples)
+
+
 def add_scaling(runs: list[RunMetrics]) -> list[RunMetrics]:
     """Efficiency and long-clip speed-up of every run against the 1-GPU run (if there is one)."""
     base = next((run for run in runs if run.gpus == 1), None)
@@ -237,9 +253,6 @@ def visible_gpu_ids() -> list[str]:
 def run_job(manifest: Path, output: str, gpus: int, preset: str, random_weights: bool, gpu_ids: list[str],
             log_path: Path, segment_frames: int | None) -> RunMetrics:
     """One `cli.py run` of the manifest into `output` with `gpus` render actors, and its figures."""
-    from pipeline.job import read_results
-    from pipeline.ledger import Ledger
-
     command = [sys.executable, str(REPO / "cli.py"), "run", str(manifest), "--output", output, "--gpus", str(gpus),
                "--preset", preset, "--force"]
     if random_weights:
@@ -259,19 +272,13 @@ def run_job(manifest: Path, output: str, gpus: int, preset: str, random_weights:
         else:
             exit_code = subprocess.run(command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT).returncode
             samples = None
-    wall = time.time() - started
-    try:
-        results = read_results(output)
-    except FileNotFoundError:
-        results = None
-    ledger = Ledger(output)
-    metrics = run_metrics(gpus, exit_code, started, wall, results, ledger.clip_records(), ledger.segment_records(), samples)
+    metrics = measure_output(output, gpus, exit_code, started, time.time() - started, samples)
     if exit_code != 0:
         metrics.notes.append(f"cli.py run exited {exit_code}: see {log_path}")
     return metrics
 
 
-SETTINGS_THAT_MUST_MATCH = ("preset", "size", "clips", "clip_seconds", "long_seconds", "segment_frames")
+SETTINGS_THAT_MUST_MATCH = ("preset", "size", "clips", "clip_seconds", "long_seconds", "segment_frames", "compiled")
 
 
 def read_baseline(path: Path, settings: dict) -> RunMetrics:
@@ -325,8 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--preset {preset} builds the full-size networks: it needs GPUs (use --preset tiny here)")
     if not counts:
         parser.error(f"no GPU count in {requested} fits the {len(gpu_ids)} GPU(s) present")
+    from pipeline.render import COMPILE_ENV
+
     settings = dict(preset=preset, size=args.size, clips=args.clips, clip_seconds=args.clip_seconds,
-                    long_seconds=args.long_seconds, segment_frames=args.segment_frames)
+                    long_seconds=args.long_seconds, segment_frames=args.segment_frames,
+                    compiled=bool(gpu_ids) and os.environ.get(COMPILE_ENV, "1") != "0")
     baseline = None
     if args.baseline and 1 not in counts:
         try:
@@ -340,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     if gpu_ids:
         device = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", f"--id={gpu_ids[0]}"],
                                 capture_output=True, text=True).stdout.strip() or "GPU"
-        what = f"{device}, preset {preset}" + (", full-size networks with random weights" if preset != "tiny" else "")
+        what = (f"{device}, preset {preset}" + (", full-size networks with random weights" if preset != "tiny" else "")
+                + (", torch.compile on" if settings["compiled"] else ", eager (no torch.compile)"))
     else:
         what = (f"NO GPU: {os.cpu_count()} CPU core(s) with N logical GPUs, preset tiny: a smoke run of the "
                 "harness, NOT a GPU scaling figure")

@@ -1,9 +1,10 @@
 """cluster/scaling_bench.py: its manifest, its figures from a run's results and ledger records, the
---random-weights option it relies on, and one real run with a logical GPU."""
+--random-weights option it relies on, and (slow) one real run with a logical GPU."""
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -63,6 +64,25 @@ def test_figures_from_results_and_ledger_records():
     assert (nothing.clips_done, nothing.window_s, nothing.long_clip_s, nothing.gpu_util_percent) == (0, None, None, None)
 
 
+def test_figures_from_an_output_root_written_by_the_job_s_own_writers(tmp_path):
+    """The field names the bench reads are those the ledger and results.parquet writers write."""
+    from pipeline.job import RESULT_COLUMNS, write_results
+    from pipeline.ledger import Ledger
+
+    started = time.time()
+    ledger = Ledger(str(tmp_path))
+    for clip_id, frames in ((LONG_CLIP_ID, 96), ("short-000", 24)):
+        ledger.record_segment(clip_id, "fp", 0, frames, seconds=0.25, attempt=1, pid=1, node_id="n", model="m")
+        ledger.record_clip(clip_id, "fp", bytes=1, frames=frames, seconds=frames / 24, output="x")
+    rows = [dict(dict.fromkeys(RESULT_COLUMNS), row=row, clip_id=clip_id, status="done", frames=frames,
+                 assemble_seconds=0.5) for row, (clip_id, frames) in enumerate(((LONG_CLIP_ID, 96), ("short-000", 24)))]
+    write_results(ledger, rows)
+    metrics = scaling_bench.measure_output(str(tmp_path), 1, 0, started - 1.0, 10.0, None)
+    assert (metrics.clips_done, metrics.frames, metrics.segments, metrics.long_clip_assemble_s) == (2, 120, 2, 0.5)
+    assert 0.25 <= metrics.long_clip_s <= metrics.window_s < 5.0
+    assert scaling_bench.measure_output(str(tmp_path / "nothing"), 1, 2, started, 1.0, None).clips_done == 0
+
+
 def test_scaling_efficiency_and_long_clip_speedup():
     def run(gpus, per_hour, window_per_hour, long_clip):
         return RunMetrics(gpus=gpus, exit_code=0, clips_done=10, clips_failed=0, frames=0, segments=0, wall_s=1.0,
@@ -96,9 +116,10 @@ def test_full_size_presets_need_gpus_here():
         scaling_bench.main(["--preset", "acc", "--gpus", "1"])
 
 
+@pytest.mark.slow
 def test_one_logical_gpu_run_end_to_end(tmp_path, capsys):
-    """The real job in a subprocess (~20 s, most of it Ray's start): the one test that sees the script's
-    command line, the job's ledger and results.parquet fit together."""
+    """The real job in a subprocess (20-40 s here, most of it Ray's start): the script's command line
+    and the job fit together."""
     code = scaling_bench.main(["--gpus", "1", "--clips", "1", "--clip-seconds", "1", "--long-seconds", "3",
                                "--size", "64", "--work-dir", str(tmp_path), "--json"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -112,7 +133,8 @@ def test_one_logical_gpu_run_end_to_end(tmp_path, capsys):
 
 
 def test_baseline_from_an_earlier_json_run_must_have_the_same_settings(tmp_path):
-    settings = dict(preset="acc", size=None, clips=8, clip_seconds=5.0, long_seconds=120.0, segment_frames=None)
+    settings = dict(preset="acc", size=None, clips=8, clip_seconds=5.0, long_seconds=120.0, segment_frames=None,
+                    compiled=False)
     one = RunMetrics(gpus=1, exit_code=0, clips_done=9, clips_failed=0, frames=3840, segments=90, wall_s=700.0,
                      window_s=600.0, long_clip_s=400.0, long_clip_assemble_s=20.0, gpu_util_percent=97.0)
     two = RunMetrics(**dict(vars(one), gpus=2))
@@ -120,8 +142,8 @@ def test_baseline_from_an_earlier_json_run_must_have_the_same_settings(tmp_path)
     path.write_text("".join(json.dumps(run.as_dict(dict(settings, device="H100", date="d"))) + "\n" for run in (two, one)))
     baseline = scaling_bench.read_baseline(path, settings)
     assert (baseline.gpus, baseline.window_s, baseline.long_clip_s) == (1, 600.0, 400.0)
-    with pytest.raises(ValueError, match="long_seconds"):
-        scaling_bench.read_baseline(path, dict(settings, long_seconds=60.0))
+    with pytest.raises(ValueError, match="compiled"):
+        scaling_bench.read_baseline(path, dict(settings, compiled=True))
     path.write_text(json.dumps(two.as_dict(dict(settings, device="H100", date="d"))) + "\n")
     with pytest.raises(ValueError, match="no line"):
         scaling_bench.read_baseline(path, settings)
