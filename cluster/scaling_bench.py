@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -263,16 +264,11 @@ def run_job(manifest: Path, output: str, gpus: int, preset: str, random_weights:
     if gpu_ids:  # the job's local Ray sees exactly the first N GPUs
         environment["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids[:gpus])
     environment.pop("RAY_ADDRESS", None)  # always a fresh local Ray on this host
+    sampler = UtilisationSampler(gpu_ids[:gpus]) if gpu_ids else None
     started = time.time()
-    with open(log_path, "w") as log:
-        if gpu_ids:
-            with UtilisationSampler(gpu_ids[:gpus]) as sampler:
-                exit_code = subprocess.run(command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT).returncode
-            samples = sampler.samples
-        else:
-            exit_code = subprocess.run(command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT).returncode
-            samples = None
-    metrics = measure_output(output, gpus, exit_code, started, time.time() - started, samples)
+    with open(log_path, "w") as log, sampler or nullcontext():
+        exit_code = subprocess.run(command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT).returncode
+    metrics = measure_output(output, gpus, exit_code, started, time.time() - started, sampler and sampler.samples)
     if exit_code != 0:
         metrics.notes.append(f"cli.py run exited {exit_code}: see {log_path}")
     return metrics
