@@ -37,15 +37,17 @@ WINDOW_SHIFT_PER_STEP = 3
 NOISE_CLAMP = 1.5  # spec §10.2.4: the official pipeline clamps its initial Gaussian draw
 LATENT_CHANNELS = 4
 VAE_DOWNSCALE = 8
-# (windows per UNet call, frames per VAE decode call) by device type. On an H100 at 768² two of each
-# keep peak memory ≤ 8 GiB and get almost all of the batching gain (BENCHMARKS.md: 4 windows or 8
-# decoded frames cost 11 / 9 GiB for ≤ 1% / 15% more speed); the CPU has memory to spare.
+# (UNet rows per call, frames per VAE decode call) by device type; a window is one row, two with CFG.
+# On an H100 at 768² two of each keep peak memory ≤ 8 GiB and get almost all of the batching gain
+# (BENCHMARKS.md: 4 rows or 8 decoded frames cost 11 / 9 GiB for ≤ 1% / 15% more speed); the CPU has
+# memory to spare.
 DEFAULT_BATCHES = {"cuda": (2, 2), "cpu": (4, 8)}
 
 
-def default_batches(device: torch.device) -> tuple[int, int]:
+def default_batches(device: torch.device, guided: bool = False) -> tuple[int, int]:
     """(windows_per_batch, decode_batch) that `render_segment` uses on `device` unless told otherwise."""
-    return DEFAULT_BATCHES.get(device.type, DEFAULT_BATCHES["cpu"])
+    rows, decode = DEFAULT_BATCHES.get(device.type, DEFAULT_BATCHES["cpu"])
+    return max(1, rows // 2) if guided else rows, decode
 
 
 # --------------------------------------------------------------------------------------------------
@@ -291,7 +293,7 @@ def render_segment(
     """
     parameter = next(networks.denoising_unet.parameters())
     device, dtype = parameter.device, parameter.dtype
-    default_windows, default_decode = default_batches(device)
+    default_windows, default_decode = default_batches(device, guided=guidance > 1.0)
     windows_per_batch = default_windows if windows_per_batch is None else windows_per_batch
     decode_batch = default_decode if decode_batch is None else decode_batch
     frames = len(frame_audio)

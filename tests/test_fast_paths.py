@@ -177,6 +177,9 @@ def test_compiling_is_refused_off_cuda(tmp_path):
 def test_batch_defaults_follow_the_device():
     assert default_batches(torch.device("cuda")) == (2, 2)  # measured best under 8 GiB at 768² (BENCHMARKS.md)
     assert default_batches(torch.device("cpu")) == (4, 8)
+    # CFG doubles the rows of every window: fewer windows per call keep the same peak.
+    assert default_batches(torch.device("cuda"), guided=True) == (1, 2)
+    assert default_batches(torch.device("cpu"), guided=True) == (2, 8)
 
 
 # --------------------------------------------------------------------------------------------------
