@@ -30,8 +30,8 @@ EXIT_ROWS_FAILED = 3
 # (reference UNet + reference VAE encode, paid again by every segment), and the assumed speed.
 FLOPS_PER_FRAME = {"quality": 310e12 + 5.75e12, "acc": 28.1e12 + 5.75e12}
 FLOPS_PER_SEGMENT = 2.08e12 + 2.61e12
-H100_DENSE_FP16_FLOPS = 989e12
-ASSUMED_EFFICIENCY = 0.35  # sustained fraction of the H100's dense fp16 peak (a guess, not a measurement)
+# Spec-equivalent FLOP/s our renderer sustained on one H100 (BENCHMARKS.md, acc, compiled, 768x768).
+MEASURED_H100_FLOPS = 268e12
 
 console = Console(highlight=False, soft_wrap=True)  # soft wrap: one line per problem, even in logs
 
@@ -226,13 +226,12 @@ def plan_command(manifest: str, segment_frames: int | None = None, overlap_frame
     console.print(table)
     console.print(f"total: {len(specs)} row(s), {total_frames} frames, {total_segments} segments "
                   f"({segment_frames} frames, overlap {overlap_frames})")
-    speed = H100_DENSE_FP16_FLOPS * ASSUMED_EFFICIENCY
     for preset, flops in per_preset.items():
-        gpu_seconds = flops / speed
+        gpu_seconds = flops / MEASURED_H100_FLOPS
         console.print(f"preset {preset}: {flops / 1e15:,.1f} PFLOP ≈ {gpu_seconds / 3600:,.2f} H100-hours "
                       f"({gpu_seconds:,.0f} GPU-s)")
-    console.print(f"assumption: {ASSUMED_EFFICIENCY:.0%} of an H100's {H100_DENSE_FP16_FLOPS / 1e12:.0f} TFLOP/s dense "
-                  "fp16 peak, FLOPs from spec §12 (768x768, scaled by pixel count for other sizes)")
+    console.print(f"assumption: {MEASURED_H100_FLOPS / 1e12:.0f} TFLOP/s, what the compiled renderer sustained on an "
+                  "H100 (BENCHMARKS.md); FLOPs from spec §12 (768x768, scaled by pixel count for other sizes)")
     for problem in problems:
         console.print(f"[yellow]not planned[/yellow]: {escape(str(problem))}")
     return EXIT_OK
