@@ -76,7 +76,7 @@ def assemble_task(settings: JobSettings, clip_id: str, fingerprint: str, info: d
     encoded = assemble_clip(segments, info["frames"], info["fps"], audio, output)
     ledger.record_clip(clip_id, fingerprint, bytes=encoded["bytes"], frames=encoded["frames"],
                        seconds=encoded["seconds"], output=output)
-    ledger.delete_segments(clip_id, fingerprint)
+    ledger.delete_segments(clip_id)
     return dict(output=output, frames=encoded["frames"], assemble_seconds=time.perf_counter() - started)
 
 

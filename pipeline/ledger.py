@@ -79,10 +79,10 @@ class Ledger:
         name = f"{stamp}-{event}-{uuid.uuid4().hex[:8]}.json"
         _write_json(storage.join(self.root, "_ledger", "jobs", name), dict(event=event, time=time.time(), **details))
 
-    def delete_segments(self, clip_id: str, fingerprint: str) -> None:
-        """Frees the raw frames of a committed clip; the ledger records stay."""
-        for uri in _find(storage.join(self.root, "_segments", clip_id, fingerprint), suffix=".npy"):
-            storage.delete(uri)
+    def delete_segments(self, clip_id: str) -> None:
+        """Frees the raw frames of a committed clip, also those left under older fingerprints by an edit
+        after a crash; the ledger records stay."""
+        storage.delete(storage.join(self.root, "_segments", clip_id))
 
 
 def _write_json(uri: str, record: dict) -> None:

@@ -54,8 +54,11 @@ def test_segment_records_append_and_segment_files_are_freed(root):
     ledger.record_segment("b", "fp9", 0, 10, seconds=1.0)
     assert sorted((r["start"], r["seconds"]) for r in ledger.segment_records("a")) == [(0, 1.0), (0, 1.5), (22, 1.5)]
     assert len(ledger.segment_records()) == 4
-    ledger.delete_segments("a", "fp1")
-    assert not storage.exists(ledger.segment_uri("a", "fp1", 0, 28))
+    stale = ledger.segment_uri("a", "fp0", 0, 28)  # left by an edit of the row after a crash
+    storage.write_atomic(stale, b"old")
+    ledger.delete_segments("a")
+    assert not storage.exists(ledger.segment_uri("a", "fp1", 0, 28)) and not storage.exists(stale)
+    assert not storage.exists(storage.join(root, "_segments", "a"))
     assert len(ledger.segment_records("a")) == 3  # the records stay
 
 
