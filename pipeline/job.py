@@ -54,10 +54,6 @@ class ClipState:
 class JobReport:
     results: list[dict]
 
-    @property
-    def failed(self) -> list[dict]:
-        return [r for r in self.results if r["status"] == "failed"]
-
 
 @ray.remote(num_cpus=1, max_retries=ASSEMBLY_RETRIES)
 def assemble_task(settings: JobSettings, clip_id: str, fingerprint: str, info: dict) -> dict:
