@@ -21,7 +21,7 @@ from pipeline import storage
 from pipeline.fingerprint import clip_fingerprint, content_hash
 from pipeline.ledger import Ledger
 from pipeline.manifest import ClipSpec, Limits, Problem, check_clip_inputs, list_pose_files
-from pipeline.media import decode_audio, load_reference_image
+from pipeline.media import SAMPLE_RATE, decode_audio, load_reference_image
 from pipeline.segments import plan_segments
 
 DEFAULT_SEED = 0
@@ -142,8 +142,9 @@ class Preprocessor:
                 raise RowRefused(problems)
             inputs = self.read_inputs(spec)
             params = render_params(spec, settings)
+            audio_sha = content_hash(inputs.audio)
             fingerprint = clip_fingerprint(
-                image_sha=content_hash(inputs.image), audio_sha=content_hash(inputs.audio),
+                image_sha=content_hash(inputs.image), audio_sha=audio_sha,
                 pose_shas=inputs.pose_hashes, params=params, model_identity=settings.model_identity)
             record = None if settings.force else self.ledger.finished_clip(spec.clip_id, fingerprint)
             if record is not None:
@@ -154,7 +155,7 @@ class Preprocessor:
                 reference = load_reference_image(inputs.image, width, height, limits, _name(spec.image))
             with refusing(spec, "audio", spec.audio):
                 waveform = decode_audio(inputs.audio, limits, _name(spec.audio))
-                seconds = len(waveform) / 16_000
+                seconds = len(waveform) / SAMPLE_RATE
                 features = self.whisper(waveform)
                 del waveform
                 # Video length = audio length (within a frame), never more than the audio's features cover.
@@ -174,7 +175,7 @@ class Preprocessor:
 
         yield work_row("clip", spec.clip_id, fingerprint, info=dict(
             row=spec.row, frames=n_frames, fps=fps, seconds=seconds, width=width, height=height,
-            audio=spec.audio, audio_sha=content_hash(inputs.audio), params=params,
+            audio=spec.audio, audio_sha=audio_sha, params=params,
             segments=segments, pending=pending, preprocess_seconds=time.perf_counter() - started))
         del inputs
         for start, stop in pending:
