@@ -188,7 +188,7 @@ def status_command(output: str) -> int:
 
 def plan_command(manifest: str, segment_frames: int | None = None, overlap_frames: int | None = None) -> int:
     """Frames and segments per row (from audio headers: nothing is decoded), and GPU time per preset."""
-    from pipeline.manifest import Limits, parse_manifest, read_manifest
+    from pipeline.manifest import Limits, Problem, parse_manifest, read_manifest
     from pipeline.media import audio_duration_seconds
 
     segment_frames = segment_frames or DEFAULT_SEGMENT_FRAMES
@@ -207,10 +207,11 @@ def plan_command(manifest: str, segment_frames: int | None = None, overlap_frame
             with storage.open_input(storage.check_uri(spec.audio)) as f:
                 seconds = audio_duration_seconds(f, spec.audio.rsplit("/", 1)[-1])
         except Exception as exc:
-            problems.append(_problem(spec, "audio", storage.describe_error(exc)))
+            problems.append(Problem(spec.row, spec.clip_id, "audio", storage.describe_error(exc)))
             continue
         if seconds > limits.max_audio_seconds:
-            problems.append(_problem(spec, "audio", f"{seconds:.1f} s is over the limit of {limits.max_audio_seconds:g} s"))
+            problems.append(Problem(spec.row, spec.clip_id, "audio",
+                                    f"{seconds:.1f} s is over the limit of {limits.max_audio_seconds:g} s"))
             continue
         frames = round(seconds * spec.fps)
         segments = plan_segments(frames, segment_frames, overlap_frames)
@@ -240,10 +241,4 @@ def plan_command(manifest: str, segment_frames: int | None = None, overlap_frame
 def _pixel_scale(width: int, height: int) -> float:
     """Rough: compute per frame grows with the pixel count (attention grows faster; see spec §12.2)."""
     return (width * height) / (768 * 768)
-
-
-def _problem(spec, field: str, reason: str):
-    from pipeline.manifest import Problem
-
-    return Problem(spec.row, spec.clip_id, field, reason)
 
