@@ -263,7 +263,7 @@ def _check_image(uri: str, limits: Limits) -> None:
 
 
 def _check_audio(uri: str, limits: Limits) -> None:
-    from pipeline.media import audio_duration_seconds
+    from pipeline.media import audio_duration_seconds, refuse_too_long
 
     n = storage.size(uri)
     if n > limits.max_audio_bytes:
@@ -274,8 +274,7 @@ def _check_audio(uri: str, limits: Limits) -> None:
         seconds = audio_duration_seconds(f, uri.rsplit("/", 1)[-1])
     if seconds <= 0:
         raise InputError("audio has no samples")
-    if seconds > limits.max_audio_seconds:
-        raise InputError(f"audio is {seconds:.1f} s long, over the limit of {limits.max_audio_seconds:g} s")
+    refuse_too_long(seconds, limits)
 
 
 def _check_pose(uri: str, limits: Limits) -> None:

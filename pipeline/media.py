@@ -136,22 +136,28 @@ def audio_duration_seconds(source: bytes | BinaryIO, name: str) -> float:
         return _ffmpeg_duration(tmp.name)
 
 
+def refuse_too_long(seconds: float, limits: Limits) -> None:
+    """InputError when the audio is over the duration limit (one message for validate and preprocess)."""
+    if seconds > limits.max_audio_seconds:
+        raise InputError(f"audio is {seconds:.1f} s long, over the limit of {limits.max_audio_seconds:g} s")
+
+
 def decode_audio(data: bytes, limits: Limits, name: str) -> np.ndarray:
     """float32 mono at 16 kHz. The duration limit is checked from the header before decoding, and the
     decode itself stops just past the limit, so a lying header cannot make it run long."""
     try:
         if not data:
             raise InputError("file is empty")
-        seconds = audio_duration_seconds(data, name)
-        if seconds > limits.max_audio_seconds:
-            raise InputError(f"audio is {seconds:.1f} s long, over the limit of {limits.max_audio_seconds:g} s")
         bound = limits.max_audio_seconds + 1.0
-        if _soundfile_duration(io.BytesIO(data)) is not None:
+        seconds = _soundfile_duration(io.BytesIO(data))
+        if seconds is not None:
+            refuse_too_long(seconds, limits)
             wave, _ = librosa.load(io.BytesIO(data), sr=SAMPLE_RATE, mono=True, duration=bound)
         else:
             # librosa's own fallback (audioread) needs an `ffmpeg` on PATH; the resolved binary also
             # covers pip-only installs.
             with _temp_copy(data, name) as tmp:
+                refuse_too_long(_ffmpeg_duration(tmp.name), limits)
                 decoded = subprocess.run(
                     [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-t", f"{bound}", "-i", tmp.name,
                      "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"],
