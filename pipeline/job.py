@@ -213,7 +213,7 @@ class Tracker:
                 assembled = ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - one clip's assembly failing fails that clip only
                 cause = getattr(exc, "cause", None) or exc
-                self._finish(clip, "failed", error=f"{_row_label(clip.spec)}: assembly: {storage.describe_error(cause)}")
+                self._finish(clip, "failed", error=f"{row_label(clip.spec)}: assembly: {storage.describe_error(cause)}")
             else:
                 self._finish(clip, "done", output=assembled["output"], frames=assembled["frames"],
                              seconds=clip.info["seconds"], assemble_seconds=assembled["assemble_seconds"])
@@ -230,7 +230,7 @@ class Tracker:
             else:
                 lost = ", ".join(f"{a}-{b}" for a, b in sorted(clip.waiting))
                 reason = f"render worker died repeatedly on segment(s) {lost} (see the Ray logs)"
-            self._finish(clip, "failed", error=f"{_row_label(clip.spec)}: {reason}")
+            self._finish(clip, "failed", error=f"{row_label(clip.spec)}: {reason}")
 
     # -- results and progress --------------------------------------------------------------
     def _finish(self, clip: ClipState, status: str, **values) -> None:
@@ -258,7 +258,7 @@ class Tracker:
         return sorted(({name: row.get(name) for name in RESULT_COLUMNS} for row in rows), key=lambda r: r["row"])
 
 
-def _row_label(spec: ClipSpec) -> str:
+def row_label(spec: ClipSpec) -> str:
     return f"row {spec.row} (clip {spec.clip_id!r})"
 
 

@@ -46,12 +46,11 @@ def node_local_paths(named_uris: list[tuple[str, str]], *, shared_fs: bool) -> l
 def refuse_node_local_paths(manifest: str, settings, *, shared_fs: bool) -> list[str]:
     """node_local_paths for the job's output root and every row's inputs (the manifest itself is read
     by the driver alone, so it may be local). `settings` is the job's JobSettings."""
-    from pipeline.job import load_specs
+    from pipeline.job import load_specs, row_label
 
     specs, _ = load_specs(manifest, settings)
     named = [("--output", settings.output)]
     for spec in specs:
-        label = f"row {spec.row} (clip {spec.clip_id!r})"
-        named += [(f"{label}: {field}", uri) for field, uri in
+        named += [(f"{row_label(spec)}: {field}", uri) for field, uri in
                   (("image", spec.image), ("audio", spec.audio), ("pose", spec.pose)) if uri]
     return node_local_paths(named, shared_fs=shared_fs)
