@@ -57,9 +57,9 @@ def _open_image(source: BinaryIO, limits: Limits) -> Image.Image:
     return image
 
 
-def image_size(source: BinaryIO | bytes, limits: Limits) -> tuple[int, int]:
+def image_size(source: BinaryIO, limits: Limits) -> tuple[int, int]:
     """(width, height) from the header, after the size checks; nothing is decoded."""
-    return _open_image(io.BytesIO(source) if isinstance(source, bytes) else source, limits).size
+    return _open_image(source, limits).size
 
 
 def load_reference_image(data: bytes, width: int, height: int, limits: Limits, name: str) -> np.ndarray:
