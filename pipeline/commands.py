@@ -189,7 +189,8 @@ def status_command(output: str) -> int:
 def plan_command(manifest: str, segment_frames: int | None = None, overlap_frames: int | None = None) -> int:
     """Frames and segments per row (from audio headers: nothing is decoded), and GPU time per preset."""
     from pipeline.manifest import Limits, Problem, parse_manifest, read_manifest
-    from pipeline.media import audio_duration_seconds
+    from echomimic2 import PRESETS
+    from pipeline.media import audio_duration_seconds, refuse_too_long
 
     segment_frames = segment_frames or DEFAULT_SEGMENT_FRAMES
     overlap_frames = DEFAULT_OVERLAP_FRAMES if overlap_frames is None else overlap_frames
@@ -206,24 +207,20 @@ def plan_command(manifest: str, segment_frames: int | None = None, overlap_frame
         try:
             with storage.open_input(storage.check_uri(spec.audio)) as f:
                 seconds = audio_duration_seconds(f, spec.audio.rsplit("/", 1)[-1])
+            refuse_too_long(seconds, limits)
         except Exception as exc:
             problems.append(Problem(spec.row, spec.clip_id, "audio", storage.describe_error(exc)))
-            continue
-        if seconds > limits.max_audio_seconds:
-            problems.append(Problem(spec.row, spec.clip_id, "audio",
-                                    f"{seconds:.1f} s is over the limit of {limits.max_audio_seconds:g} s"))
             continue
         frames = round(seconds * spec.fps)
         segments = plan_segments(frames, segment_frames, overlap_frames)
         rendered_frames = sum(stop - start for start, stop in segments)  # overlaps are rendered twice
         total_frames += frames
         total_segments += len(segments)
-        width, height = spec.width or 768, spec.height or 768
-        scale = _pixel_scale(width, height)
-        for preset, flops in FLOPS_PER_FRAME.items():
+        for preset, flops in FLOPS_PER_FRAME.items():  # rows without a size render at the preset's
+            scale = _pixel_scale(spec.width or PRESETS[preset].width, spec.height or PRESETS[preset].height)
             per_preset[preset] += (rendered_frames * flops + len(segments) * FLOPS_PER_SEGMENT) * scale
-        table.add_row(str(spec.row), spec.clip_id, f"{seconds:.2f}", f"{spec.fps:g}", str(frames), str(len(segments)),
-                      f"{width}x{height}")
+        size = f"{spec.width}x{spec.height}" if spec.width and spec.height else "preset's"
+        table.add_row(str(spec.row), spec.clip_id, f"{seconds:.2f}", f"{spec.fps:g}", str(frames), str(len(segments)), size)
     console.print(table)
     console.print(f"total: {len(specs)} row(s), {total_frames} frames, {total_segments} segments "
                   f"({segment_frames} frames, overlap {overlap_frames})")
