@@ -43,7 +43,7 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
     import ray
 
     from echomimic2 import PRESETS
-    from pipeline.job import JobError, run_job
+    from pipeline.job import JobError, load_specs, run_job
     from pipeline.multinode import refuse_node_local_paths, work_runs_off_this_node
     from pipeline.preprocess import JobSettings
     from pipeline.render import model_identity
@@ -106,15 +106,16 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
             force=force, allow_http=allow_http, input_root=None if input_root is None else str(input_root),
             render_threads=0 if cluster_gpus else max(1, cluster_cpus // 2), random_weights=random_weights)
         plan_segments(settings.segment_frames + 1, settings.segment_frames, settings.overlap_frames)  # checks the numbers
+        specs, problems = load_specs(manifest, settings)
         if address and work_runs_off_this_node():
-            refused = refuse_node_local_paths(manifest, settings, shared_fs=shared_fs)
+            refused = refuse_node_local_paths(specs, settings, shared_fs=shared_fs)
             for line in refused:
                 console.print(f"[red]error[/red]: {escape(storage.redact(line))}")
             if refused:
                 return EXIT_JOB_FAILED
         console.print(f"job: preset {preset}, model {identity}, {render_actors} render actor(s), "
                       f"up to {preprocess_actors} preprocessing actor(s), output {escape(storage.redact(output))}")
-        report = run_job(manifest, settings, render_actors=render_actors, render_gpus_per_actor=gpus_per_actor,
+        report = run_job(manifest, specs, problems, settings, render_actors=render_actors, render_gpus_per_actor=gpus_per_actor,
                          preprocess_actors=preprocess_actors, console=console)
     except (JobError, ValueError) as exc:
         console.print(f"[red]error[/red]: {escape(storage.redact(str(exc)))}")

@@ -90,9 +90,10 @@ def load_specs(manifest: str, settings: JobSettings) -> tuple[list[ClipSpec], li
     return specs, problems
 
 
-def run_job(manifest: str, settings: JobSettings, *, render_actors: int, render_gpus_per_actor: float,
-            preprocess_actors: int, console: Console | None = None) -> JobReport:
-    """Run the whole job on the connected Ray cluster. Raises JobError if it cannot start."""
+def run_job(manifest: str, specs: list[ClipSpec], problems: list[Problem], settings: JobSettings, *, render_actors: int,
+            render_gpus_per_actor: float, preprocess_actors: int, console: Console | None = None) -> JobReport:
+    """Run the whole job (the manifest's rows as `load_specs` gave them) on the connected Ray cluster.
+    Raises JobError if it cannot start."""
     console = console or Console()
     ledger = Ledger(settings.output)
     try:
@@ -100,7 +101,6 @@ def run_job(manifest: str, settings: JobSettings, *, render_actors: int, render_
                           model=settings.model_identity, force=settings.force)
     except Exception as exc:
         raise JobError(f"output {storage.redact(settings.output)} is not writable: {storage.describe_error(exc)}") from None
-    specs, problems = load_specs(manifest, settings)
     tracker = Tracker(settings, specs, problems, console)
     if specs:
         _configure_ray_data()

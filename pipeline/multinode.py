@@ -43,12 +43,12 @@ def node_local_paths(named_uris: list[tuple[str, str]], *, shared_fs: bool) -> l
     return problems
 
 
-def refuse_node_local_paths(manifest: str, settings, *, shared_fs: bool) -> list[str]:
+def refuse_node_local_paths(specs, settings, *, shared_fs: bool) -> list[str]:
     """node_local_paths for the job's output root and every row's inputs (the manifest itself is read
-    by the driver alone, so it may be local). `settings` is the job's JobSettings."""
-    from pipeline.job import load_specs, row_label
+    by the driver alone, so it may be local). `specs` are the manifest's ClipSpecs, `settings` the
+    job's JobSettings."""
+    from pipeline.job import row_label
 
-    specs, _ = load_specs(manifest, settings)
     named = [("--output", settings.output)]
     for spec in specs:
         named += [(f"{row_label(spec)}: {field}", uri) for field, uri in
