@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export NUMBA_CACHE_DIR := $(CURDIR)/.tmp/numba
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test test-all system-tools
+.PHONY: demo lint test test-all system-tools
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,12 @@ system-tools:
 demo: $(VENV)/.runtime
 	$(PY) cli.py run manifests/demo.parquet --output out/demo --preset tiny
 
-test: $(VENV)/.test system-tools
+# Static checks first: an undefined name on a CUDA-only line fails here, not on a user's GPU.
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check .
+
+test: lint system-tools
 	$(VENV)/bin/pytest -q
 
-test-all: $(VENV)/.test system-tools
+test-all: lint system-tools
 	$(VENV)/bin/pytest -q -m ""

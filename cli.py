@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,17 +14,17 @@ app.add_typer(weights_app, name="weights")
 def run(
     manifest: str = typer.Argument(..., help="Parquet manifest: local path or fsspec URL."),
     output: str = typer.Option(..., "--output", "-o", help="Output root: local path or fsspec URL."),
-    weights: Optional[Path] = typer.Option(None, help="Official weights folder; without it the random tiny model runs."),
-    preset: Optional[str] = typer.Option(None, help="quality | acc | tiny (default: acc with --weights, else tiny)."),
-    address: Optional[str] = typer.Option(
+    weights: Path | None = typer.Option(None, help="Official weights folder; without it the random tiny model runs."),
+    preset: str | None = typer.Option(None, help="quality | acc | tiny (default: acc with --weights, else tiny)."),
+    address: str | None = typer.Option(
         None, help="Ray cluster to join: auto, or <head-ip>:6379 (default: RAY_ADDRESS if set, else start a local Ray)."),
-    gpus: Optional[int] = typer.Option(None, help="Render actors (GPUs) to use; default: all the cluster has."),
-    cpus: Optional[int] = typer.Option(None, help="Preprocessing actors; default: follow the cluster's CPUs."),
+    gpus: int | None = typer.Option(None, help="Render actors (GPUs) to use; default: all the cluster has."),
+    cpus: int | None = typer.Option(None, help="Preprocessing actors; default: follow the cluster's CPUs."),
     force: bool = typer.Option(False, help="Redo every clip, ignoring the ledger."),
-    segment_frames: Optional[int] = typer.Option(None, help="Frames per segment (unit of GPU work)."),
-    overlap_frames: Optional[int] = typer.Option(None, help="Frames shared by neighbouring segments (cross-faded)."),
+    segment_frames: int | None = typer.Option(None, help="Frames per segment (unit of GPU work)."),
+    overlap_frames: int | None = typer.Option(None, help="Frames shared by neighbouring segments (cross-faded)."),
     allow_http: bool = typer.Option(False, help="Allow http(s):// inputs."),
-    input_root: Optional[Path] = typer.Option(None, help="Confine local inputs to this folder (symlinks may not leave it)."),
+    input_root: Path | None = typer.Option(None, help="Confine local inputs to this folder (symlinks may not leave it)."),
     shared_fs: bool = typer.Option(
         False, help="Local paths are one filesystem mounted alike on every node (NFS, EFS): allow them on a multi-node cluster."),
     random_weights: bool = typer.Option(
@@ -42,7 +41,7 @@ def run(
 def validate(
     manifest: str = typer.Argument(..., help="Parquet manifest: local path or fsspec URL."),
     allow_http: bool = typer.Option(False, help="Allow http(s):// inputs."),
-    input_root: Optional[Path] = typer.Option(None, help="Confine local inputs to this folder."),
+    input_root: Path | None = typer.Option(None, help="Confine local inputs to this folder."),
 ) -> None:
     """Check every row before any GPU time is spent; one line per problem; exit 1 if any."""
     arguments = dict(locals())  # the parameters only, taken before the import adds a name
@@ -62,8 +61,8 @@ def status(output: str = typer.Argument(..., help="Output root of a run.")) -> N
 @app.command()
 def plan(
     manifest: str = typer.Argument(..., help="Parquet manifest: local path or fsspec URL."),
-    segment_frames: Optional[int] = typer.Option(None),
-    overlap_frames: Optional[int] = typer.Option(None),
+    segment_frames: int | None = typer.Option(None),
+    overlap_frames: int | None = typer.Option(None),
 ) -> None:
     """Print frames, segments and estimated GPU time per preset, without rendering."""
     arguments = dict(locals())  # the parameters only, taken before the import adds a name

@@ -122,7 +122,7 @@ class UtilisationSampler:
                 self.samples.append((now, sum(values) / len(values)))
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "UtilisationSampler":
+    def __enter__(self) -> UtilisationSampler:
         self._thread.start()
         return self
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +143,7 @@ def _inspect_whisper_checkpoint(path: Path) -> tuple[FileReport, dict[str, torch
     return report, state
 
 
-@lru_cache(maxsize=None)
+@cache
 def _mel_filterbank() -> np.ndarray:
     # Identical (bit for bit) to openai-whisper's assets/mel_filters.npz "mel_80"; tested.
     import librosa  # here, not at the top: GPU render workers and the bench use the encoder without librosa
@@ -176,7 +176,7 @@ class WhisperFeatures:
     @classmethod
     def from_official(
         cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-    ) -> "WhisperFeatures":
+    ) -> WhisperFeatures:
         """Load the encoder half of an openai-whisper `tiny.pt` (weights-only unpickling, strict keys)."""
         report, state = _inspect_whisper_checkpoint(Path(path))
         if not report.ok:
@@ -187,7 +187,7 @@ class WhisperFeatures:
         return cls(encoder, device, dtype)
 
     @classmethod
-    def tiny(cls, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "WhisperFeatures":
+    def tiny(cls, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> WhisperFeatures:
         """The same whisper-tiny encoder, randomly initialised from `seed` (tests and the demo)."""
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(seed)

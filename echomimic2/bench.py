@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
-from .audio import SLICE_MEL_FRAMES, N_MELS, WhisperFeatures
+from .audio import N_MELS, SLICE_MEL_FRAMES, WhisperFeatures
 from .checkpoints import OfficialNetworks
 from .config import UNetConfig, official_unet_config, official_vae_config, tiny_unet_config, tiny_vae_config
 from .denoising_unet import DenoisingUNet3D

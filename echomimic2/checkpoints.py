@@ -17,9 +17,9 @@ errors naming the file and the keys — never a silent `strict=False`.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from diffusers import AutoencoderKL
@@ -30,7 +30,7 @@ from .denoising_unet import DenoisingUNet3D
 from .motion_module import sinusoidal_position_table
 from .pose_encoder import PoseEncoder
 from .reference_unet import ReferenceUNet2D
-from .weights_io import CheckpointError, FileReport, read_into, read_state_dict
+from .weights_io import CheckpointError, FileReport, read_into
 
 VARIANTS = ("quality", "acc")
 REFERENCE_UNET_FILE = "reference_unet.pth"

@@ -22,7 +22,7 @@ unconditional rows get zero audio, zero pose features and no reference attention
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -189,8 +189,8 @@ def status_command(output: str) -> int:
 
 def plan_command(manifest: str, segment_frames: int | None = None, overlap_frames: int | None = None) -> int:
     """Frames and segments per row (from audio headers: nothing is decoded), and GPU time per preset."""
-    from pipeline.manifest import Limits, Problem, parse_manifest, read_manifest
     from echomimic2 import PRESETS
+    from pipeline.manifest import Limits, Problem, parse_manifest, read_manifest
     from pipeline.media import audio_duration_seconds, refuse_too_long
 
     segment_frames = segment_frames or DEFAULT_SEGMENT_FRAMES

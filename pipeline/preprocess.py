@@ -9,11 +9,11 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -99,9 +99,9 @@ def refusing(spec: ClipSpec, field_name: str, uri: str | None = None):
     except RowRefused:
         raise
     except FileNotFoundError:
-        raise RowRefused([Problem(spec.row, spec.clip_id, field_name, f"not found: {storage.redact(uri or '')}")])
+        raise RowRefused([Problem(spec.row, spec.clip_id, field_name, f"not found: {storage.redact(uri or '')}")]) from None
     except Exception as exc:
-        raise RowRefused([Problem(spec.row, spec.clip_id, field_name, storage.describe_error(exc))])
+        raise RowRefused([Problem(spec.row, spec.clip_id, field_name, storage.describe_error(exc))]) from exc
 
 
 @dataclass

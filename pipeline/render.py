@@ -29,6 +29,7 @@ COMPILE_ENV = "ECHOMIMIC2_COMPILE"
 
 def load_model(settings: JobSettings, device: str):
     import torch
+
     from echomimic2 import PRESETS, EchoMimicV2
 
     variant = PRESETS[settings.preset].variant

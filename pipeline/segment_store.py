@@ -3,7 +3,7 @@ atomically and read back a few frames at a time, so the assembler's memory does 
 from __future__ import annotations
 
 import io
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

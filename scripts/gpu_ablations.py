@@ -138,7 +138,7 @@ def part_decode(networks_by_dtype, args) -> None:
         dtype = torch.float16 if dtype_name == "fp16" else torch.bfloat16
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        seconds = timed(lambda: decode_latents(nets.vae, latents, dtype, batch), repeats=1)
+        seconds = timed(lambda nets=nets, dtype=dtype, batch=batch: decode_latents(nets.vae, latents, dtype, batch), repeats=1)
         record(f"VAE decode {label}", s_per_120=seconds * 5, transient_gib=(torch.cuda.max_memory_allocated() - base) / 2**30)
     set_layout(networks, True)
     torch.backends.cudnn.benchmark = True
@@ -203,10 +203,10 @@ def part_compile(networks_by_dtype, args) -> None:
         unet.forward = eager_unet
     latents = torch.randn((1, 4, 24, LATENT, LATENT), device="cuda")
     for batch in (1, 2):
-        record(f"VAE decode fp16 batch {batch} eager+benchmark", s_per_120=5 * timed(lambda: decode_latents(networks.vae, latents, torch.float16, batch), repeats=1))
+        record(f"VAE decode fp16 batch {batch} eager+benchmark", s_per_120=5 * timed(lambda batch=batch: decode_latents(networks.vae, latents, torch.float16, batch), repeats=1))
         decoder.forward = torch.compile(eager_decoder, mode=args.compile_mode, dynamic=False)
         decode_latents(networks.vae, latents, torch.float16, batch)
-        record(f"VAE decode fp16 batch {batch} torch.compile", s_per_120=5 * timed(lambda: decode_latents(networks.vae, latents, torch.float16, batch), repeats=1))
+        record(f"VAE decode fp16 batch {batch} torch.compile", s_per_120=5 * timed(lambda batch=batch: decode_latents(networks.vae, latents, torch.float16, batch), repeats=1))
         decoder.forward = eager_decoder
 
 

@@ -13,7 +13,6 @@ than --tolerance (default 25%).
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import tempfile
 import threading

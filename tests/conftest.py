@@ -15,10 +15,9 @@ import zlib
 
 import numpy as np
 import pandas as pd
+import pytest
 import soundfile as sf
 from PIL import Image, ImageDraw
-
-import pytest
 
 # Job tests render small clips: 128x128 at 12 fps.
 FPS = 12.0

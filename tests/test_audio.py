@@ -9,11 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 import whisper  # openai-whisper, the reference: requirements-test-nodeps.txt
 from whisper.model import AudioEncoder, ModelDimensions, Whisper
 
-from echomimic2.weights_io import CheckpointError
 from echomimic2.audio import (
     WhisperFeatures,
     _mel_filterbank,
@@ -22,6 +20,7 @@ from echomimic2.audio import (
     log_mel_spectrogram,
     video_frame_count,
 )
+from echomimic2.weights_io import CheckpointError
 
 TINY = ModelDimensions(
     n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4,

@@ -293,9 +293,9 @@ class LoopbackRayCluster:
     def nodes(self) -> list[dict]:
         """`ray.nodes()` as seen from a separate driver, so this test process never joins the cluster."""
         out = subprocess.run(
-            [sys.executable, "-c", "import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
+            [sys.executable, "-c", f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR', log_to_driver=False); "
              "print('NODES', json.dumps([dict(NodeID=n['NodeID'], Alive=n['Alive'], Resources=n['Resources']) "
-             "for n in ray.nodes()]))" % self.address],
+             "for n in ray.nodes()]))"],
             env=self.env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-3000:]
         listing = next(line for line in out.stdout.splitlines() if line.startswith("NODES "))

@@ -14,13 +14,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import FPS, check_video, image_bytes, wav_bytes, write_manifest
-from echomimic2.pose import default_pose_sequence
 
+from echomimic2.pose import default_pose_sequence
 from pipeline import storage
-from pipeline.commands import (EXIT_JOB_FAILED, EXIT_OK, EXIT_PROBLEMS, EXIT_ROWS_FAILED, plan_command, run_command,
-                               status_command, validate_command)
+from pipeline.commands import (
+    EXIT_JOB_FAILED,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    EXIT_ROWS_FAILED,
+    plan_command,
+    run_command,
+    status_command,
+    validate_command,
+)
 from pipeline.job import read_results
 from pipeline.ledger import Ledger
 

@@ -64,5 +64,5 @@ def test_segment_records_append_and_segment_files_are_freed(root):
 
 def test_job_records_prove_the_root_is_writable(root):
     Ledger(root).record_job("start", manifest="m.parquet")
-    with pytest.raises(Exception):
+    with pytest.raises(OSError):
         Ledger("/proc/no-such-root").record_job("start")

@@ -6,12 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from conftest import S3_SECRET, png_declaring, write_wav
 from PIL import Image
 
-from conftest import S3_SECRET, png_declaring, write_wav
 from pipeline import storage
-from pipeline.manifest import (ClipSpec, Limits, Problem, check_clip_inputs, list_pose_files, parse_manifest,
-                               validate_manifest)
+from pipeline.manifest import ClipSpec, Limits, Problem, check_clip_inputs, list_pose_files, parse_manifest, validate_manifest
 from pipeline.storage import InputError
 
 

@@ -6,9 +6,9 @@ import subprocess
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import png_declaring
 from PIL import Image
 
-from conftest import png_declaring
 from pipeline.manifest import Limits
 from pipeline.media import FFMPEG, SAMPLE_RATE, audio_duration_seconds, decode_audio, load_reference_image
 from pipeline.storage import InputError

@@ -131,3 +131,24 @@ def test_weights_identity_follows_file_content(tmp_path):
     data[-1] ^= 1  # a change in the tail
     files[1].write_bytes(bytes(data))
     assert _files_digest(files, tmp_path) != first
+
+
+@pytest.mark.parametrize("compile_networks", [False, True])
+def test_cuda_settings_branch_runs_on_cpu_networks(compile_networks):
+    """The CUDA-only branch of model loading (`_gpu_settings`) on CPU networks: a NameError or any other
+    fault on those lines fails here instead of in a user's first GPU job (issue 16)."""
+    from echomimic2.model import _gpu_settings
+
+    networks = EchoMimicV2.tiny(seed=0).networks
+    unet_forward, decoder_forward = networks.denoising_unet.forward, networks.vae.decoder.forward
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        prepared = _gpu_settings(networks, compile=compile_networks, device_type="cuda")
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+    # torch.compile only wraps here (it compiles on the first call), so the CPU test stays fast.
+    assert (prepared.denoising_unet.forward != unet_forward) is compile_networks
+    assert (prepared.vae.decoder.forward != decoder_forward) is compile_networks
+    untouched = EchoMimicV2.tiny(seed=0).networks
+    assert _gpu_settings(untouched, compile=True).denoising_unet.forward == untouched.denoising_unet.forward

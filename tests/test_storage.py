@@ -5,8 +5,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import S3_SECRET
+
 from pipeline import storage
 from pipeline.storage import InputError
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
-
 from conftest import FPS, S3_SECRET, check_video, image_bytes, png_declaring, wav_bytes, write_manifest
+
 from echomimic2.pose import default_pose_sequence
 from pipeline import storage
 from pipeline.commands import EXIT_PROBLEMS, EXIT_ROWS_FAILED
