@@ -84,6 +84,19 @@ def bench(
     raise typer.Exit(bench_command(preset=preset, frames=frames, size=size, json_out=json_out))
 
 
+@app.command()
+def doctor(
+    weights: Path | None = typer.Option(None, help="Official weights folder to check (layout, then a short render)."),
+    output: str | None = typer.Option(None, "--output", "-o", help="Output root whose storage and credentials to check."),
+    preset: str | None = typer.Option(None, help="Preset whose weights to check (default: acc with --weights, else tiny)."),
+    render: bool = typer.Option(True, help="Also render one short segment."),
+) -> None:
+    """Self-check: CUDA and GPU memory, ffmpeg, the weights folder, storage credentials, one short render."""
+    from pipeline.doctor import doctor_command
+
+    raise typer.Exit(doctor_command(weights=weights, output=output, preset=preset, render=render))
+
+
 @weights_app.command("check")
 def weights_check(
     directory: Path = typer.Argument(..., help="Folder in the official layout (see README)."),
