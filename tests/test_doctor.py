@@ -1,0 +1,33 @@
+"""`cli.py doctor` on this CPU machine: each check's line, and a non-zero exit only on a failure."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.doctor import FAIL, OK, WARN, check_ffmpeg, check_output, check_weights, doctor_command
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_cpu_machine_passes_with_warnings_and_a_tiny_render(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "cli.py"), "doctor", "--output", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[warn] accelerator: no CUDA device" in done.stdout  # says so, does not fail
+    assert "[  ok] ffmpeg" in done.stdout and "[  ok] output" in done.stdout
+    assert "[  ok] render: tiny-seed0-v1 on cpu" in done.stdout
+    assert list((tmp_path / "out" / "_ledger").iterdir()) == []  # the probe is deleted
+
+
+def test_failures_name_the_problem_and_what_to_do(tmp_path, capsys):
+    (tmp_path / "weights").mkdir()
+    weights = check_weights(tmp_path / "weights", "acc")
+    assert weights.status == FAIL and "reference_unet.pth" in weights.detail and "weights check" in weights.fix
+    output = check_output("/proc/no-such-root")
+    assert output.status == FAIL and "credentials" in output.fix
+    assert check_ffmpeg().status == OK
+    assert check_weights(None, "tiny").status == WARN
+    assert doctor_command(weights=tmp_path / "weights", output=str(tmp_path / "out")) == 1
+    printed = capsys.readouterr().out
+    assert "failed: weights" in printed and "] render:" not in printed  # no render with weights known to be bad
