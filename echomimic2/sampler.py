@@ -98,6 +98,12 @@ def segment_windows(frames: int, step: int) -> list[list[int]]:
     return [list(range(start, start + CONTEXT_FRAMES)) for start in starts]
 
 
+def window_frames_per_step(frames: int, steps: int) -> float:
+    """UNet window-frames per denoising step that a segment of `frames` costs (12 per window; a
+    segment of ≤ 12 frames is one window of its own length): what segment plans are compared by."""
+    return sum(len(segment_windows(frames, step)) * min(frames, CONTEXT_FRAMES) for step in range(steps)) / steps
+
+
 def official_windows(frames: int, step: int) -> list[list[int]]:
     """The official closed-loop "uniform" windows of one step, with wrap-around (spec §10.2.5–6)."""
     if frames <= CONTEXT_FRAMES:
