@@ -23,3 +23,33 @@ def prepare_for_gpu(networks: OfficialNetworks, compile_networks: bool = False) 
         networks.denoising_unet.forward = torch.compile(networks.denoising_unet.forward, dynamic=False)
         networks.vae.decoder.forward = torch.compile(networks.vae.decoder.forward, dynamic=False)
     return networks
+
+
+def compile_cache_key() -> str:
+    """Names the compiled-kernel cache a process can reuse: the same torch, CUDA and GPU model, or a
+    cache from elsewhere would only be rejected (or, worse, half-used) by the compiler."""
+    import re
+
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(0)
+        device = f"sm{major}{minor}-{torch.cuda.get_device_name(0)}"
+    else:
+        device = "cpu"
+    text = f"torch{torch.__version__}-cuda{torch.version.cuda}-{device}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+def load_compile_artifacts(data: bytes) -> bool:
+    """Pre-fill PyTorch's compile caches (inductor + AOT autograd) from `compile_artifacts()` bytes of an
+    earlier process, so `torch.compile` finds its kernels instead of generating them (warm start).
+    A corrupt or foreign cache is ignored: the networks then compile as if there were none."""
+    try:
+        return torch.compiler.load_cache_artifacts(data) is not None
+    except Exception:  # noqa: BLE001 - any unusable cache means a cold compile, never a failed job
+        return False
+
+
+def compile_artifacts() -> bytes | None:
+    """What this process compiled so far, as bytes for `load_compile_artifacts` (None: nothing compiled)."""
+    saved = torch.compiler.save_cache_artifacts()
+    return None if saved is None else saved[0]
