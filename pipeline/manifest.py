@@ -84,7 +84,8 @@ def read_manifest(uri: str) -> pd.DataFrame:
     """The manifest as a DataFrame; ``df.attrs["base_uri"]`` is its folder (for relative paths)."""
     data = storage.read_bytes(uri, max_bytes=MAX_MANIFEST_BYTES)
     try:
-        df = pd.read_parquet(io.BytesIO(data))
+        # Arrow-backed columns keep a null apart from a NaN value: null means "not set", NaN is refused.
+        df = pd.read_parquet(io.BytesIO(data), dtype_backend="pyarrow")
     except Exception as exc:
         raise InputError(f"not a readable Parquet file: {storage.describe_error(exc)}") from None
     df.attrs["base_uri"] = manifest_dir(uri)
@@ -107,10 +108,6 @@ def check_clip_id(clip_id) -> str | None:
     return None
 
 
-def _is_missing(value) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-
-
 def _as_int(value, low: int, high: int | None, multiple: int = 1) -> int:
     """An integer in [low, high] (integral floats accepted: Parquet turns int columns with nulls into
     floats); ValueError with the reason otherwise."""
@@ -130,7 +127,9 @@ def _as_float(value, low: float, high: float | None) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"must be a number, got {type(value).__name__} {value!r}")
     number = float(value)
-    if not math.isfinite(number) or number < low or (high is not None and number > high):
+    if not math.isfinite(number):
+        raise ValueError(f"must be a finite number, got {number}")
+    if number < low or (high is not None and number > high):
         allowed = f"in {low:g}..{high:g}" if high is not None else f"≥ {low:g}"
         raise ValueError(f"must be {allowed}, got {number:g}")
     return number
@@ -179,6 +178,10 @@ def parse_manifest(df: pd.DataFrame, *, base_uri: str | None = None) -> tuple[li
 
     specs: list[ClipSpec] = []
     first_row_of: dict[str, tuple[int, str]] = {}
+    # A cell is "not set" when pandas says it is null for its column's type: in a NumPy float column
+    # (a DataFrame built in memory) NaN is pandas' null; in the Arrow-backed columns read_manifest
+    # makes, NaN is a value, and refused like any other bad number.
+    is_set = df.notna().to_dict("records")
     for row, record in enumerate(df.to_dict("records")):
         clip_id = record["clip_id"]
         shown_id = clip_id if isinstance(clip_id, str) else None
@@ -196,10 +199,10 @@ def parse_manifest(df: pd.DataFrame, *, base_uri: str | None = None) -> tuple[li
         paths = {}
         for field in ("image", "audio", "pose"):
             value = record.get(field)
-            if field == "pose" and _is_missing(value):
+            if field == "pose" and not is_set[row].get(field, False):
                 paths[field] = None
             elif not isinstance(value, str) or not value.strip():
-                got = "nothing" if _is_missing(value) else f"{type(value).__name__} {value!r}"
+                got = "nothing" if not is_set[row].get(field, False) else f"{type(value).__name__} {value!r}"
                 row_problems.append(Problem(row, shown_id, field, f"must be a path or URL, got {got}"))
             else:
                 try:
@@ -210,7 +213,7 @@ def parse_manifest(df: pd.DataFrame, *, base_uri: str | None = None) -> tuple[li
         overrides = {}
         for field, convert in _OVERRIDES.items():
             value = record.get(field)
-            if _is_missing(value):
+            if not is_set[row].get(field, False):
                 continue
             try:
                 overrides[field] = convert(value)
@@ -253,13 +256,11 @@ def list_pose_files(uri: str, limits: Limits) -> list[str]:
 
 
 def _check_image(uri: str, limits: Limits) -> None:
-    from pipeline.media import image_size
+    from pipeline.media import decode_image
 
-    n = storage.size(uri)
-    if n > limits.max_image_bytes:
-        raise InputError(f"file is {n} bytes, over the limit of {limits.max_image_bytes}")
-    with storage.open_input(uri) as f:
-        image_size(f, limits)
+    # Decoded as the job decodes it (a PNG cut in half has a valid header); the header is checked
+    # against the pixel limits first, so this is bounded like the job's own read.
+    decode_image(storage.read_bytes(uri, max_bytes=limits.max_image_bytes), limits)
 
 
 def _check_audio(uri: str, limits: Limits) -> None:
