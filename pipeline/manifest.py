@@ -322,6 +322,20 @@ def check_clip_inputs(spec: ClipSpec, limits: Limits = Limits(), *, allow_http: 
     return problems
 
 
+def process_local_problems(specs: list[ClipSpec]) -> list[Problem]:
+    """One Problem per input a job cannot read because it lives inside one process (memory://): the
+    job's workers are other processes. `validate` runs in one process and need not refuse them."""
+    problems = []
+    for spec in specs:
+        for field, uri in (("image", spec.image), ("audio", spec.audio), ("pose", spec.pose)):
+            try:
+                if uri is not None:
+                    storage.refuse_process_local(uri)
+            except InputError as exc:
+                problems.append(Problem(spec.row, spec.clip_id, field, str(exc)))
+    return problems
+
+
 def validate_manifest(uri: str, limits: Limits = Limits(), *, allow_http: bool = False,
                       input_root: Path | str | None = None) -> tuple[list[ClipSpec], list[Problem]]:
     """Every check short of decoding: schema, fields, ids, then each row's inputs (in threads).
