@@ -282,8 +282,15 @@ def check_output_root(uri: str) -> str:
 
 
 def probe_writable(root: str) -> None:
-    """Write and delete a small object under ``root`` (before any worker starts), or InputError saying
-    why not: an unreachable store, missing permissions, refused credentials."""
+    """InputError unless the job can write under ``root``, found before any worker starts and leaving
+    nothing behind: a local root's nearest existing folder must be writable; on a remote store one small
+    object is written and deleted (an unreachable store, missing permissions, refused credentials)."""
+    if is_local(root):
+        path = local_path(root).expanduser().absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise InputError(f"output {root} is not writable: {existing} is not a writable folder")
+        return
     probe = join(root, "_ledger", f".write-probe-{uuid.uuid4().hex}")
     try:
         write_atomic(probe, b"probe")

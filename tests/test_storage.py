@@ -268,3 +268,12 @@ def test_describe_error_hides_file_object_reprs():
 
     message = storage.describe_error(OSError(f"cannot identify image file {Opener()!r}"))
     assert "object at 0x" not in message and message == "OSError: cannot identify image file <file>"
+
+
+def test_probe_writable_leaves_nothing_behind(tmp_path, s3_bucket):
+    storage.probe_writable(str(tmp_path / "new" / "out"))  # a root to be created is fine
+    storage.probe_writable(f"{s3_bucket}/out")
+    assert list(tmp_path.iterdir()) == [] and storage.list_files(s3_bucket, max_entries=10) == []
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(InputError, match="is not a writable folder"):
+        storage.probe_writable(str(tmp_path / "file" / "out"))
