@@ -324,7 +324,7 @@ def check_clip_inputs(spec: ClipSpec, limits: Limits = Limits(), *, allow_http: 
 
 def process_local_problems(specs: list[ClipSpec]) -> list[Problem]:
     """One Problem per input a job cannot read because it lives inside one process (memory://): the
-    job's workers are other processes. `validate` runs in one process and need not refuse them."""
+    job's workers are other processes. `validate` refuses them too, as the job will."""
     problems = []
     for spec in specs:
         for field, uri in (("image", spec.image), ("audio", spec.audio), ("pose", spec.pose)):
@@ -347,6 +347,8 @@ def validate_manifest(uri: str, limits: Limits = Limits(), *, allow_http: bool =
     except InputError as exc:
         return [], [Problem(None, None, "file", storage.redact(str(exc)))]
     specs, problems = parse_manifest(df)
+    problems += process_local_problems(specs)
+    specs = [s for s in specs if s.row not in {p.row for p in problems}]
     with ThreadPoolExecutor(CHECK_THREADS) as pool:
         input_problems = list(pool.map(
             lambda spec: check_clip_inputs(spec, limits, allow_http=allow_http, input_root=input_root), specs))
