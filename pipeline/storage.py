@@ -49,13 +49,14 @@ class SchemeQuirks:
     transient: frozenset[str] = frozenset()  # exception names (anywhere in the chain) that are retried
     process_local: bool = False  # the data lives inside one process: Ray workers never see the driver's
     needs_flag: str | None = None  # allowed only with this command-line flag
+    container_at_host: bool = False  # "container@account.host" names a container, not a user
 
 
 SCHEMES = {
     "file": SchemeQuirks(listing="scandir"),
     "s3": SchemeQuirks(listing="paged", transient=_BOTOCORE_TRANSIENT | _AIOHTTP_TRANSIENT),
     "gs": SchemeQuirks(listing="full", transient=_AIOHTTP_TRANSIENT),
-    "az": SchemeQuirks(listing="full", transient=_AZURE_TRANSIENT | _AIOHTTP_TRANSIENT),
+    "az": SchemeQuirks(listing="full", transient=_AZURE_TRANSIENT | _AIOHTTP_TRANSIENT, container_at_host=True),
     "memory": SchemeQuirks(listing="full", process_local=True),
     "http": SchemeQuirks(listing="full", transient=_AIOHTTP_TRANSIENT, needs_flag="--allow-http"),
     "https": SchemeQuirks(listing="full", transient=_AIOHTTP_TRANSIENT, needs_flag="--allow-http"),
@@ -229,7 +230,8 @@ def check_plain_url(uri: str) -> str:
                          f"{scheme} path it looks like")
     if scheme != "file":
         authority, _, path = uri.split("://", 1)[1].partition("/")
-        if "@" in authority:
+        userinfo = authority.rpartition("@")[0]
+        if userinfo and (":" in userinfo or not SCHEMES[scheme].container_at_host):
             raise InputError(f"{redact(uri)}: credentials in a URL are refused; give them through the "
                              f"environment (AWS_*, GOOGLE_*, AZURE_*) or fsspec configuration")
         if any(segment in (".", "..") for segment in path.split("/")):

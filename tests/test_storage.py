@@ -227,6 +227,10 @@ def test_credentials_in_urls_are_refused_without_showing_them():
                 check(uri)
             assert S3_SECRET not in str(refused.value) and "***@" in str(refused.value)
     assert storage.check_uri("s3://bucket/user@example.com.wav") == "s3://bucket/user@example.com.wav"  # in a key
+    account_form = "az://container@account.dfs.core.windows.net/a.wav"  # adlfs: a container, not a user
+    assert storage.check_uri(account_form) == account_form
+    with pytest.raises(InputError, match="credentials in a URL are refused"):
+        storage.check_uri(f"az://container:{S3_SECRET}@account.dfs.core.windows.net/a.wav")
 
 
 def test_dot_segments_are_refused_in_object_store_urls():
