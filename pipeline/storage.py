@@ -73,7 +73,9 @@ PROCESS_LOCAL_SCHEMES = tuple(name for name, quirks in SCHEMES.items() if quirks
 _SECRET_ENV_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|SESSION|_KEY|SAS|CONNECTION_STRING", re.I)
 _SECRET_CONFIG_KEY = re.compile(r"secret|token|password|key|sas|credential|connection_string", re.I)
 _SECRET_PATTERNS = (
-    re.compile(r"(?<=://)[^/@\s]+(?=@)"),  # user:password@ (or a bare key@) in URLs
+    # user:password@ (or a bare key@) in URLs, and user:password@ where a library quotes a URL's
+    # authority without its scheme (botocore: Invalid bucket name "KEY:SECRET@bucket").
+    re.compile(r"(?<=://)[^/@\s]+(?=@)|(?<=[\"'\s(=])[^/@\s:\"']+:[^/@\s\"']+(?=@)"),
     re.compile(r"(?i)((?:x-amz-signature|x-amz-security-token|x-amz-credential|signature|sig|token|"
                r"access_token|key|sas)=)[^&\s\"']+"),  # signed-URL / SAS query parameters
     re.compile(r"(?i)(AccountKey=|SharedAccessSignature=)[^;\s\"']+"),  # Azure connection strings

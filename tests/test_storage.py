@@ -150,6 +150,10 @@ def test_redact_masks_env_secrets_and_url_credentials(monkeypatch):
     for secret in ("tok-123456", "hunter22", "abcdef", "zzz"):
         assert secret not in cleaned
     assert "k=1" in cleaned and "host/x" in cleaned
+    # Issue 12 #3: botocore quotes the bucket part of s3://KEY:SECRET@bucket/... without the scheme.
+    quoted = storage.redact('Invalid bucket name "AKIAKEY:hunter22@bucket": Bucket name must match')
+    assert quoted == 'Invalid bucket name "***@bucket": Bucket name must match'
+    assert storage.redact("row 1 (clip 'a'): audio: mailbox@host") == "row 1 (clip 'a'): audio: mailbox@host"
 
 
 def test_s3_round_trip(s3_bucket):
