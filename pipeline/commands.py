@@ -115,7 +115,8 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
         specs, problems = load_specs(manifest, settings)
         unreadable_by_workers = process_local_problems(specs)
         problems += unreadable_by_workers
-        specs = [spec for spec in specs if spec.row not in {p.row for p in unreadable_by_workers}]
+        refused_rows = {p.row for p in unreadable_by_workers}
+        specs = [spec for spec in specs if spec.row not in refused_rows]
         if address and work_runs_off_this_node():
             refused = refuse_node_local_paths(specs, settings, shared_fs=shared_fs)
             for line in refused:

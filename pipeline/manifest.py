@@ -1,6 +1,7 @@
 """The manifest: one row per clip (schema in manifests/SCHEMA.md). Reading, schema checks, and input
-checks that read headers rather than whole files, so `validate` is cheap and refuses hostile rows
-(decompression bombs, hours of audio, million-file pose folders) before anything decodes them."""
+checks that read sizes and headers first, so `validate` refuses hostile rows (decompression bombs, hours
+of audio, million-file pose folders) before anything decodes them; an image that passes them is then
+decoded as the job decodes it, so `validate` passes only what `run` can read."""
 from __future__ import annotations
 
 import io
@@ -303,7 +304,8 @@ def _check_pose(uri: str, limits: Limits) -> None:
 def check_clip_inputs(spec: ClipSpec, limits: Limits = Limits(), *, allow_http: bool = False,
                       input_root: Path | str | None = None) -> list[Problem]:
     """One Problem per input of ``spec`` that is refused: bad URI, missing/unreadable file, over a limit
-    (checked from sizes and headers, before any decoding), undecodable or empty audio, bad pose frames."""
+    (checked from sizes and headers, before any decoding), an image that does not decode, undecodable or
+    empty audio, bad pose frames."""
     problems = []
     checks = (("image", spec.image, _check_image), ("audio", spec.audio, _check_audio),
               ("pose", spec.pose, _check_pose))
@@ -338,7 +340,7 @@ def process_local_problems(specs: list[ClipSpec]) -> list[Problem]:
 
 def validate_manifest(uri: str, limits: Limits = Limits(), *, allow_http: bool = False,
                       input_root: Path | str | None = None) -> tuple[list[ClipSpec], list[Problem]]:
-    """Every check short of decoding: schema, fields, ids, then each row's inputs (in threads).
+    """Every check the job makes before rendering: schema, fields, ids, then each row's inputs (in threads).
     Returns the rows with no problem, and all problems in row order (manifest-level ones first)."""
     try:
         df = read_manifest(storage.check_uri(uri, allow_http=allow_http))
@@ -348,7 +350,8 @@ def validate_manifest(uri: str, limits: Limits = Limits(), *, allow_http: bool =
         return [], [Problem(None, None, "file", storage.redact(str(exc)))]
     specs, problems = parse_manifest(df)
     problems += process_local_problems(specs)
-    specs = [s for s in specs if s.row not in {p.row for p in problems}]
+    refused_rows = {p.row for p in problems}
+    specs = [s for s in specs if s.row not in refused_rows]
     with ThreadPoolExecutor(CHECK_THREADS) as pool:
         input_problems = list(pool.map(
             lambda spec: check_clip_inputs(spec, limits, allow_http=allow_http, input_root=input_root), specs))
