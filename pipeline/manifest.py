@@ -148,7 +148,9 @@ _OVERRIDES = {
 
 def resolve_path(value: str, base_uri: str | None) -> str:
     """A manifest path: URLs and absolute paths as they are, relative paths against the manifest's
-    folder (local ``..`` and symlinks are settled later by storage.check_uri)."""
+    folder (local ``..`` and symlinks are settled later by storage.check_uri). A value fsspec would
+    not read as written (``simplecache::s3://…``) is refused as written, before it is joined to a folder."""
+    storage.check_plain_url(value)
     if (storage.scheme_of(value) != "file" or value.startswith("file://") or base_uri is None
             or Path(value).expanduser().is_absolute()):
         return value

@@ -320,3 +320,12 @@ def test_demo_manifest_is_valid_from_any_cwd(monkeypatch):
     assert specs[1].pose == str(demo.parent / "assets" / "pose_gesture") and specs[0].pose is None
     total = sum(p.stat().st_size for p in (demo.parent / "assets").rglob("*") if p.is_file())
     assert total < 1_000_000
+
+
+def test_rewritten_paths_are_refused_as_written_not_joined_to_the_manifest_folder(tmp_path):
+    rows = [dict(clip_id="chain", image="simplecache::s3://b/a.png", audio="a.wav"),
+            dict(clip_id="data", image="i.png", audio="data:audio/wav;base64,UklGRg==")]
+    specs, problems = parse_manifest(pd.DataFrame(rows), base_uri=str(tmp_path))
+    assert specs == []
+    assert [(p.row, p.field, p.reason.split(": ")[0]) for p in problems] == [
+        (0, "image", "simplecache::s3://b/a.png"), (1, "audio", "data:audio/wav;base64,UklGRg==")]
