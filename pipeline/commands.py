@@ -7,7 +7,8 @@ Exit codes of `run`:
        unwritable output, bad or missing weights, an unknown preset, a Ray cluster that cannot be reached,
        node-local paths on a multi-node cluster (see cluster/README.md)
 Exit codes of `validate`: 0 no problem, 1 one or more problems (one line each).
-`status` and `plan`: 0, or 2 when the output root / manifest cannot be read.
+`status` and `plan`: 0, or 2 when the output root does not exist / holds no job, or the manifest
+cannot be read or has a problem as a whole (a missing or unknown column).
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
 
     from echomimic2 import PRESETS
     from pipeline.job import JobError, load_specs, run_job
+    from pipeline.manifest import process_local_problems
     from pipeline.multinode import refuse_node_local_paths, work_runs_off_this_node
     from pipeline.preprocess import JobSettings
     from pipeline.render import model_identity
@@ -66,6 +68,10 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
     elif weights is None:
         console.print("[yellow]note[/yellow]: no --weights: the tiny RANDOM model runs. It exercises the whole pipeline "
                       "but makes no real animation (expect coloured noise). See README for the official weights.")
+    refused = refuse_before_starting(output, weights, input_root)
+    if refused:
+        console.print(f"[red]error[/red]: {escape(refused)}")
+        return EXIT_JOB_FAILED
     try:
         identity = model_identity(preset, None if weights is None else str(weights), random_weights)
     except Exception as exc:
@@ -107,6 +113,10 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
             render_threads=0 if cluster_gpus else max(1, cluster_cpus // 2), random_weights=random_weights)
         plan_segments(settings.segment_frames + 1, settings.segment_frames, settings.overlap_frames)  # checks the numbers
         specs, problems = load_specs(manifest, settings)
+        unreadable_by_workers = process_local_problems(specs)
+        problems += unreadable_by_workers
+        refused_rows = {p.row for p in unreadable_by_workers}
+        specs = [spec for spec in specs if spec.row not in refused_rows]
         if address and work_runs_off_this_node():
             refused = refuse_node_local_paths(specs, settings, shared_fs=shared_fs)
             for line in refused:
@@ -129,6 +139,29 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
     return EXIT_ROWS_FAILED if counts["failed"] else EXIT_OK
 
 
+def refuse_before_starting(output: str, weights: Path | None, input_root: Path | None) -> str | None:
+    """Why a job cannot run, found before Ray starts and any GPU time is spent, or None: an output root
+    the workers cannot share or write (refused credentials included), option paths fsspec would rewrite."""
+    for option, path in (("--weights", weights), ("--input-root", input_root)):
+        if path is None:
+            continue
+        try:
+            scheme = storage.check_plain_url(str(path))
+        except storage.InputError as exc:
+            return f"{option}: {exc}"
+        if scheme != "file":
+            return f"{option} {storage.redact(str(path))}: must be a local folder"
+    try:
+        storage.check_output_root(output)
+    except storage.InputError as exc:
+        return f"--output: {exc}"
+    try:
+        storage.probe_writable(output)
+    except storage.InputError as exc:
+        return str(exc)
+    return None
+
+
 def _init_ray(address: str | None, gpus: int | None) -> None:
     import ray
 
@@ -149,6 +182,12 @@ def _init_ray(address: str | None, gpus: int | None) -> None:
 def validate_command(manifest: str, allow_http: bool = False, input_root: Path | None = None) -> int:
     from pipeline.manifest import validate_manifest
 
+    if input_root is not None:
+        try:
+            storage.check_plain_url(str(input_root))
+        except storage.InputError as exc:
+            console.print(f"--input-root: {exc}", markup=False)
+            return EXIT_PROBLEMS
     specs, problems = validate_manifest(manifest, allow_http=allow_http, input_root=input_root)
     for problem in problems:
         console.print(str(problem), markup=False)
@@ -161,6 +200,18 @@ def status_command(output: str) -> int:
     from pipeline.job import read_results
     from pipeline.ledger import Ledger
 
+    shown = escape(storage.redact(output))
+    try:
+        storage.check_plain_url(output)
+        if not storage.exists(output):
+            console.print(f"[red]error[/red]: output root {shown} does not exist")
+            return EXIT_JOB_FAILED
+        if not storage.exists(storage.join(output, "_ledger")):
+            console.print(f"[red]error[/red]: {shown} is not the output root of a job (no _ledger/ in it)")
+            return EXIT_JOB_FAILED
+    except Exception as exc:
+        console.print(f"[red]error[/red]: {shown}: {escape(storage.describe_error(exc))}")
+        return EXIT_JOB_FAILED
     try:
         results = read_results(output)
     except FileNotFoundError:
@@ -199,6 +250,11 @@ def plan_command(manifest: str, segment_frames: int | None = None, overlap_frame
         specs, problems = parse_manifest(read_manifest(storage.check_uri(manifest)))
     except Exception as exc:
         console.print(f"[red]error[/red]: {escape(f'manifest {storage.redact(manifest)}: {storage.describe_error(exc)}')}")
+        return EXIT_JOB_FAILED
+    whole_manifest = [p for p in problems if p.row is None]  # e.g. a missing column: `run` refuses it too
+    for problem in whole_manifest:
+        console.print(f"[red]error[/red]: {escape(str(problem))}")
+    if whole_manifest:
         return EXIT_JOB_FAILED
     limits = Limits()
     table = Table("row", "clip_id", "seconds", "fps", "frames", "segments", "size")

@@ -1,6 +1,7 @@
 """The manifest: one row per clip (schema in manifests/SCHEMA.md). Reading, schema checks, and input
-checks that read headers rather than whole files, so `validate` is cheap and refuses hostile rows
-(decompression bombs, hours of audio, million-file pose folders) before anything decodes them."""
+checks that read sizes and headers first, so `validate` refuses hostile rows (decompression bombs, hours
+of audio, million-file pose folders) before anything decodes them; an image that passes them is then
+decoded as the job decodes it, so `validate` passes only what `run` can read."""
 from __future__ import annotations
 
 import io
@@ -84,7 +85,8 @@ def read_manifest(uri: str) -> pd.DataFrame:
     """The manifest as a DataFrame; ``df.attrs["base_uri"]`` is its folder (for relative paths)."""
     data = storage.read_bytes(uri, max_bytes=MAX_MANIFEST_BYTES)
     try:
-        df = pd.read_parquet(io.BytesIO(data))
+        # Arrow-backed columns keep a null apart from a NaN value: null means "not set", NaN is refused.
+        df = pd.read_parquet(io.BytesIO(data), dtype_backend="pyarrow")
     except Exception as exc:
         raise InputError(f"not a readable Parquet file: {storage.describe_error(exc)}") from None
     df.attrs["base_uri"] = manifest_dir(uri)
@@ -107,10 +109,6 @@ def check_clip_id(clip_id) -> str | None:
     return None
 
 
-def _is_missing(value) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-
-
 def _as_int(value, low: int, high: int | None, multiple: int = 1) -> int:
     """An integer in [low, high] (integral floats accepted: Parquet turns int columns with nulls into
     floats); ValueError with the reason otherwise."""
@@ -130,7 +128,9 @@ def _as_float(value, low: float, high: float | None) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"must be a number, got {type(value).__name__} {value!r}")
     number = float(value)
-    if not math.isfinite(number) or number < low or (high is not None and number > high):
+    if not math.isfinite(number):
+        raise ValueError(f"must be a finite number, got {number}")
+    if number < low or (high is not None and number > high):
         allowed = f"in {low:g}..{high:g}" if high is not None else f"≥ {low:g}"
         raise ValueError(f"must be {allowed}, got {number:g}")
     return number
@@ -148,7 +148,9 @@ _OVERRIDES = {
 
 def resolve_path(value: str, base_uri: str | None) -> str:
     """A manifest path: URLs and absolute paths as they are, relative paths against the manifest's
-    folder (local ``..`` and symlinks are settled later by storage.check_uri)."""
+    folder (local ``..`` and symlinks are settled later by storage.check_uri). A value fsspec would
+    not read as written (``simplecache::s3://…``) is refused as written, before it is joined to a folder."""
+    storage.check_plain_url(value)
     if (storage.scheme_of(value) != "file" or value.startswith("file://") or base_uri is None
             or Path(value).expanduser().is_absolute()):
         return value
@@ -179,6 +181,10 @@ def parse_manifest(df: pd.DataFrame, *, base_uri: str | None = None) -> tuple[li
 
     specs: list[ClipSpec] = []
     first_row_of: dict[str, tuple[int, str]] = {}
+    # A cell is "not set" when pandas says it is null for its column's type: in a NumPy float column
+    # (a DataFrame built in memory) NaN is pandas' null; in the Arrow-backed columns read_manifest
+    # makes, NaN is a value, and refused like any other bad number.
+    is_set = df.notna().to_dict("records")
     for row, record in enumerate(df.to_dict("records")):
         clip_id = record["clip_id"]
         shown_id = clip_id if isinstance(clip_id, str) else None
@@ -196,10 +202,10 @@ def parse_manifest(df: pd.DataFrame, *, base_uri: str | None = None) -> tuple[li
         paths = {}
         for field in ("image", "audio", "pose"):
             value = record.get(field)
-            if field == "pose" and _is_missing(value):
+            if field == "pose" and not is_set[row].get(field, False):
                 paths[field] = None
             elif not isinstance(value, str) or not value.strip():
-                got = "nothing" if _is_missing(value) else f"{type(value).__name__} {value!r}"
+                got = "nothing" if not is_set[row].get(field, False) else f"{type(value).__name__} {value!r}"
                 row_problems.append(Problem(row, shown_id, field, f"must be a path or URL, got {got}"))
             else:
                 try:
@@ -210,7 +216,7 @@ def parse_manifest(df: pd.DataFrame, *, base_uri: str | None = None) -> tuple[li
         overrides = {}
         for field, convert in _OVERRIDES.items():
             value = record.get(field)
-            if _is_missing(value):
+            if not is_set[row].get(field, False):
                 continue
             try:
                 overrides[field] = convert(value)
@@ -253,13 +259,11 @@ def list_pose_files(uri: str, limits: Limits) -> list[str]:
 
 
 def _check_image(uri: str, limits: Limits) -> None:
-    from pipeline.media import image_size
+    from pipeline.media import decode_image
 
-    n = storage.size(uri)
-    if n > limits.max_image_bytes:
-        raise InputError(f"file is {n} bytes, over the limit of {limits.max_image_bytes}")
-    with storage.open_input(uri) as f:
-        image_size(f, limits)
+    # Decoded as the job decodes it (a PNG cut in half has a valid header); the header is checked
+    # against the pixel limits first, so this is bounded like the job's own read.
+    decode_image(storage.read_bytes(uri, max_bytes=limits.max_image_bytes), limits)
 
 
 def _check_audio(uri: str, limits: Limits) -> None:
@@ -302,7 +306,8 @@ def _check_pose(uri: str, limits: Limits) -> None:
 def check_clip_inputs(spec: ClipSpec, limits: Limits = Limits(), *, allow_http: bool = False,
                       input_root: Path | str | None = None) -> list[Problem]:
     """One Problem per input of ``spec`` that is refused: bad URI, missing/unreadable file, over a limit
-    (checked from sizes and headers, before any decoding), undecodable or empty audio, bad pose frames."""
+    (checked from sizes and headers, before any decoding), an image that does not decode, undecodable or
+    empty audio, bad pose frames."""
     problems = []
     checks = (("image", spec.image, _check_image), ("audio", spec.audio, _check_audio),
               ("pose", spec.pose, _check_pose))
@@ -321,9 +326,23 @@ def check_clip_inputs(spec: ClipSpec, limits: Limits = Limits(), *, allow_http: 
     return problems
 
 
+def process_local_problems(specs: list[ClipSpec]) -> list[Problem]:
+    """One Problem per input a job cannot read because it lives inside one process (memory://): the
+    job's workers are other processes. `validate` refuses them too, as the job will."""
+    problems = []
+    for spec in specs:
+        for field, uri in (("image", spec.image), ("audio", spec.audio), ("pose", spec.pose)):
+            try:
+                if uri is not None:
+                    storage.refuse_process_local(uri)
+            except InputError as exc:
+                problems.append(Problem(spec.row, spec.clip_id, field, str(exc)))
+    return problems
+
+
 def validate_manifest(uri: str, limits: Limits = Limits(), *, allow_http: bool = False,
                       input_root: Path | str | None = None) -> tuple[list[ClipSpec], list[Problem]]:
-    """Every check short of decoding: schema, fields, ids, then each row's inputs (in threads).
+    """Every check the job makes before rendering: schema, fields, ids, then each row's inputs (in threads).
     Returns the rows with no problem, and all problems in row order (manifest-level ones first)."""
     try:
         df = read_manifest(storage.check_uri(uri, allow_http=allow_http))
@@ -332,6 +351,9 @@ def validate_manifest(uri: str, limits: Limits = Limits(), *, allow_http: bool =
     except InputError as exc:
         return [], [Problem(None, None, "file", storage.redact(str(exc)))]
     specs, problems = parse_manifest(df)
+    problems += process_local_problems(specs)
+    refused_rows = {p.row for p in problems}
+    specs = [s for s in specs if s.row not in refused_rows]
     with ThreadPoolExecutor(CHECK_THREADS) as pool:
         input_problems = list(pool.map(
             lambda spec: check_clip_inputs(spec, limits, allow_http=allow_http, input_root=input_root), specs))

@@ -45,7 +45,9 @@ def _open_image(source: BinaryIO, limits: Limits) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise InputError(f"image is over the limit of {limits.max_image_pixels} pixels "
                          f"(decompression bomb guard): {exc}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:  # PIL's message is only the repr of the file object
+        raise InputError(f"not a readable image (not a {', '.join(IMAGE_FORMATS)} file)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"not a readable image: {describe_error(exc)}") from None
     width, height = image.size
     if width * height > limits.max_image_pixels:
@@ -62,17 +64,29 @@ def image_size(source: BinaryIO, limits: Limits) -> tuple[int, int]:
     return _open_image(source, limits).size
 
 
+def decode_image(data: bytes, limits: Limits) -> Image.Image:
+    """The image with every pixel decoded and EXIF orientation applied, after the header checks; the
+    one decode that both `validate` and the job run, so a file validate passes the job can read.
+    InputError for a truncated or corrupt file."""
+    image = _open_image(io.BytesIO(data), limits)
+    try:
+        image.load()
+        return ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated / corrupt pixel data
+        raise InputError(f"cannot decode image: {describe_error(exc)}") from None
+
+
 def load_reference_image(data: bytes, width: int, height: int, limits: Limits, name: str) -> np.ndarray:
     """uint8 (height, width, 3) RGB: EXIF orientation applied, transparency over white, centre-cropped
     to the target aspect ratio, then resized with bicubic filtering."""
     try:
-        image = ImageOps.exif_transpose(_open_image(io.BytesIO(data), limits))
+        image = decode_image(data, limits)
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
             image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
         fitted = ImageOps.fit(image.convert("RGB"), (width, height), method=Image.Resampling.BICUBIC)
     except InputError as exc:
         raise InputError(f"{name}: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated / corrupt pixel data
+    except (OSError, SyntaxError, ValueError) as exc:  # a mode conversion that fails on odd pixel data
         raise InputError(f"{name}: cannot decode image: {describe_error(exc)}") from None
     return np.array(fitted, dtype=np.uint8)
 
@@ -96,14 +110,28 @@ def report_duration(report: str) -> float | None:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
+_STREAM = re.compile(r"Stream #\S+: (\w+: [\w-]+)")
+_FFMPEG_LOG_PREFIX = re.compile(r"^\[[^\]]* @ 0x[0-9a-f]+\] ")
+
+
 def _ffmpeg_duration(path: str) -> float:
-    """Duration from ffmpeg's header report; InputError when there is no audio stream."""
+    """Duration from ffmpeg's header report; InputError saying what the file is when it holds no audio."""
     report = ffmpeg_report(path)
     seconds = report_duration(report)
-    if " Audio: " not in report or seconds is None:
-        last = [line.strip() for line in report.splitlines() if line.strip()]
-        raise InputError(f"not a decodable audio file ({last[-1] if last else 'no audio stream'})")
-    return seconds
+    if " Audio: " in report and seconds is not None:
+        return seconds
+    streams = _STREAM.findall(report)
+    if " Audio: " in report:
+        reason = "ffmpeg cannot tell the duration of its audio from the header"
+    elif streams:  # e.g. an image given as audio: ffmpeg reads it fine, as video
+        reason = f"it holds no audio stream (found {', '.join(streams)})"
+    else:
+        # `ffmpeg -i` without an output always ends with "At least one output file must be specified":
+        # the reason about the input is the line before it, if any.
+        lines = [_FFMPEG_LOG_PREFIX.sub("", line.strip()) for line in report.splitlines()
+                 if line.strip() and "output file must be specified" not in line]
+        reason = lines[-1] if lines else "ffmpeg finds no audio stream"
+    raise InputError(f"not a decodable audio file: {reason}")
 
 
 def _temp_copy(data: bytes, name: str) -> tempfile._TemporaryFileWrapper:

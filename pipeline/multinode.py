@@ -9,8 +9,7 @@ local paths are one shared filesystem mounted at the same place on every node (N
 from __future__ import annotations
 
 from pipeline import storage
-
-PROCESS_LOCAL_SCHEMES = ("memory",)
+from pipeline.storage import PROCESS_LOCAL_SCHEMES
 
 
 def work_runs_off_this_node() -> bool:

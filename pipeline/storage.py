@@ -13,16 +13,15 @@ import re
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
-
-ALLOWED_SCHEMES = ("file", "s3", "gs", "az", "memory")
-HTTP_SCHEMES = ("http", "https")
 
 T = TypeVar("T")
 
@@ -34,13 +33,49 @@ class InputError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------------
+# What each storage scheme does differently: the one place the rest of the module asks.
+
+# Exception class names raised for failures worth retrying, by the client library behind a scheme.
+_BOTOCORE_TRANSIENT = frozenset({"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                                 "ConnectionClosedError", "IncompleteReadError", "ResponseStreamingError"})
+_AIOHTTP_TRANSIENT = frozenset({"ClientConnectionError", "ClientConnectorError", "ServerDisconnectedError",
+                                "ClientPayloadError", "ServerTimeoutError"})
+_AZURE_TRANSIENT = frozenset({"ServiceRequestError", "ServiceResponseError"})
+
+
+@dataclass(frozen=True)
+class SchemeQuirks:
+    listing: str  # how list_files stays bounded: "scandir" and "paged" stop at the limit; "full" counts after
+    transient: frozenset[str] = frozenset()  # exception names (anywhere in the chain) that are retried
+    process_local: bool = False  # the data lives inside one process: Ray workers never see the driver's
+    needs_flag: str | None = None  # allowed only with this command-line flag
+    container_at_host: bool = False  # "container@account.host" names a container, not a user
+
+
+SCHEMES = {
+    "file": SchemeQuirks(listing="scandir"),
+    "s3": SchemeQuirks(listing="paged", transient=_BOTOCORE_TRANSIENT | _AIOHTTP_TRANSIENT),
+    "gs": SchemeQuirks(listing="full", transient=_AIOHTTP_TRANSIENT),
+    "az": SchemeQuirks(listing="full", transient=_AZURE_TRANSIENT | _AIOHTTP_TRANSIENT, container_at_host=True),
+    "memory": SchemeQuirks(listing="full", process_local=True),
+    "http": SchemeQuirks(listing="full", transient=_AIOHTTP_TRANSIENT, needs_flag="--allow-http"),
+    "https": SchemeQuirks(listing="full", transient=_AIOHTTP_TRANSIENT, needs_flag="--allow-http"),
+}
+ALLOWED_SCHEMES = tuple(name for name, quirks in SCHEMES.items() if quirks.needs_flag is None)
+HTTP_SCHEMES = tuple(name for name, quirks in SCHEMES.items() if quirks.needs_flag == "--allow-http")
+PROCESS_LOCAL_SCHEMES = tuple(name for name, quirks in SCHEMES.items() if quirks.process_local)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Secrets
 
 
 _SECRET_ENV_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|SESSION|_KEY|SAS|CONNECTION_STRING", re.I)
 _SECRET_CONFIG_KEY = re.compile(r"secret|token|password|key|sas|credential|connection_string", re.I)
 _SECRET_PATTERNS = (
-    re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+(?=@)"),  # user:password@ in URLs
+    # user:password@ (or a bare key@) in URLs, and user:password@ where a library quotes a URL's
+    # authority without its scheme (botocore: Invalid bucket name "KEY:SECRET@bucket").
+    re.compile(r"(?<=://)[^/@\s]+(?=@)|(?<=[\"'\s(=])[^/@\s:\"']+:[^/@\s\"']+(?=@)"),
     re.compile(r"(?i)((?:x-amz-signature|x-amz-security-token|x-amz-credential|signature|sig|token|"
                r"access_token|key|sas)=)[^&\s\"']+"),  # signed-URL / SAS query parameters
     re.compile(r"(?i)(AccountKey=|SharedAccessSignature=)[^;\s\"']+"),  # Azure connection strings
@@ -68,44 +103,73 @@ def redact(text: str) -> str:
     return text
 
 
+_OBJECT_REPR = re.compile(r"<[\w.<>]+ object at 0x[0-9a-fA-F]+>")  # a file object's repr names nothing
+_REFUSED_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken",
+                             "InvalidToken", "TokenRefreshRequired", "AuthorizationHeaderMalformed",
+                             "InvalidClientTokenId", "AuthenticationFailed"}
+CREDENTIALS_HINT = ("the store refused the credentials or their permissions: check AWS_ACCESS_KEY_ID / "
+                    "AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL (or GOOGLE_*, AZURE_*, fsspec configuration)")
+
+
 def describe_error(exc: BaseException) -> str:
-    """One redacted line for an exception: its type and message."""
+    """One redacted line for an exception: its type and message, and what to check when the store
+    refused the credentials."""
     # Library messages may span lines (botocore's validation errors): one problem stays one line.
     message = re.sub(r"\s*\n\s*", " ", str(exc).strip()) or type(exc).__name__
-    return redact(f"{type(exc).__name__}: {message}" if not isinstance(exc, InputError) else message)
+    message = _OBJECT_REPR.sub("<file>", message)
+    text = f"{type(exc).__name__}: {message}" if not isinstance(exc, InputError) else message
+    if refused_credentials(exc):
+        text += f" ({CREDENTIALS_HINT})"
+    return redact(text)
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _http_status(exc: BaseException) -> tuple[int, str | None]:
+    """(HTTP status, service error code) an exception carries: botocore's response dict, aiohttp / gcsfs
+    attributes; (0, None) when it carries none."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return (int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0),
+                response.get("Error", {}).get("Code"))
+    status = getattr(exc, "status", None) or getattr(exc, "code", None)
+    return (status, None) if isinstance(status, int) else (0, None)
+
+
+def refused_credentials(exc: BaseException) -> bool:
+    """True when a remote store answered 401/403 or named a credential problem, anywhere in the chain."""
+    for link in _chain(exc):
+        status, code = _http_status(link)
+        if status in (401, 403) or code in _REFUSED_CREDENTIAL_CODES:
+            return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------------------
 # Retries
 
 
-_TRANSIENT_NAMES = {
-    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
-    "ClientConnectionError", "ClientConnectorError", "ServerDisconnectedError", "ClientPayloadError",
-    "ServerTimeoutError", "IncompleteReadError", "ResponseStreamingError",
-}
+_TRANSIENT_NAMES = frozenset().union(*(quirks.transient for quirks in SCHEMES.values()))
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
                     "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequests"}
 
 
 def _is_transient(exc: BaseException) -> bool:
     """Connection failures, timeouts, HTTP 5xx/429 and throttling, anywhere in the exception chain."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, (FileNotFoundError, PermissionError, InputError)):
+    for link in _chain(exc):
+        if isinstance(link, (FileNotFoundError, PermissionError, InputError)):
             return False
-        if isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__name__ in _TRANSIENT_NAMES:
+        if isinstance(link, (ConnectionError, TimeoutError)) or type(link).__name__ in _TRANSIENT_NAMES:
             return True
-        response = getattr(exc, "response", None)
-        if isinstance(response, dict):
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if status >= 500 or status == 429 or response.get("Error", {}).get("Code") in _TRANSIENT_CODES:
-                return True
-        status = getattr(exc, "status", None) or getattr(exc, "code", None)  # aiohttp / gcsfs
-        if isinstance(status, int) and (status >= 500 or status == 429):
+        status, code = _http_status(link)
+        if status >= 500 or status == 429 or code in _TRANSIENT_CODES:
             return True
-        exc = exc.__cause__ or exc.__context__
     return False
 
 
@@ -125,9 +189,12 @@ def with_retries(fn: Callable[..., T], *args, attempts: int = 5, **kwargs) -> T:
 # URIs
 
 
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
 def scheme_of(uri: str) -> str:
     """``file`` for local paths (``/x``, ``x/y``, ``file:///x``), else the URL scheme, lower-cased."""
-    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", uri)
+    match = _SCHEME.match(uri)
     return match.group(1).lower() if match else "file"
 
 
@@ -139,25 +206,53 @@ def local_path(uri: str) -> Path:
     return Path(uri[len("file://"):] if uri.startswith("file://") else uri)
 
 
-def check_uri(uri: str, *, allow_http: bool = False, input_root: Path | str | None = None) -> str:
-    """The normalised URI (local paths: absolute, symlinks resolved), or InputError naming the reason.
+_GLOB_CHARACTERS = re.compile(r"[*?\[]")  # fsspec expands these in recursive deletes and listings
 
-    Refuses schemes outside ALLOWED_SCHEMES (http/https only with ``allow_http``) and, when
-    ``input_root`` is given, local paths whose real location (after symlinks) is outside it.
-    ``input_root`` confines local paths only; remote URLs are governed by the scheme allow-list.
-    """
+
+def check_plain_url(uri: str) -> str:
+    """The scheme of ``uri`` when fsspec will open it as exactly the one plain path or URL it reads as,
+    of a known scheme; InputError otherwise. Every URI passes here before fsspec sees it (url_to_fs),
+    so nothing can make fsspec open something other than what the other checks looked at: no chained
+    URLs (``simplecache::s3://…``, ``ROOT/link::x``), no protocol hidden inside a path (``data:…``,
+    ``dir/zip://…``), no credentials in a URL, no ``.``/``..`` segments that a store resolves its own way."""
     if not isinstance(uri, str) or not uri.strip():
         raise InputError("empty path")
     if "\0" in uri:
         raise InputError("path contains a NUL character")
+    if "::" in uri:
+        raise InputError(f"{redact(uri)}: '::' (fsspec's URL chaining, e.g. simplecache::s3://…) is refused in "
+                         f"paths and URLs: give one plain path or URL of an allowed scheme")
     scheme = scheme_of(uri)
-    if scheme in HTTP_SCHEMES:
-        if not allow_http:
-            raise InputError(f"{scheme}:// inputs are refused unless --allow-http is given: {redact(uri)}")
-        return uri
-    if scheme not in ALLOWED_SCHEMES:
+    if scheme not in SCHEMES:
         raise InputError(f"URI scheme '{scheme}' is not allowed (allowed: {', '.join(ALLOWED_SCHEMES)}; "
                          f"http(s) with --allow-http)")
+    protocol, _ = fsspec.core.split_protocol(uri)
+    if protocol != (scheme if _SCHEME.match(uri) else None):
+        raise InputError(f"{redact(uri)}: fsspec would read this as a {protocol}: URL, not as the plain "
+                         f"{scheme} path it looks like")
+    if scheme != "file":
+        authority, _, path = uri.split("://", 1)[1].partition("/")
+        userinfo = authority.rpartition("@")[0]
+        if userinfo and (":" in userinfo or not SCHEMES[scheme].container_at_host):
+            raise InputError(f"{redact(uri)}: credentials in a URL are refused; give them through the "
+                             f"environment (AWS_*, GOOGLE_*, AZURE_*) or fsspec configuration")
+        if any(segment in (".", "..") for segment in path.split("/")):
+            raise InputError(f"{redact(uri)}: '.' and '..' segments are refused in {scheme}:// URLs (object "
+                             f"stores do not resolve them as folders)")
+    return scheme
+
+
+def check_uri(uri: str, *, allow_http: bool = False, input_root: Path | str | None = None) -> str:
+    """The normalised URI (local paths: absolute, symlinks resolved), or InputError naming the reason.
+
+    Refuses what check_plain_url refuses, schemes outside ALLOWED_SCHEMES (http/https only with
+    ``allow_http``) and, when ``input_root`` is given, local paths whose real location (after symlinks)
+    is outside it. ``input_root`` confines local paths only; remote URLs are governed by the scheme
+    allow-list.
+    """
+    scheme = check_plain_url(uri)
+    if SCHEMES[scheme].needs_flag and not allow_http:
+        raise InputError(f"{scheme}:// inputs are refused unless {SCHEMES[scheme].needs_flag} is given: {redact(uri)}")
     if scheme != "file":
         return uri
     resolved = local_path(uri).expanduser().resolve()
@@ -168,8 +263,50 @@ def check_uri(uri: str, *, allow_http: bool = False, input_root: Path | str | No
     return str(resolved)
 
 
+def refuse_process_local(uri: str) -> None:
+    """InputError when ``uri`` lives inside one process (memory://): a job reads and writes in Ray worker
+    processes, which never see what another process put there."""
+    scheme = scheme_of(uri)
+    if SCHEMES.get(scheme, SCHEMES["file"]).process_local:
+        raise InputError(f"{redact(uri)}: {scheme}:// exists only inside one process, and the job reads and writes "
+                         f"in Ray worker processes; use a local path or an object store (s3://, gs://, az://)")
+
+
+def check_output_root(uri: str) -> str:
+    """``uri`` as a job's output root, or InputError: a plain URL of an allowed scheme (not http), not
+    process-local, without glob characters (the job deletes folders under it recursively)."""
+    scheme = check_plain_url(uri)
+    if SCHEMES[scheme].needs_flag:
+        raise InputError(f"{redact(uri)}: {scheme}:// cannot be an output root (use a local path or an object store)")
+    refuse_process_local(uri)
+    if _GLOB_CHARACTERS.search(uri):
+        raise InputError(f"{redact(uri)}: '*', '?' and '[' are refused in an output root (fsspec expands them "
+                         f"when it deletes folders)")
+    return uri
+
+
+def probe_writable(root: str) -> None:
+    """InputError unless the job can write under ``root``, found before any worker starts and leaving
+    nothing behind: a local root's nearest existing folder must be writable; on a remote store one small
+    object is written and deleted (an unreachable store, missing permissions, refused credentials)."""
+    if is_local(root):
+        path = local_path(root).expanduser().absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise InputError(f"output {root} is not writable: {existing} is not a writable folder")
+        return
+    probe = join(root, "_ledger", f".write-probe-{uuid.uuid4().hex}")
+    try:
+        write_atomic(probe, b"probe")
+        delete(probe)
+    except Exception as exc:
+        raise InputError(f"output {redact(root)} is not writable: {describe_error(exc)}") from None
+
+
 def url_to_fs(uri: str):
-    """(filesystem, path inside it) for a URI; credentials from env / fsspec config only."""
+    """(filesystem, path inside it) for a URI that check_plain_url accepts; credentials from env /
+    fsspec config only."""
+    check_plain_url(uri)
     return fsspec.core.url_to_fs(uri)
 
 
@@ -222,7 +359,8 @@ def list_files(uri: str, *, max_entries: int) -> list[str]:
     """URIs of the files directly inside the folder ``uri``, sorted by name. InputError if it holds more
     than ``max_entries`` entries: local folders and S3 stop listing there, without reading the rest."""
     fs, path = url_to_fs(uri)
-    if isinstance(fs, LocalFileSystem):
+    listing = SCHEMES[scheme_of(uri)].listing
+    if listing == "scandir":
         names = []
         with os.scandir(path) as entries:
             for entry in entries:
@@ -231,7 +369,7 @@ def list_files(uri: str, *, max_entries: int) -> list[str]:
                 if entry.is_file():
                     names.append(entry.name)
         return [join(uri, name) for name in sorted(names)]
-    if type(fs).__name__ == "S3FileSystem":
+    if listing == "paged":  # s3fs: asks for one key more than the limit, never the whole folder
         from fsspec.asyn import sync
 
         entries = with_retries(sync, fs.loop, fs._lsdir, path, refresh=True, max_items=max_entries + 1)
@@ -295,6 +433,8 @@ def write_atomic(uri: str, data: bytes | Path) -> None:
 def delete(uri: str) -> None:
     """Remove a file or a folder tree; a missing one is not an error."""
     fs, path = url_to_fs(uri)
+    if _GLOB_CHARACTERS.search(path):
+        raise ValueError(f"refusing to delete {redact(uri)}: fsspec would expand its glob characters")
     try:
         with_retries(fs.rm, path, recursive=True)
     except FileNotFoundError:

@@ -106,12 +106,61 @@ def test_override_types_and_ranges():
     ]
     assert {p.field: p.reason for p in problems} == {
         "seed": "must be in 0..9223372036854775807, got -1", "steps": "must be an integer, got 3.5",
-        "guidance": "must be ≥ 0, got inf", "fps": "must be in 1..60, got 120",
+        "guidance": "must be a finite number, got inf", "fps": "must be in 1..60, got 120",
         "width": "must be a multiple of 64, got 500", "height": "must be in 64..2048, got 4096"}
     _, problems = parse_manifest(pd.DataFrame([dict(clip_id="s", seed="3", image=5, audio=None)]))
     assert sorted((p.field, p.reason) for p in problems) == [
         ("audio", "must be a path or URL, got nothing"), ("image", "must be a path or URL, got int 5"),
         ("seed", "must be an integer, got str '3'")]
+
+
+def test_nan_in_a_manifest_is_refused_but_null_means_not_set(tmp_path):
+    """A Parquet file keeps a null apart from NaN: null leaves the preset's value, NaN (or inf) is a bad
+    value naming the row and field, never silently "not set"."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "clip_id": ["unset", "nan_guidance", "inf_fps", "nan_seed"],
+        "image": ["/i.png"] * 4, "audio": ["/a.wav"] * 4,
+        "guidance": pa.array([None, float("nan"), 1.0, None], pa.float64()),
+        "fps": pa.array([None, None, float("inf"), None], pa.float64()),
+        "seed": pa.array([None, None, None, float("nan")], pa.float64()),
+    })
+    pq.write_table(table, tmp_path / "m.parquet")
+    from pipeline.manifest import read_manifest
+
+    specs, problems = parse_manifest(read_manifest(str(tmp_path / "m.parquet")))
+    assert specs == [ClipSpec(0, "unset", "/i.png", "/a.wav")]
+    assert [str(p) for p in problems] == [
+        "row 1 (clip 'nan_guidance'): guidance: must be a finite number, got nan",
+        "row 2 (clip 'inf_fps'): fps: must be a finite number, got inf",
+        "row 3 (clip 'nan_seed'): seed: must be an integer, got nan"]
+
+
+def test_validate_refuses_what_the_job_cannot_decode(tmp_path):
+    """Issue 12 #5 and #8: a PNG cut in half has a valid header (validate passed it, the job failed);
+    an image given as audio, and a file that is no image, get messages that say what they are."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.effect_noise((256, 256), 60).convert("RGB").save(buffer, format="PNG")
+    (tmp_path / "cut.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    Image.new("RGB", (80, 80)).save(tmp_path / "photo.jpg")
+    (tmp_path / "junk.png").write_bytes(b"no image here" * 10)
+    Image.new("RGB", (64, 64)).save(tmp_path / "ok.png")
+    write_wav(tmp_path / "ok.wav", 0.5)
+
+    def problems(image, audio):
+        return [str(p) for p in check_clip_inputs(ClipSpec(0, "c", str(tmp_path / image), str(tmp_path / audio)))]
+
+    assert problems("ok.png", "ok.wav") == []
+    (cut,) = problems("cut.png", "ok.wav")
+    assert cut.startswith("row 0 (clip 'c'): image: cannot decode image: ") and "truncated" in cut, cut
+    assert problems("ok.png", "photo.jpg") == [
+        "row 0 (clip 'c'): audio: not a decodable audio file: it holds no audio stream (found Video: mjpeg)"]
+    assert problems("junk.png", "ok.wav") == [
+        "row 0 (clip 'c'): image: not a readable image (not a PNG, JPEG, WEBP, BMP, TIFF, GIF file)"]
 
 
 def test_wav_declaring_hours_is_refused_by_header(tmp_path):
@@ -135,7 +184,14 @@ def test_pose_folder_refused_by_count_without_reading(tmp_path, monkeypatch):
     folder.mkdir()
     for i in range(101):
         (folder / f"{i}.npy").write_bytes(b"")
-    monkeypatch.setattr(storage, "read_bytes", lambda *a, **k: pytest.fail("a pose file was read"))
+    read_bytes = storage.read_bytes
+
+    def read_anything_but_poses(uri, **kwargs):
+        if uri.endswith(".npy"):
+            pytest.fail("a pose file was read")
+        return read_bytes(uri, **kwargs)
+
+    monkeypatch.setattr(storage, "read_bytes", read_anything_but_poses)
     with pytest.raises(InputError, match="more than 100 entries"):
         list_pose_files(str(folder), Limits(max_pose_frames=100))
     Image.new("RGB", (64, 64)).save(tmp_path / "i.png")
@@ -264,3 +320,12 @@ def test_demo_manifest_is_valid_from_any_cwd(monkeypatch):
     assert specs[1].pose == str(demo.parent / "assets" / "pose_gesture") and specs[0].pose is None
     total = sum(p.stat().st_size for p in (demo.parent / "assets").rglob("*") if p.is_file())
     assert total < 1_000_000
+
+
+def test_rewritten_paths_are_refused_as_written_not_joined_to_the_manifest_folder(tmp_path):
+    rows = [dict(clip_id="chain", image="simplecache::s3://b/a.png", audio="a.wav"),
+            dict(clip_id="data", image="i.png", audio="data:audio/wav;base64,UklGRg==")]
+    specs, problems = parse_manifest(pd.DataFrame(rows), base_uri=str(tmp_path))
+    assert specs == []
+    assert [(p.row, p.field, p.reason.split(": ")[0]) for p in problems] == [
+        (0, "image", "simplecache::s3://b/a.png"), (1, "audio", "data:audio/wav;base64,UklGRg==")]

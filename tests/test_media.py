@@ -10,7 +10,7 @@ from conftest import png_declaring
 from PIL import Image
 
 from pipeline.manifest import Limits
-from pipeline.media import FFMPEG, SAMPLE_RATE, audio_duration_seconds, decode_audio, load_reference_image
+from pipeline.media import FFMPEG, SAMPLE_RATE, audio_duration_seconds, decode_audio, decode_image, load_reference_image
 from pipeline.storage import InputError
 
 
@@ -67,6 +67,15 @@ def test_truncated_image_is_a_clear_error():
     data = png_bytes(Image.effect_noise((128, 128), 50).convert("RGB"))
     with pytest.raises(InputError, match="cut.png: cannot decode image"):
         load_reference_image(data[: len(data) // 2], 64, 64, Limits(), "cut.png")
+    with pytest.raises(InputError, match="^cannot decode image: .*truncated"):  # what validate runs
+        decode_image(data[: len(data) // 2], Limits())
+
+
+def test_image_given_as_audio_says_it_holds_no_audio():
+    jpeg = png_bytes(Image.new("RGB", (80, 80)), format="JPEG")
+    with pytest.raises(InputError, match=r"^face.jpg: not a decodable audio file: it holds no audio stream "
+                                         r"\(found Video: mjpeg\)$"):
+        decode_audio(jpeg, Limits(), "face.jpg")
 
 
 def tone(seconds: float, sr: int, channels: int = 1, freq: float = 440.0) -> np.ndarray:

@@ -150,6 +150,10 @@ def test_redact_masks_env_secrets_and_url_credentials(monkeypatch):
     for secret in ("tok-123456", "hunter22", "abcdef", "zzz"):
         assert secret not in cleaned
     assert "k=1" in cleaned and "host/x" in cleaned
+    # Issue 12 #3: botocore quotes the bucket part of s3://KEY:SECRET@bucket/... without the scheme.
+    quoted = storage.redact('Invalid bucket name "AKIAKEY:hunter22@bucket": Bucket name must match')
+    assert quoted == 'Invalid bucket name "***@bucket": Bucket name must match'
+    assert storage.redact("row 1 (clip 'a'): audio: mailbox@host") == "row 1 (clip 'a'): audio: mailbox@host"
 
 
 def test_s3_round_trip(s3_bucket):
@@ -188,3 +192,96 @@ def test_local_atomic_write_gets_the_usual_file_mode(tmp_path):
     target = tmp_path / "clip.mp4"
     storage.write_atomic(str(target), b"data")
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_chained_path_cannot_escape_the_input_root(tmp_path):
+    """Issue 12 #1: `ROOT/link::x`, `link` a symlink out of the root. Checked as a whole, the component
+    `link::x` does not exist (no symlink to resolve), while fsspec opens `ROOT/link`: refused up front."""
+    import fsspec
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "private.png").write_bytes(b"outside the root")
+    (root / "link").symlink_to(tmp_path / "private.png")
+    chained = f"{root}/link::x"
+    with fsspec.open(chained, "rb") as f:  # the hole: fsspec follows the chain to the file outside
+        assert f.read() == b"outside the root"
+    with pytest.raises(InputError, match="'::'"):
+        storage.check_uri(chained, input_root=root)
+    with pytest.raises(InputError, match="'::'"):  # and nothing in storage opens it, checked or not
+        storage.read_bytes(chained, max_bytes=100)
+
+
+@pytest.mark.parametrize("uri", [
+    "simplecache::s3://bucket/a.png", "blockcache::file:///etc/passwd", "filecache::memory://x/a.png",
+    "zip://a.png::s3://bucket/archive.zip", "s3://bucket/a.png::x", "data:image/png;base64,AAAA",
+    "inputs/zip://a.png", "/inputs/tar://a", "reference::/etc/passwd", "S3://bucket/a.png",
+])
+def test_chained_or_rewritten_urls_are_refused_everywhere(uri, tmp_path):
+    for check in (storage.check_uri, storage.check_output_root, storage.url_to_fs):
+        with pytest.raises(InputError):
+            check(uri)
+
+
+def test_credentials_in_urls_are_refused_without_showing_them():
+    for uri in (f"s3://AKIAEXAMPLE:{S3_SECRET}@bucket/a.wav", f"s3://{S3_SECRET}@bucket/a.wav",
+                f"https://user:{S3_SECRET}@example.com/a.wav", f"gs://{S3_SECRET}@bucket/a.wav"):
+        for check in (lambda u: storage.check_uri(u, allow_http=True), storage.check_output_root):
+            with pytest.raises(InputError, match="credentials in a URL are refused") as refused:
+                check(uri)
+            assert S3_SECRET not in str(refused.value) and "***@" in str(refused.value)
+    assert storage.check_uri("s3://bucket/user@example.com.wav") == "s3://bucket/user@example.com.wav"  # in a key
+    account_form = "az://container@account.dfs.core.windows.net/a.wav"  # adlfs: a container, not a user
+    assert storage.check_uri(account_form) == account_form
+    with pytest.raises(InputError, match="credentials in a URL are refused"):
+        storage.check_uri(f"az://container:{S3_SECRET}@account.dfs.core.windows.net/a.wav")
+
+
+def test_dot_segments_are_refused_in_object_store_urls():
+    for uri in ("s3://bucket/a/../b.wav", "s3://bucket/./b.wav", "gs://bucket/a/..", "memory://x/../y"):
+        with pytest.raises(InputError, match="'..' segments are refused"):
+            storage.check_uri(uri)
+    assert storage.check_uri("s3://bucket/a..b/c.wav") == "s3://bucket/a..b/c.wav"
+
+
+def test_output_root_refuses_process_local_http_and_glob_roots(tmp_path):
+    assert storage.check_output_root("s3://bucket/renders") == "s3://bucket/renders"
+    assert storage.check_output_root(str(tmp_path)) == str(tmp_path)
+    with pytest.raises(InputError, match="exists only inside one process"):
+        storage.check_output_root("memory://renders")
+    with pytest.raises(InputError, match="cannot be an output root"):
+        storage.check_output_root("https://example.com/renders")
+    with pytest.raises(InputError, match="refused in an output root"):
+        storage.check_output_root("s3://bucket/renders*")
+    with pytest.raises(ValueError, match="glob"):
+        storage.delete(str(tmp_path / "*"))
+
+
+def test_scheme_table_drives_the_quirks():
+    assert storage.ALLOWED_SCHEMES == ("file", "s3", "gs", "az", "memory")
+    assert storage.HTTP_SCHEMES == ("http", "https") and storage.PROCESS_LOCAL_SCHEMES == ("memory",)
+    assert {name: quirks.listing for name, quirks in storage.SCHEMES.items() if quirks.listing != "full"} == {
+        "file": "scandir", "s3": "paged"}
+    assert "EndpointConnectionError" in storage.SCHEMES["s3"].transient  # botocore's name for "unreachable"
+
+
+def test_probe_writable_names_the_output(s3_endpoint):
+    with pytest.raises(InputError, match="output s3://no-such-bucket-here/out is not writable"):
+        storage.probe_writable("s3://no-such-bucket-here/out")
+
+
+def test_describe_error_hides_file_object_reprs():
+    class Opener:
+        pass
+
+    message = storage.describe_error(OSError(f"cannot identify image file {Opener()!r}"))
+    assert "object at 0x" not in message and message == "OSError: cannot identify image file <file>"
+
+
+def test_probe_writable_leaves_nothing_behind(tmp_path, s3_bucket):
+    storage.probe_writable(str(tmp_path / "new" / "out"))  # a root to be created is fine
+    storage.probe_writable(f"{s3_bucket}/out")
+    assert list(tmp_path.iterdir()) == [] and storage.list_files(s3_bucket, max_entries=10) == []
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(InputError, match="is not a writable folder"):
+        storage.probe_writable(str(tmp_path / "file" / "out"))

@@ -136,6 +136,7 @@ def hostile_job(s3_endpoint, tmp_path_factory) -> HostileJob:
     write_sparse_wav(root / "long.wav", LONG_WAV_SECONDS)
     (outside / "face.png").write_bytes(image_bytes(1))
     (root / "face.png").symlink_to(outside / "face.png")  # inside the root by name, outside by target
+    (root / "link").symlink_to(outside / "face.png")  # `link::x` is no file, but fsspec would open `link`
 
     good = dict(image="good.png", audio="good.wav")
     rows = [
@@ -153,6 +154,9 @@ def hostile_job(s3_endpoint, tmp_path_factory) -> HostileJob:
         # The secret in a row (a URL password, a key name) must be masked in every message about it.
         dict(clip_id="secret_in_url", image="good.png", audio=f"s3://user:{S3_SECRET}@{bucket_name}/in/good.wav"),
         dict(clip_id="secret_in_key", image=f"{S3_SECRET}.png", audio="good.wav"),
+        dict(clip_id="chained_escape", image=f"{root}/link::x", audio="good.wav"),
+        dict(clip_id="process_local", image="good.png", audio="memory://in/good.wav"),
+        dict(clip_id="dot_segments", image=f"{inputs}/../in/good.png", audio="good.wav"),
     ]
     manifest = write_manifest(inputs, rows)
     output = f"{bucket}/out"
@@ -181,8 +185,11 @@ EXPECTED_FAILURES = {
     8: ("clip_id", "must be 1..128 characters, got 300"),
     9: ("clip_id", "may contain only A-Z a-z 0-9 . _ - (found '/', '[', ']')"),
     10: ("image", "outside the input root"),
-    11: ("audio", "cannot read s3://***@"),
+    11: ("audio", "credentials in a URL are refused"),  # before any request, the URL shown as s3://***@…
     12: ("image", "not found: s3://"),
+    13: ("image", "'::' (fsspec's URL chaining"),
+    14: ("audio", "memory:// exists only inside one process"),
+    15: ("image", "'.' and '..' segments are refused in s3:// URLs"),
 }
 
 
