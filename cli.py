@@ -59,6 +59,17 @@ def status(output: str = typer.Argument(..., help="Output root of a run.")) -> N
 
 
 @app.command()
+def report(
+    output: str = typer.Argument(..., help="Output root of a run: local path or fsspec URL."),
+    to: str | None = typer.Option(None, help="Folder for the page (default: OUTPUT/_report)."),
+) -> None:
+    """Write a static review page (index.html + contact strips): every clip's frames, status, QC flags, errors."""
+    from pipeline.report import report_command
+
+    raise typer.Exit(report_command(output, to))
+
+
+@app.command()
 def plan(
     manifest: str = typer.Argument(..., help="Parquet manifest: local path or fsspec URL."),
     segment_frames: int | None = typer.Option(None),
