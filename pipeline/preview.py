@@ -222,7 +222,7 @@ def build_app(pipelines: Pipelines, *, manifest: str | None = None):
                     + ("" if pipelines.weights else " **Tiny preset: a random network, so the video is noise-like.**"))
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="filepath", label="Reference image", elem_id="image")
+                image = gr.Image(type="filepath", label="Reference image", elem_id="image", height=300)
                 audio = gr.Audio(type="filepath", label="Speech audio", elem_id="audio")
                 poses = gr.File(file_count="multiple", file_types=[".npz", ".npy"], type="filepath",
                                 label="Poses (optional): one .npz or the per-frame .npy files", elem_id="poses")
@@ -237,7 +237,7 @@ def build_app(pipelines: Pipelines, *, manifest: str | None = None):
                     seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
                 render = gr.Button("Render", variant="primary", elem_id="render")
             with gr.Column():
-                video = gr.Video(label="Result", elem_id="result", autoplay=False)
+                video = gr.Video(label="Result", elem_id="result", autoplay=False, height=360)
                 qc_text = gr.Markdown(elem_id="qc")
                 with gr.Row():
                     clip_id = gr.Textbox(label="clip_id", value="preview-001", elem_id="clip_id")

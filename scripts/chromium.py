@@ -174,8 +174,10 @@ class Chromium:
 
     def wait_until(self, expression: str, timeout: float | None = None, interval: float = 0.1):
         deadline = time.monotonic() + (timeout or self.timeout)
+        # A DOM node comes back by value as {} (falsy here): count a found element as true.
+        probe = f"(() => {{ const v = ({expression}); return v instanceof Node ? true : v; }})()"
         while True:
-            value = self.evaluate(expression)
+            value = self.evaluate(probe)
             if value:
                 return value
             if time.monotonic() > deadline:
