@@ -123,20 +123,23 @@ def _drain(stream, sink: list[bytes]) -> None:
     sink.append(stream.read())
 
 
-def segment_joins(segments: list[tuple[int, int, str]]) -> list[tuple[int, int]]:
-    """[start, stop) of the frames each pair of neighbouring segments shares (empty for a butt join)."""
-    spans = sorted((start, stop) for start, stop, _ in segments)
+def segment_joins(segments) -> list[tuple[int, int]]:
+    """[start, stop) of the frames each pair of neighbouring segments shares (empty for a butt join), from
+    ``(start, stop, ...)`` items: the assembler's segments or the one-clip output's frame ranges."""
+    spans = sorted((segment[0], segment[1]) for segment in segments)
     return [(spans[i][0], spans[i - 1][1]) for i in range(1, len(spans))]
 
 
 def assemble_clip(segments: list[tuple[int, int, str]], total_frames: int, fps: float, audio: bytes,
                   output_uri: str, *, scratch_dir: str | Path | None = None, strip_uri: str | None = None,
-                  thresholds: qc.Thresholds = qc.DEFAULT_THRESHOLDS) -> dict:
+                  joins: list[tuple[int, int]] | None = None, thresholds: qc.Thresholds = qc.DEFAULT_THRESHOLDS) -> dict:
     """Encode the stitched segments with ``audio`` (the row's original audio file) into ``output_uri``.
     The video is exactly ``total_frames / fps`` seconds; the audio is padded with silence or trimmed to
     that. Returns ``dict(frames=, seconds=, bytes=, qc=)``, ``qc`` being the clip's QC report
     (``pipeline.qc.run_checks``; ``qc.qc_columns`` turns it into results columns). With ``strip_uri``
-    a contact strip of a few frames (JPEG) is written there too, for the review page."""
+    a contact strip of a few frames (JPEG) is written there too, for the review page. ``joins`` (the shared
+    frame ranges, ``segment_joins``) are where the seam check looks; by default the segments' own overlaps,
+    but frames stitched before they get here (the one-clip pipeline) come as one segment and name them."""
     rate = Fraction(fps).limit_denominator(1001)
     seconds = total_frames / float(rate)
     scratch = Path(tempfile.mkdtemp(prefix="assemble-", dir=scratch_dir))
@@ -145,7 +148,7 @@ def assemble_clip(segments: list[tuple[int, int, str]], total_frames: int, fps: 
         audio_path.write_bytes(audio)
         video_path = scratch / "clip.mp4"
         frames = stitched_frames(segments, total_frames)
-        meter = qc.FrameMeter(total_frames, float(rate), joins=segment_joins(segments))
+        meter = qc.FrameMeter(total_frames, float(rate), joins=segment_joins(segments) if joins is None else joins)
         first = next(frames)
         height, width = first.shape[1:3]
         if height % 2 or width % 2:

@@ -150,6 +150,22 @@ def test_obvious_seam_scores_high_and_a_seamless_join_scores_one(tmp_path):
         assert report["flagged"] and any(r.startswith("seam: 1 join(s) jump (worst at frame 30") for r in report["reasons"])
 
 
+def test_seams_of_frames_stitched_before_the_assembler(tmp_path):
+    """The one-clip pipeline hands over frames already cross-faded, as one segment: it names the joins."""
+    from pipeline.assemble import segment_joins, stitched_frames
+
+    first, second = talking_scene(4, 60), talking_scene(5, 60)
+    segments = write_segments(tmp_path, [(0, 36), (30, 60)], [first, second])
+    stitched = np.concatenate(list(stitched_frames(segments, 60)))
+    whole = write_segments(tmp_path, [(0, 60)], [stitched], name="whole")
+    joins = segment_joins([(0, 36), (30, 60)])
+    assert joins == [(30, 36)]
+    named = assemble_clip(whole, 60, FPS, speech_like(2.4), str(tmp_path / "a.mp4"), joins=joins)["qc"]
+    unnamed = assemble_clip(whole, 60, FPS, speech_like(2.4), str(tmp_path / "b.mp4"))["qc"]
+    assert named["checks"]["seams"]["seam_max"] > 2 * qc.DEFAULT_THRESHOLDS.seam_ratio and named["flagged"]
+    assert unnamed["checks"]["seams"] == dict(seams=[], seam_max=None, severity=None)
+
+
 def test_non_finite_frames_are_counted():
     meter = qc.FrameMeter(10, FPS, face_samples=0)
     frames = talking_scene(6, 10).astype(np.float32)
