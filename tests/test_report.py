@@ -48,6 +48,24 @@ def test_page_has_a_row_per_clip_with_strips_and_links(output_root):
     assert again.strips_made == 0  # strips made from MP4s are cached under the root
 
 
+def test_qc_from_the_ledger_when_results_have_no_qc_columns(output_root, tmp_path):
+    """A results.parquet written before the job stored QC columns: the clip records' QC is used."""
+    from pipeline.job import RESULT_COLUMNS, read_results
+    from pipeline.ledger import Ledger
+
+    root = tmp_path / "older"
+    root.mkdir()
+    results = read_results(str(output_root))
+    ledger = Ledger(str(root))
+    for row in results.to_dict("records"):
+        if row["status"] == "done":
+            ledger.record_clip(row["clip_id"], row["fingerprint"], qc=json.loads(row["qc"]))
+    results[list(RESULT_COLUMNS)].to_parquet(root / "results.parquet")
+    rows = {r["clip_id"]: r for r in page_data(Path(report.write_report(str(root)).page))}
+    assert {c for c, r in rows.items() if r["flagged"]} == {"clip-001-black", "clip-002-seam", "clip-003-frozen"}
+    assert rows["clip-000-clean"]["score"] == results.set_index("clip_id").loc["clip-000-clean", "qc_score"]
+
+
 def test_text_from_results_cannot_break_out_of_the_page(tmp_path):
     results = pd.DataFrame([dict(row=0, clip_id="x", status="failed", error="</script><script>alert(1)</script> & <b>")])
     page = report.render_page(report.clip_rows(results), title="<t>")
