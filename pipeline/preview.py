@@ -261,24 +261,3 @@ def preview_command(weights: str | None = None, manifest: str | None = None, hos
     app = build_app(Pipelines(weights), manifest=manifest)
     app.queue().launch(server_name=host, server_port=port, share=share)
     return 0
-
-
-def screenshot_preview(target: Path) -> Path:
-    """docs/preview.png: the app after rendering one tiny clip from the demo assets (scripts/screenshots.py)."""
-    from scripts.chromium import Chromium
-
-    repo = Path(__file__).resolve().parent.parent
-    app = build_app(Pipelines(), manifest=str(Path(tempfile.mkdtemp()) / "manifest.parquet"))
-    app.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
-    try:
-        with Chromium(width=1280, height=860, timeout=120) as browser:
-            browser.open(app.local_url, wait_for="document.querySelector('#render')")
-            browser.set_files("#image input[type=file]", [repo / "manifests" / "assets" / "figure.png"])
-            browser.set_files("#audio input[type=file]", [repo / "manifests" / "assets" / "hello.wav"])
-            browser.wait_until("document.querySelector('#image img') && document.querySelector('#audio audio, #audio .waveform-container, #audio button')")
-            browser.evaluate("document.querySelector('#render').click()")
-            browser.wait_until("document.querySelector('#result video') && document.querySelector('#result video').readyState >= 1",
-                               timeout=300)
-            return browser.screenshot(target)
-    finally:
-        app.close()

@@ -38,9 +38,22 @@ def report_screenshot(target: Path = DOCS / "report.png") -> Path:
 
 
 def preview_screenshot(target: Path = DOCS / "preview.png") -> Path:
-    from pipeline.preview import screenshot_preview
+    """The app after rendering one tiny clip from the demo assets (needs the one-clip API, pipeline/clip.py)."""
+    from pipeline.preview import Pipelines, build_app
 
-    return screenshot_preview(target)
+    app = build_app(Pipelines(), manifest=str(Path(tempfile.mkdtemp()) / "manifest.parquet"))
+    app.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        with Chromium(width=1280, height=860, timeout=600) as browser:
+            browser.open(app.local_url, wait_for="document.querySelector('#render')")
+            browser.set_files("#image input[type=file]", [REPO / "manifests" / "assets" / "figure.png"])
+            browser.set_files("#audio input[type=file]", [REPO / "manifests" / "assets" / "hello.wav"])
+            browser.wait_until("document.querySelector('#image img')")
+            browser.evaluate("document.querySelector('#render').click()")
+            browser.wait_until("document.querySelector('#result video') && document.querySelector('#result video').readyState >= 1")
+            return browser.screenshot(target)
+    finally:
+        app.close()
 
 
 if __name__ == "__main__":
