@@ -59,6 +59,30 @@ def status(output: str = typer.Argument(..., help="Output root of a run.")) -> N
 
 
 @app.command()
+def report(
+    output: str = typer.Argument(..., help="Output root of a run: local path or fsspec URL."),
+    to: str | None = typer.Option(None, help="Folder for the page (default: OUTPUT/_report)."),
+) -> None:
+    """Write a static review page (index.html + contact strips): every clip's frames, status, QC flags, errors."""
+    from pipeline.report import report_command
+
+    raise typer.Exit(report_command(output, to))
+
+
+@app.command()
+def preview(
+    weights: Path | None = typer.Option(None, help="Official weights folder (acc/quality presets); without it: tiny."),
+    manifest: str | None = typer.Option(None, help="Manifest the 'Add to manifest' button appends to."),
+    host: str = typer.Option("127.0.0.1", help="Address to serve on."),
+    port: int = typer.Option(7860, help="Port to serve on."),
+) -> None:
+    """Open a Gradio page to render one clip (same steps as the job) and add it to a manifest."""
+    from pipeline.preview import preview_command
+
+    raise typer.Exit(preview_command(None if weights is None else str(weights), manifest, host, port))
+
+
+@app.command()
 def plan(
     manifest: str = typer.Argument(..., help="Parquet manifest: local path or fsspec URL."),
     segment_frames: int | None = typer.Option(None),

@@ -1,8 +1,10 @@
 """Assembly: stitch a clip's rendered segments (linear cross-fade over the frames neighbouring segments
 share), encode H.264 yuv420p with the clip's audio as AAC, trimmed or padded to exactly the video's
-duration, and write the MP4 atomically. Frames stream from storage into ffmpeg a chunk at a time."""
+duration, and write the MP4 atomically. Frames stream from storage into ffmpeg a chunk at a time; the QC
+meter (pipeline/qc.py) measures them on the way, so checking a clip costs no second decode."""
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import re
@@ -17,9 +19,11 @@ from pathlib import Path
 import ffmpeg
 import imageio_ffmpeg
 import numpy as np
+import soundfile as sf
 
-from pipeline import storage
-from pipeline.media import FFMPEG, ffmpeg_report, report_duration
+from pipeline import qc, storage
+from pipeline.manifest import Limits
+from pipeline.media import FFMPEG, SAMPLE_RATE, decode_audio, ffmpeg_report, report_duration
 from pipeline.segment_store import iter_segment
 
 FFPROBE = shutil.which("ffprobe")  # optional: probe_video falls back to parsing `ffmpeg -i`
@@ -89,15 +93,53 @@ def stitched_frames(segments: list[tuple[int, int, str]], total_frames: int,
         yield np.stack(ready)
 
 
+def _qc_report(meter: qc.FrameMeter, audio: bytes, video_path: Path, thresholds: qc.Thresholds) -> dict:
+    """The QC report of the encoded clip: the frames as streamed, the written file's streams, the audio."""
+    problems = {}
+    try:
+        streams = qc.mp4_streams(video_path)
+    except Exception as exc:  # noqa: BLE001 - an unreadable container is reported, the check then flags it
+        streams, problems["mp4_streams"] = {}, f"{type(exc).__name__}: {exc}"
+    try:
+        wave, rate = _audio_samples(audio)
+    except Exception as exc:  # noqa: BLE001
+        (wave, rate), problems["audio"] = (None, SAMPLE_RATE), storage.describe_error(exc)
+    report = qc.run_checks(meter.measured(audio=wave, sample_rate=rate, streams=streams), thresholds)
+    report["errors"].update(problems)
+    return report
+
+
+def _audio_samples(audio: bytes) -> tuple[np.ndarray, int]:
+    """Mono samples and their rate, for the audio's duration and energy: soundfile's formats at their own
+    rate (no resampling needed), anything else through the decoder the preprocessing used."""
+    try:
+        wave, rate = sf.read(io.BytesIO(audio), dtype="float32")
+        return (wave.mean(axis=1, dtype=np.float32) if wave.ndim == 2 else wave), rate
+    except (sf.LibsndfileError, RuntimeError):
+        return decode_audio(audio, Limits(), "audio"), SAMPLE_RATE
+
+
 def _drain(stream, sink: list[bytes]) -> None:
     sink.append(stream.read())
 
 
+def segment_joins(segments) -> list[tuple[int, int]]:
+    """[start, stop) of the frames each pair of neighbouring segments shares (empty for a butt join), from
+    ``(start, stop, ...)`` items: the assembler's segments or the one-clip output's frame ranges."""
+    spans = sorted((segment[0], segment[1]) for segment in segments)
+    return [(spans[i][0], spans[i - 1][1]) for i in range(1, len(spans))]
+
+
 def assemble_clip(segments: list[tuple[int, int, str]], total_frames: int, fps: float, audio: bytes,
-                  output_uri: str, *, scratch_dir: str | Path | None = None) -> dict:
+                  output_uri: str, *, scratch_dir: str | Path | None = None, strip_uri: str | None = None,
+                  joins: list[tuple[int, int]] | None = None, thresholds: qc.Thresholds = qc.DEFAULT_THRESHOLDS) -> dict:
     """Encode the stitched segments with ``audio`` (the row's original audio file) into ``output_uri``.
     The video is exactly ``total_frames / fps`` seconds; the audio is padded with silence or trimmed to
-    that. Returns ``dict(frames=, seconds=, bytes=)``."""
+    that. Returns ``dict(frames=, seconds=, bytes=, qc=)``, ``qc`` being the clip's QC report
+    (``pipeline.qc.run_checks``; ``qc.qc_columns`` turns it into results columns). With ``strip_uri``
+    a contact strip of a few frames (JPEG) is written there too, for the review page. ``joins`` (the shared
+    frame ranges, ``segment_joins``) are where the seam check looks; by default the segments' own overlaps,
+    but frames stitched before they get here (the one-clip pipeline) come as one segment and name them."""
     rate = Fraction(fps).limit_denominator(1001)
     seconds = total_frames / float(rate)
     scratch = Path(tempfile.mkdtemp(prefix="assemble-", dir=scratch_dir))
@@ -106,6 +148,7 @@ def assemble_clip(segments: list[tuple[int, int, str]], total_frames: int, fps: 
         audio_path.write_bytes(audio)
         video_path = scratch / "clip.mp4"
         frames = stitched_frames(segments, total_frames)
+        meter = qc.FrameMeter(total_frames, float(rate), joins=segment_joins(segments) if joins is None else joins)
         first = next(frames)
         height, width = first.shape[1:3]
         if height % 2 or width % 2:
@@ -126,6 +169,7 @@ def assemble_clip(segments: list[tuple[int, int, str]], total_frames: int, fps: 
         try:
             for chunk in itertools.chain([first], frames):
                 process.stdin.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
+                meter.add(chunk)  # while ffmpeg encodes the chunk
             process.stdin.close()
         except BrokenPipeError:
             pass  # ffmpeg stopped early; its exit status and message say why
@@ -139,8 +183,12 @@ def assemble_clip(segments: list[tuple[int, int, str]], total_frames: int, fps: 
         if returncode != 0:
             message = b"".join(errors).decode(errors="replace").strip()[-500:]
             raise RuntimeError(f"ffmpeg failed with status {returncode}: {storage.redact(message)}")
+        report = _qc_report(meter, audio, video_path, thresholds)
         storage.write_atomic(output_uri, video_path)
-        return dict(frames=total_frames, seconds=seconds, bytes=video_path.stat().st_size)
+        strip = meter.strip_jpeg()
+        if strip_uri and strip:
+            storage.write_atomic(strip_uri, strip)
+        return dict(frames=total_frames, seconds=seconds, bytes=video_path.stat().st_size, qc=report)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

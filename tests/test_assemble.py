@@ -79,7 +79,12 @@ def test_encoded_clip_matches_fps_and_duration(tmp_path, fps, audio_seconds, tot
     segments = constant_segments(tmp_path, [(0, half + overlap), (half, total_frames)], [40, 200], size=(64, 64))
     output = tmp_path / "out" / "clip.mp4"
     result = assemble_clip(segments, total_frames, fps, speech_like(audio_seconds), str(output), scratch_dir=tmp_path)
+    qc_report = result.pop("qc")
     assert result == dict(frames=total_frames, seconds=total_frames / fps, bytes=output.stat().st_size)
+    # Two flat colours joined: the cross-fade is the only change in the clip, and QC says so.
+    assert qc_report["checks"]["seams"]["seam_max"] > 3 and qc_report["checks"]["black"]["black_frames"] == 0
+    assert qc_report["checks"]["duration"]["duration_gap_frames"] == pytest.approx(
+        abs(total_frames / fps - audio_seconds) * fps, abs=1e-6)
     probe = probe_video(str(output))
     assert probe["vcodec"] == "h264" and probe["acodec"] == "aac"
     assert probe["fps"] == pytest.approx(fps) and probe["frames"] == total_frames
@@ -131,6 +136,7 @@ def test_segments_are_read_lazily_and_memory_stays_bounded(tmp_path, monkeypatch
     assert set(reads) == {segments[0][2]} and len(reads) == 1  # one chunk of the first segment, nothing else
 
     audio = speech_like(19.2)
+    assemble.qc.FaceMouth().close()  # imports mediapipe now: a once-per-process import is not the clip's memory
     tracemalloc.start()
     result = assemble_clip(segments, 480, 25, audio, str(tmp_path / "long.mp4"), scratch_dir=tmp_path)
     _, peak = tracemalloc.get_traced_memory()

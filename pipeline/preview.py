@@ -1,0 +1,263 @@
+"""`cli.py preview`: try one clip in the browser before a big run (Gradio 6).
+
+An image, an audio file and optionally poses (one `.npz`, or the official per-frame `.npy` files), a preset and
+the main parameters → the one-clip pipeline (`pipeline.EchoMimicV2Pipeline`, the same steps as the batch job)
+renders it with a progress bar per segment; the page shows the video and its QC flags, and "Add to manifest"
+appends the row (inputs copied beside the manifest, so the row stays valid after the preview closes).
+
+Tiny preset without weights (random network: noise-like video), the official presets with `--weights`.
+"""
+from __future__ import annotations
+
+import io
+import math
+import re
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline import storage
+
+# What a manifest row holds for a preview clip: the schema's columns (manifests/SCHEMA.md).
+ROW_COLUMNS = ("clip_id", "image", "audio", "pose", "seed", "steps", "guidance", "fps", "width", "height")
+_SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The manifest button
+
+
+def _input_files(pose_files: list[str] | None) -> str | None:
+    """The pose argument for uploaded files: one `.npz` as it is, `.npy` frames as a folder of them."""
+    if not pose_files:
+        return None
+    paths = [Path(p) for p in pose_files]
+    if len(paths) == 1 and paths[0].suffix.lower() == ".npz":
+        return str(paths[0])
+    if not all(p.suffix.lower() == ".npy" for p in paths):
+        raise ValueError("poses: upload one .npz file or the per-frame .npy files (0.npy, 1.npy, …)")
+    folder = Path(tempfile.mkdtemp(prefix="preview-poses-"))
+    for path in paths:
+        shutil.copyfile(path, folder / path.name)  # Gradio keeps an upload's own name (``…/<hash>/0.npy``)
+    return str(folder)
+
+
+def append_to_manifest(manifest: str, row: dict, *, assets: str = "assets") -> dict:
+    """Append ``row`` (``ROW_COLUMNS``; ``image``/``audio``/``pose`` as local paths) to the Parquet manifest
+    ``manifest`` (created if missing; any storage URI). Its input files are copied to
+    ``<manifest folder>/<assets>/<clip_id>/`` and referenced relative to the manifest, so the row stays valid
+    after the preview's temporary files are gone. The whole manifest is checked as `validate` checks its
+    schema; a row it would refuse (bad or duplicate clip_id, a value out of range) raises ValueError and
+    nothing is written. Returns the row as written."""
+    from pipeline.manifest import manifest_dir, parse_manifest, read_manifest
+
+    clip_id = str(row.get("clip_id") or "").strip()
+    existing = read_manifest(manifest) if storage.exists(manifest) else pd.DataFrame(columns=list(ROW_COLUMNS))
+    unknown = set(existing.columns) - set(ROW_COLUMNS)
+    if unknown:
+        raise ValueError(f"{manifest}: unknown column(s) {sorted(unknown)}")
+    written = {name: row.get(name) for name in ROW_COLUMNS}
+    written["clip_id"] = clip_id
+    base = manifest_dir(manifest)
+    for name in ("image", "audio"):
+        written[name] = f"{assets}/{clip_id}/{name}{_suffix(row[name])}"
+    if row.get("pose"):
+        written["pose"] = f"{assets}/{clip_id}/pose" + (".npz" if Path(row["pose"]).is_file() else "")
+    candidate = pd.concat([existing, pd.DataFrame([written], columns=list(ROW_COLUMNS))], ignore_index=True)
+    candidate = _typed(candidate)
+    _, problems = parse_manifest(candidate, base_uri=base)
+    mine = [p for p in problems if p.row in (None, len(candidate) - 1)]
+    if mine:
+        raise ValueError("; ".join(str(p) for p in mine))
+    # Inputs first, then the manifest: a crash in between leaves unused files, never a row without its inputs.
+    for name in ("image", "audio"):
+        storage.write_atomic(storage.join(base, *written[name].split("/")), Path(row[name]))
+    if row.get("pose"):
+        pose = Path(row["pose"])
+        if pose.is_file():
+            storage.write_atomic(storage.join(base, *written["pose"].split("/")), pose)
+        else:
+            for frame in sorted(pose.glob("*.npy")):
+                storage.write_atomic(storage.join(base, *written["pose"].split("/"), frame.name), frame)
+    buffer = io.BytesIO()
+    candidate.to_parquet(buffer, index=False)
+    storage.write_atomic(manifest, buffer.getvalue())
+    return written
+
+
+def _suffix(path: str) -> str:
+    suffix = Path(str(path)).suffix.lower()
+    return suffix if _SAFE_SUFFIX.match(suffix) else ""
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Nullable integer / float columns, as the schema's types want them in Parquet."""
+    frame = frame.copy()
+    for name in ("seed", "steps", "width", "height"):
+        frame[name] = pd.array([None if _missing(v) else int(v) for v in frame[name]], dtype="Int64")
+    for name in ("guidance", "fps"):
+        frame[name] = pd.array([None if _missing(v) else float(v) for v in frame[name]], dtype="Float64")
+    for name in ("clip_id", "image", "audio", "pose"):
+        frame[name] = frame[name].astype("object").where(frame[name].notna(), None)
+    return frame
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rendering
+
+
+class Pipelines:
+    """One loaded one-clip pipeline per preset, built on first use (the official ones load the weights once)."""
+
+    def __init__(self, weights: str | None = None, device: str | None = None):
+        self.weights, self.device = weights, device
+        self._loaded: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def presets(self) -> list[str]:
+        return ["acc", "quality"] if self.weights else ["tiny"]
+
+    def get(self, preset: str):
+        from pipeline import EchoMimicV2Pipeline
+
+        with self._lock:
+            if preset not in self._loaded:
+                if preset == "tiny":
+                    self._loaded[preset] = EchoMimicV2Pipeline.tiny(seed=0)
+                else:
+                    import torch
+
+                    device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+                    self._loaded[preset] = EchoMimicV2Pipeline.from_official(self.weights, preset=preset, device=device)
+            return self._loaded[preset]
+
+
+def render_clip(pipelines: Pipelines, preset: str, image: str, audio: str, pose: str | None, *, fps: float,
+                steps: int | None, guidance: float | None, seed: int, size: int | None, out_dir: str,
+                on_segment: Callable[[int, int], None] | None = None) -> tuple[str, dict]:
+    """Render and save one clip; returns (MP4 path, what `save` returned: frames, seconds, bytes, qc)."""
+    pipe = pipelines.get(preset)
+
+    def callback(info) -> None:
+        if on_segment:
+            on_segment(info.i + 1, info.total)
+
+    out = pipe(image, audio, pose, width=size, height=size, fps=fps, steps=steps, guidance=guidance, seed=seed,
+               callback=callback, progress=False)
+    path = str(Path(out_dir) / f"preview-{seed}-{uuid.uuid4().hex[:8]}.mp4")
+    saved = out.save(path)
+    return path, dict(saved or {})
+
+
+def qc_markdown(saved: dict) -> str:
+    """The clip's QC report as a few lines (the assembler's report, when `save` returns one)."""
+    report = saved.get("qc")
+    head = f"**{saved.get('frames', '?')} frames, {saved.get('seconds', 0):.2f} s**"
+    if not report:
+        return head
+    if report["flagged"]:
+        return head + f" · QC score {report['score']:.2f}, **flagged**:\n" + "\n".join(f"- {r}" for r in report["reasons"])
+    return head + f" · QC score {report['score']:.2f}: no flags"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The app
+
+
+def build_app(pipelines: Pipelines, *, manifest: str | None = None):
+    import gradio as gr
+
+    out_dir = tempfile.mkdtemp(prefix="preview-out-")
+    presets = pipelines.presets
+    last: dict = {}  # the inputs of the last rendered clip, for the manifest button
+
+    def run(image, audio, poses, preset, size, fps, steps, guidance, seed, progress=gr.Progress()):
+        if not image or not audio:
+            raise gr.Error("Give a reference image and an audio file.")
+        try:
+            pose = _input_files(poses)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        progress(0, desc="preparing")
+
+        def on_segment(done: int, total: int) -> None:
+            progress((done, total), desc=f"segment {done} of {total}", unit="segments")
+
+        try:
+            video, saved = render_clip(pipelines, preset, image, audio, pose, fps=float(fps),
+                                       steps=int(steps) if steps else None, guidance=float(guidance) if guidance else None,
+                                       seed=int(seed), size=int(size) if size else None, out_dir=out_dir, on_segment=on_segment)
+        except ValueError as exc:  # the pipeline's input checks name the argument
+            raise gr.Error(str(exc)) from None
+        last.clear()
+        last.update(image=image, audio=audio, pose=pose, seed=int(seed), steps=int(steps) if steps else None,
+                    guidance=float(guidance) if guidance else None, fps=float(fps),
+                    width=int(size) if size else None, height=int(size) if size else None)
+        return video, qc_markdown(saved)
+
+    def add(clip_id, manifest_path):
+        if not last:
+            raise gr.Error("Render a clip first.")
+        if not manifest_path:
+            raise gr.Error("Name a manifest file (.parquet).")
+        try:
+            written = append_to_manifest(manifest_path, dict(last, clip_id=clip_id))
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        rows = len(pd.read_parquet(io.BytesIO(storage.read_bytes(manifest_path, max_bytes=1 << 28))))
+        return f"added **{written['clip_id']}** to `{manifest_path}` ({rows} row(s))"
+
+    with gr.Blocks(title="EchoMimic V2 preview") as app:
+        gr.Markdown("## EchoMimic V2 — one-clip preview\nThe same steps as the batch job."
+                    + ("" if pipelines.weights else " **Tiny preset: a random network, so the video is noise-like.**"))
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(type="filepath", label="Reference image", elem_id="image", height=300)
+                audio = gr.Audio(type="filepath", label="Speech audio", elem_id="audio")
+                poses = gr.File(file_count="multiple", file_types=[".npz", ".npy"], type="filepath",
+                                label="Poses (optional): one .npz or the per-frame .npy files", elem_id="poses")
+                with gr.Row():
+                    preset = gr.Dropdown(presets, value=presets[0], label="Preset", elem_id="preset")
+                    size = gr.Dropdown([None, 128, 256, 512, 768], value=None, label="Size (default: preset's)",
+                                       elem_id="size")
+                with gr.Row():
+                    fps = gr.Slider(1, 60, value=24, step=1, label="fps", elem_id="fps")
+                    steps = gr.Number(value=None, precision=0, label="Steps (default: preset's)", elem_id="steps")
+                    guidance = gr.Number(value=None, label="Guidance (default: preset's)", elem_id="guidance")
+                    seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
+                render = gr.Button("Render", variant="primary", elem_id="render")
+            with gr.Column():
+                video = gr.Video(label="Result", elem_id="result", autoplay=False, height=360)
+                qc_text = gr.Markdown(elem_id="qc")
+                with gr.Row():
+                    clip_id = gr.Textbox(label="clip_id", value="preview-001", elem_id="clip_id")
+                    manifest_path = gr.Textbox(label="Manifest (.parquet)", value=manifest or "manifest.parquet",
+                                               elem_id="manifest")
+                add_button = gr.Button("Add to manifest", elem_id="add")
+                added = gr.Markdown(elem_id="added")
+        render.click(run, [image, audio, poses, preset, size, fps, steps, guidance, seed], [video, qc_text])
+        add_button.click(add, [clip_id, manifest_path], added)
+    return app
+
+
+def preview_command(weights: str | None = None, manifest: str | None = None, host: str = "127.0.0.1",
+                    port: int = 7860, share: bool = False) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        print("the preview needs gradio: .venv/bin/pip install -r requirements-test.txt && "
+              ".venv/bin/pip install --no-deps -r requirements-test-nodeps.txt")
+        return 2
+    app = build_app(Pipelines(weights), manifest=manifest)
+    app.queue().launch(server_name=host, server_port=port, share=share)
+    return 0

@@ -1,0 +1,121 @@
+"""The preview's manifest button (rows appended with their inputs copied beside the manifest, checked as
+`validate` checks them) and, where the one-clip API is present, the Gradio app in a real headless Chromium:
+it starts, takes an upload, renders with the tiny preset, shows a playable video and adds the row."""
+import socket
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline import preview, storage
+from pipeline.manifest import validate_manifest
+from scripts.chromium import CHROMIUM, Chromium
+from tests.conftest import image_bytes, write_wav
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def inputs(tmp_path, name="a"):
+    image = tmp_path / f"{name}.png"
+    image.write_bytes(image_bytes(3))
+    return dict(image=str(image), audio=str(write_wav(tmp_path / f"{name}.wav", 1.0)))
+
+
+def test_rows_are_appended_with_their_inputs_and_validate(tmp_path):
+    manifest = tmp_path / "jobs" / "batch.parquet"
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    first = preview.append_to_manifest(str(manifest), dict(inputs(upload), clip_id="intro-01", seed=3, fps=25.0,
+                                                          steps=None, guidance=None, width=256, height=256))
+    assert first["image"] == "assets/intro-01/image.png" and first["audio"] == "assets/intro-01/audio.wav"
+    pose_folder = REPO / "manifests" / "assets" / "pose_gesture"
+    second = preview.append_to_manifest(str(manifest), dict(inputs(upload, "b"), clip_id="intro-02", seed=0, fps=24.0,
+                                                           pose=str(pose_folder)))
+    assert second["pose"] == "assets/intro-02/pose"
+    assert sorted(p.name for p in (manifest.parent / "assets" / "intro-02" / "pose").iterdir()) == \
+        sorted(p.name for p in pose_folder.glob("*.npy"))
+    frame = pd.read_parquet(manifest)
+    assert frame["clip_id"].tolist() == ["intro-01", "intro-02"]
+    assert frame["seed"].tolist() == [3, 0] and str(frame["seed"].dtype) == "Int64"
+    assert frame["width"].isna().tolist() == [False, True]
+    for upload_file in upload.iterdir():
+        upload_file.unlink()  # the preview's temporary uploads go away: the manifest must not need them
+    specs, problems = validate_manifest(str(manifest))
+    assert problems == [] and [s.clip_id for s in specs] == ["intro-01", "intro-02"]
+
+
+@pytest.mark.parametrize("clip_id,message", [("Intro-01", "duplicate"), ("../up", "clip_id"), ("", "clip_id")])
+def test_a_row_validate_would_refuse_is_not_written(tmp_path, clip_id, message):
+    manifest = tmp_path / "m.parquet"
+    preview.append_to_manifest(str(manifest), dict(inputs(tmp_path), clip_id="intro-01", fps=24.0))
+    before = manifest.read_bytes()
+    with pytest.raises(ValueError, match=message):
+        preview.append_to_manifest(str(manifest), dict(inputs(tmp_path, "c"), clip_id=clip_id, fps=24.0))
+    assert manifest.read_bytes() == before
+    with pytest.raises(ValueError, match="fps"):
+        preview.append_to_manifest(str(manifest), dict(inputs(tmp_path, "d"), clip_id="fast", fps=500.0))
+
+
+def test_manifest_on_s3(s3_bucket, tmp_path):
+    manifest = f"{s3_bucket}/jobs/m.parquet"
+    preview.append_to_manifest(manifest, dict(inputs(tmp_path), clip_id="s3-clip", fps=24.0))
+    assert storage.exists(f"{s3_bucket}/jobs/assets/s3-clip/image.png")
+    specs, problems = validate_manifest(manifest)
+    assert problems == [] and specs[0].audio == f"{s3_bucket}/jobs/assets/s3-clip/audio.wav"
+
+
+def test_uploaded_pose_files(tmp_path):
+    npz = tmp_path / "walk.npz"
+    npz.write_bytes(b"")
+    assert preview._input_files([str(npz)]) == str(npz)
+    frames = [REPO / "manifests" / "assets" / "pose_gesture" / f"{i}.npy" for i in range(3)]
+    folder = Path(preview._input_files([str(f) for f in frames]))
+    assert sorted(p.name for p in folder.iterdir()) == ["0.npy", "1.npy", "2.npy"]
+    with pytest.raises(ValueError, match="one .npz file or the per-frame .npy files"):
+        preview._input_files([str(npz), str(frames[0])])
+    assert preview._input_files(None) is None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # the tiny model renders on the CPU: ~30 s idle, minutes on a busy 2-core machine
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)")
+def test_preview_renders_a_tiny_clip_in_a_real_browser(tmp_path):
+    pytest.importorskip("gradio")
+    try:
+        from pipeline.clip import EchoMimicV2Pipeline  # noqa: F401 - the one-clip API (structure branch)
+    except ImportError:
+        pytest.skip("pipeline.clip (the one-clip API) is not in this tree yet")
+    manifest = tmp_path / "manifest.parquet"
+    app = preview.build_app(preview.Pipelines(), manifest=str(manifest))
+    app.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        with Chromium(width=1280, height=900, timeout=120) as browser:
+            browser.open(app.local_url, wait_for="document.querySelector('#render')")
+            browser.set_files("#image input[type=file]", [REPO / "manifests" / "assets" / "figure.png"])
+            browser.set_files("#audio input[type=file]", [write_wav(tmp_path / "short.wav", 0.6)])  # one segment
+            browser.wait_until("document.querySelector('#image img')", timeout=30)
+            browser.wait_until("document.querySelector('#audio audio, #audio wave, #audio canvas, #audio .waveform-container')",
+                               timeout=30)
+            browser.evaluate("document.querySelector('#render').click()")
+            browser.wait_until("document.querySelector('.progress-text, .progress-level, .eta-bar') !== null"
+                               " || document.querySelector('#result video') !== null", timeout=120)
+            playable = ("(() => { const v = document.querySelector('#result video');"
+                        " return v && v.readyState >= 1 && v.duration > 0 ? v.duration : 0; })()")
+            duration = browser.wait_until(playable, timeout=600)
+            assert duration == pytest.approx(0.6, abs=0.1)
+            assert "frames" in browser.evaluate("document.querySelector('#qc').innerText")
+            browser.screenshot(tmp_path / "preview.png")
+            browser.evaluate("document.querySelector('#add').click()")
+            browser.wait_until("document.querySelector('#added').innerText.includes('added')", timeout=60)
+            errors = [e for e in browser.console_errors if "favicon" not in e]
+            assert errors == []
+    finally:
+        app.close()
+    frame = pd.read_parquet(manifest)
+    assert frame["clip_id"].tolist() == ["preview-001"]
+    assert validate_manifest(str(manifest))[1] == []
