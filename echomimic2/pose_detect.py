@@ -119,8 +119,28 @@ class PoseDetector:
                 (np.array([(p.x, p.y) for p in landmarks.landmark]) * size, handedness.classification[0])
                 for landmarks, handedness in zip(hands.multi_hand_landmarks, hands.multi_handedness)
             ]
-            found.hands = _assign_hands(detected, found.body)
+            found.hands = _assign_hands(_distinct_hands(detected), found.body)
         return found
+
+
+def _box_overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two point sets' bounding boxes."""
+    low, high = np.maximum(a.min(0), b.min(0)), np.minimum(a.max(0), b.max(0))
+    inter = float(np.prod(np.clip(high - low, 0, None)))
+    union = float(np.prod(np.ptp(a, 0)) + np.prod(np.ptp(b, 0))) - inter
+    return inter / union if union > 0 else 0.0
+
+
+DUPLICATE_OVERLAP = 0.5
+
+
+def _distinct_hands(detected):
+    """Drop a second detection of the same hand (boxes overlapping by half or more): keep the surer."""
+    kept = []
+    for hand in sorted(detected, key=lambda item: -item[1].score):
+        if all(_box_overlap(hand[0], other[0]) < DUPLICATE_OVERLAP for other in kept):
+            kept.append(hand)
+    return kept
 
 
 def _assign_hands(detected, body: np.ndarray | None) -> dict[str, tuple[np.ndarray, float]]:

@@ -217,7 +217,7 @@ def extract_poses_command(video: Path, out: Path, fps: float, max_frames: int | 
 
     from echomimic2.pose import render_pose
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # messages stay one line (logs, greps)
     try:
         info = probe_video(video)
     except (DrivingVideoError, OSError) as error:
