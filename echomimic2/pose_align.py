@@ -136,6 +136,7 @@ def sequence_anchors(poses: list[dict]) -> dict[str, np.ndarray]:
 HEAD_ROOM = 0.14  # brows' top at 14 % of the box: official demo poses have 0.12-0.15
 SHOULDER_LINE = 0.47  # shoulders at 47 %: official demo poses have 0.42-0.50 (hands' area below)
 MAX_SHOULDER_SPAN = 0.55  # of the box width (official demos: ~0.41); wider people get a larger box
+PLACEMENT_SLACK = 0.06  # the box may move by 6 % of the square to stay inside the image (brows: 8-20 %)
 MIN_ZOOM = 0.75  # a box larger than the image may shrink to 75 % before the rest is padded
 DETECTION_SIDE = 1024  # the reference is detected at most this large (MediaPipe works at ~256 px inside)
 MIN_SHOULDER_VISIBILITY = 0.5
@@ -152,6 +153,7 @@ class ReferenceDetection:
     landmarks: FrameLandmarks | None = None
     anchors: dict[str, list[float]] = field(default_factory=dict)  # output pixels, for the result
     padded: bool = False
+    zoom: float = 1.0  # < 1: the box was shrunk to fit the image, the person is 1/zoom larger than in training
 
     @property
     def person_found(self) -> bool:
@@ -160,7 +162,7 @@ class ReferenceDetection:
     def as_dict(self) -> dict:
         """JSON-ready summary for results."""
         return {"framing": self.method, "framing_reason": self.reason, "person_found": self.person_found,
-                "padded": self.padded, "reference_anchors": self.anchors}
+                "padded": self.padded, "framing_zoom": self.zoom, "reference_anchors": self.anchors}
 
 
 def detect_reference(image_rgb: np.ndarray, detector: PoseDetector | None = None) -> FrameLandmarks | None:
@@ -192,22 +194,18 @@ def _brow_top(found: FrameLandmarks) -> float:
     return float(eyes - 0.11 * (found.body[[11, 12], 1].mean() - eyes))
 
 
-def _place(ideal: float, length: float, limit: float, keep_low: float, keep_high: float) -> float:
-    """Start of an interval of `length`: near `ideal`, inside [0, limit] if it fits, always containing
-    [keep_low, keep_high] if it can (the person first, then no padding)."""
-    start = min(max(ideal, 0.0), limit - length) if length <= limit else (limit - length) / 2
-    if keep_high - keep_low <= length:  # the person's essentials stay inside, padding if need be
-        start = min(max(start, keep_high - length), keep_low)
-    return start
-    if keep_high - keep_low <= length:
-        start = min(max(start, keep_high - length), keep_low)
-    return start
+def _place(ideal: float, length: float, limit: float, slack: float) -> float:
+    """Start of an interval of `length` at most `slack` from `ideal`, covering as much of [0, limit]
+    as that allows (inside it when it fits): the person's placement first, then no padding."""
+    start = min(max(ideal, 0.0), limit - length) if length <= limit else min(max(ideal, limit - length), 0.0)
+    return min(max(start, ideal - slack), ideal + slack)
 
 
-def person_box(found: FrameLandmarks, width: int, height: int) -> tuple[float, float, float, float]:
-    """(x0, y0, x1, y1) in the image's pixels, of aspect width:height, framing the person as the
-    half-body training data: brows' top at 14 %, shoulders at 47 % of a square, neck centred; a
-    portrait output extends the square downwards, a landscape one sideways."""
+def person_box(found: FrameLandmarks, width: int, height: int) -> tuple[tuple[float, float, float, float], float]:
+    """((x0, y0, x1, y1) in the image's pixels, of aspect width:height; zoom), framing the person as
+    the half-body training data: brows' top at 14 %, shoulders at 47 % of a square, neck centred; a
+    portrait output extends the square downwards, a landscape one sideways. A box larger than the
+    image is first shrunk (zoom < 1: the person larger than in training, down to MIN_ZOOM), then padded."""
     image_width, image_height = found.width, found.height
     shoulders = found.body[[11, 12], :2]
     neck_x, shoulder_y = float(shoulders[:, 0].mean()), float(shoulders[:, 1].mean())
@@ -219,9 +217,9 @@ def person_box(found: FrameLandmarks, width: int, height: int) -> tuple[float, f
     fit = min(1.0, image_width / box_width, image_height / box_height)
     zoom = max(MIN_ZOOM, fit)
     box_width, box_height, side = box_width * zoom, box_height * zoom, side * zoom
-    x0 = _place(neck_x - box_width / 2, box_width, image_width, neck_x - 0.35 * side, neck_x + 0.35 * side)
-    y0 = _place(brow - HEAD_ROOM * side, box_height, image_height, brow - 0.03 * side, shoulder_y + 0.2 * side)
-    return (x0, y0, x0 + box_width, y0 + box_height)
+    x0 = _place(neck_x - box_width / 2, box_width, image_width, PLACEMENT_SLACK * side)
+    y0 = _place(brow - HEAD_ROOM * side, box_height, image_height, PLACEMENT_SLACK * side)
+    return (x0, y0, x0 + box_width, y0 + box_height), zoom
 
 
 def fallback_box(image_width: int, image_height: int, width: int, height: int, mode: str) -> tuple[float, ...]:
@@ -281,13 +279,13 @@ def frame_reference(image_rgb: np.ndarray, width: int, height: int, fallback: st
         detection = ReferenceDetection(fallback, f"{reason}: {'whole image, padded' if fallback == 'pad' else 'centre crop'}",
                                        width, height, padded=_outside(box, image_width, image_height))
         return framed, tuple(float(v) for v in box), detection
-    box = person_box(found, width, height)
+    box, zoom = person_box(found, width, height)
     framed = crop_image(image_rgb, box, width, height)
     in_output = found.scaled(crop_matrix(box, width, height), width, height)
     anchors = anchor_points(official_pose(in_output, (0, 0, 1, 1)))  # box of 1 px: output pixels
     detection = ReferenceDetection("person", "framed around the detected face and shoulders", width, height,
                                    in_output, {name: [round(float(v), 1) for v in point] for name, point in anchors.items()},
-                                   padded=_outside(box, image_width, image_height))
+                                   padded=_outside(box, image_width, image_height), zoom=round(zoom, 3))
     return framed, tuple(float(v) for v in box), detection
 
 
@@ -353,7 +351,7 @@ def align_poses(poses: list[dict], reference: ReferenceDetection | None, width: 
                     "pose_align_applied": "similarity",
                     "pose_align_reason": f"{len(shared)} anchors shared with the reference",
                     "pose_align_anchors": shared,
-                    "pose_align_scale": round(scale * max(width, height) / side, 4),  # 1 = the `none` size
+                    "pose_align_scale": round(scale * side / max(width, height), 4),  # relative to `none`'s size
                     "pose_align_rotation_deg": round(angle, 2) if use_rotation else 0.0,
                     "pose_align_matrix": [[round(float(v), 4) for v in row] for row in fitted],  # pose box px -> output px
                     "pose_align_rms_px": round(error, 2),
