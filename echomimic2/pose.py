@@ -270,18 +270,21 @@ def render_pose(pose: dict, width: int, height: int) -> np.ndarray:
     The hands are drawn on a canvas whose short side is 800 px, resized (bilinear) into the box
     rows rb:re, cols cb:ce of a black image. The box is given on a square of side max(re, ce)
     (768 for official data); for another output size it is scaled to width x height, so at
-    768x768 with official params this is exactly the official image.
+    768x768 with official params this is exactly the official image. For a square output the
+    canvas has the official imh x imw shape; for a non-square one (where the official code's (W, H)
+    canvas is wrong) it has the box's shape in the output, so joints stay round and bones 2 px thick.
     """
     if not (isinstance(width, int) and isinstance(height, int) and 1 <= width <= MAX_BOX_SIDE and 1 <= height <= MAX_BOX_SIDE):
         raise ValueError(f"pose image size must be positive integers up to {MAX_BOX_SIDE}, got {width}x{height}")
     pose = validate_pose(pose, "pose")
     imh, imw, rb, re, cb, ce = pose["draw_pose_params"]
-    scale = DRAW_REFERENCE_SIDE / min(imh, imw)
-    canvas = np.zeros((int(imh * scale), int(imw * scale), 3), dtype=np.uint8)
-    _draw_hands(canvas, pose["hands"], pose["hands_score"])
     side = max(re, ce)
     top, bottom = round(rb * height / side), round(re * height / side)
     left, right = round(cb * width / side), round(ce * width / side)
+    canvas_height, canvas_width = (imh, imw) if width == height else (max(bottom - top, 1), max(right - left, 1))
+    scale = DRAW_REFERENCE_SIDE / min(canvas_height, canvas_width)
+    canvas = np.zeros((int(canvas_height * scale), int(canvas_width * scale), 3), dtype=np.uint8)
+    _draw_hands(canvas, pose["hands"], pose["hands_score"])
     image = np.zeros((height, width, 3), dtype=np.uint8)
     if bottom > top and right > left:
         drawn = cv2.resize(canvas, (right - left, bottom - top), interpolation=cv2.INTER_LINEAR)

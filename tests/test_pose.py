@@ -271,3 +271,12 @@ def test_extend_poses_ping_pong():
     assert [p["num"] for p in extend_poses(poses[:1], 3)] == [0, 0, 0]
     with pytest.raises(ValueError, match="empty"):
         extend_poses([], 3)
+
+
+def test_non_square_output_draws_round_joints_where_the_coordinates_say():
+    # official params (a square box) on a 512x768 output: x by width, y by height, joints still discs
+    image = render_pose(_pose({(0, 8): (0.5, 0.25)}, params=[768, 768, 0, 768, 0, 768]), 512, 768)
+    assert image.shape == (768, 512, 3)
+    rows, cols = np.nonzero(image[..., 0])
+    assert rows.mean() == pytest.approx(192, abs=1) and cols.mean() == pytest.approx(256, abs=1)
+    assert np.ptp(rows) == np.ptp(cols) == 6  # round (a square canvas stretched 1.5x gave 8 x 6)
