@@ -8,11 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("mediapipe")
-pytest.importorskip("skimage")
-
-from echomimic2.pose import OFFICIAL_DRAW_PARAMS, render_pose  # noqa: E402
-from echomimic2.pose_align import (  # noqa: E402
+from echomimic2.pose import OFFICIAL_DRAW_PARAMS, render_pose
+from echomimic2.pose_align import (
     HEAD_ROOM,
     PLACEMENT_SLACK,
     SHOULDER_LINE,
@@ -23,8 +20,8 @@ from echomimic2.pose_align import (  # noqa: E402
     map_poses_through_crop,
     transform_pose,
 )
-from echomimic2.pose_detect import FACE68_FROM_MESH, LOST, FrameLandmarks, official_pose  # noqa: E402
-from tests.synthetic_person import astronaut  # noqa: E402
+from echomimic2.pose_detect import FACE68_FROM_MESH, LOST, FrameLandmarks, official_pose
+from tests.synthetic_person import astronaut
 
 SIZES = [(256, 256), (256, 384), (384, 256)]
 

@@ -5,13 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("mediapipe")
-pytest.importorskip("skimage")
-
-from echomimic2.pose import load_pose_npz, read_pose_npy, render_pose  # noqa: E402
-from echomimic2.pose_align import anchor_points, fit_similarity  # noqa: E402
-from echomimic2.pose_detect import FACE68_FROM_MESH, LOST, PoseDetector, official_pose  # noqa: E402
-from pipeline.driving_video import (  # noqa: E402
+from echomimic2.pose import load_pose_npz, read_pose_npy, render_pose
+from echomimic2.pose_align import anchor_points, fit_similarity
+from echomimic2.pose_detect import FACE68_FROM_MESH, LOST, PoseDetector, official_pose
+from pipeline.driving_video import (
     DrivingVideoError,
     VideoLimits,
     decode_frames,
@@ -19,7 +16,7 @@ from pipeline.driving_video import (  # noqa: E402
     probe_video,
     write_video,
 )
-from tests.synthetic_person import SIZE, driving_frames, path_matrix  # noqa: E402
+from tests.synthetic_person import SIZE, driving_frames, path_matrix
 
 FRAMES = 16
 FPS = 12
