@@ -308,7 +308,7 @@ _KNUCKLES = np.array([1, 5, 9, 13, 17])
 GESTURE_LOOP_SECONDS = 12.0  # every motion period below divides it
 
 
-def _hand_points(wrist: np.ndarray, angle: float, curl: float, mirrored: bool) -> np.ndarray:
+def hand_points(wrist: np.ndarray, angle: float, curl: float, mirrored: bool) -> np.ndarray:
     """Place the template: fingers shortened by `curl` (flexion seen from the front), rotated, moved."""
     points = _HAND_TEMPLATE.copy()
     for knuckle in _KNUCKLES:
@@ -343,7 +343,7 @@ def default_pose_sequence(n_frames: int, fps: float) -> list[dict]:
             ])
             angle = math.radians(-20.0 + 10.0 * math.sin(4 * phase + 1.0 + shift))  # 3 s tilt
             curl = 0.5 + 0.4 * math.sin(phase + shift)  # 12 s open/close
-            hands.append(_hand_points(wrist, angle, curl, mirrored=hand == 1))
+            hands.append(hand_points(wrist, angle, curl, mirrored=hand == 1))
         poses.append({
             "hands": np.array(hands),
             "hands_score": np.ones((2, 21)),

@@ -351,10 +351,10 @@ def align_poses(poses: list[dict], reference: ReferenceDetection | None, width: 
                     "pose_align_applied": "similarity",
                     "pose_align_reason": f"{len(shared)} anchors shared with the reference",
                     "pose_align_anchors": shared,
-                    "pose_align_scale": round(scale * side / max(width, height), 4),  # relative to `none`'s size
-                    "pose_align_rotation_deg": round(angle, 2) if use_rotation else 0.0,
+                    "pose_align_scale": round(float(scale * side / max(width, height)), 4),  # relative to `none`'s size
+                    "pose_align_rotation_deg": round(float(angle), 2) if use_rotation else 0.0,
                     "pose_align_matrix": [[round(float(v), 4) for v in row] for row in fitted],  # pose box px -> output px
-                    "pose_align_rms_px": round(error, 2),
+                    "pose_align_rms_px": round(float(error), 2),
                 })
     else:
         info["pose_align_applied"] = "none"
