@@ -22,7 +22,9 @@ FFMPEG = shutil.which("ffmpeg") or imageio_ffmpeg.get_ffmpeg_exe()
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".m4v", ".avi")
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
 _VIDEO_STREAM = re.compile(r"Stream #\S+.*?: Video: (\w+).*?, (\d{2,5})x(\d{2,5})")
-_STILL_DEMUXERS = re.compile(r"Input #0, (image2|\w+_pipe|gif)\b")
+# Only local files, only the containers of mp4/mov/webm/mkv/avi: a crafted "video" (an HLS playlist,
+# concat list, image sequence) can make ffmpeg open other files or URLs while probing.
+INPUT_RESTRICTIONS = ["-protocol_whitelist", "file,pipe", "-format_whitelist", "mov,mp4,matroska,webm,avi"]
 
 
 class DrivingVideoError(ValueError):
@@ -57,14 +59,14 @@ def probe_video(path: str | Path, limits: VideoLimits = VideoLimits()) -> VideoI
     size = Path(path).stat().st_size
     if size > limits.max_bytes:
         raise DrivingVideoError(f"driving video is {size} bytes, over the limit of {limits.max_bytes}")
-    report = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", "-i", path], capture_output=True,
+    report = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", *INPUT_RESTRICTIONS, "-i", path], capture_output=True,
                             text=True, errors="replace", timeout=60).stderr.replace(path, "<file>")
     stream = _VIDEO_STREAM.search(report)
     duration = _DURATION.search(report)
-    if stream is None or duration is None or _STILL_DEMUXERS.search(report):
+    if stream is None or duration is None:
         lines = [line.strip() for line in report.splitlines() if line.strip()]
-        detail = "an image, not a video" if stream is not None else (lines[-1] if lines else "no video stream")
-        raise DrivingVideoError(f"not a readable video ({detail})")
+        detail = "no video stream" if " Stream #" in report or not lines else lines[-1]
+        raise DrivingVideoError(f"not a readable video: mp4/mov/webm/mkv/avi expected ({detail})")
     hours, minutes, seconds = duration.groups()
     info = VideoInfo(int(stream.group(2)), int(stream.group(3)),
                      int(hours) * 3600 + int(minutes) * 60 + float(seconds), stream.group(1))
@@ -90,7 +92,7 @@ def decode_frames(path: str | Path, fps: float, max_frames: int | None = None,
     info = probe_video(path, limits)
     width, height = decoded_size(info, limits.max_side)
     count = limits.max_frames if max_frames is None else min(max_frames, limits.max_frames)
-    command = [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path), "-an", "-sn",
+    command = [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", *INPUT_RESTRICTIONS, "-i", str(path), "-an", "-sn",
                "-vf", f"fps={fps:.6f},scale={width}:{height}:flags=area", "-frames:v", str(count),
                "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
     frame_bytes = width * height * 3
@@ -118,7 +120,7 @@ def _local_file(data_or_path: bytes | str | Path, name: str):
     """A context manager giving a local path: the path itself, or the bytes in a temporary file."""
     if isinstance(data_or_path, (str, Path)):
         return _Given(str(data_or_path))
-    suffix = Path(name).suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", Path(name).suffix) else ".mp4"
+    suffix = Path(name).suffix.lower() if Path(name).suffix.lower() in VIDEO_SUFFIXES else ".mp4"  # never .m3u8 & co
     tmp = tempfile.NamedTemporaryFile(suffix=suffix)
     tmp.write(data_or_path)
     tmp.flush()

@@ -47,6 +47,12 @@ def _follow(points: np.ndarray, frame: int, start: int) -> np.ndarray:
     return points @ moved[:, :2].T + moved[:, 2]
 
 
+def clip_target(folder) -> str:
+    path = folder / "segment.mp4"
+    write_video(iter([np.zeros((64, 64, 3), np.uint8)] * 4), path, 12, 64, 64)
+    return str(path)
+
+
 # ---- decoding ------------------------------------------------------------------------------------
 
 
@@ -74,8 +80,21 @@ def test_non_videos_and_videos_over_the_limits_are_refused_from_the_header(tmp_p
 
     still = tmp_path / "still.png"
     cv2.imwrite(str(still), np.zeros((32, 32, 3), np.uint8))
-    with pytest.raises(DrivingVideoError, match="image, not a video"):
+    with pytest.raises(DrivingVideoError, match="not a readable video"):
         probe_video(still)
+    audio_only = tmp_path / "speech.mp4"  # a real mp4 container without a video stream
+    import subprocess
+
+    from pipeline.driving_video import FFMPEG
+
+    subprocess.run([FFMPEG, "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=1",
+                    "-c:a", "aac", str(audio_only)], check=True)
+    with pytest.raises(DrivingVideoError, match=r"no video stream"):
+        probe_video(audio_only)
+    playlist = tmp_path / "playlist.m3u8"  # ffmpeg alone would open the local file it lists
+    playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nfile://{clip_target(tmp_path)}\n#EXT-X-ENDLIST\n")
+    with pytest.raises(DrivingVideoError, match="not a readable video"):
+        probe_video(playlist)
     clip = tmp_path / "clip.mp4"
     write_video(iter([np.zeros((64, 64, 3), np.uint8)] * 24), clip, 12, 64, 64)  # 2 s
     with pytest.raises(DrivingVideoError, match="over the limit of 1 s"):
