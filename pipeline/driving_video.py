@@ -168,6 +168,28 @@ def poses_from_video(data_or_path: bytes | str | Path, fps: float, n_frames: int
     return poses, summary
 
 
+VALIDATE_SAMPLES = 8
+
+
+def check_driving_video(data_or_path: bytes | str | Path, limits: VideoLimits = VideoLimits(),
+                        name: str = "driving video", samples: int = VALIDATE_SAMPLES) -> VideoInfo:
+    """For `validate`: the header checks, then hands looked for in `samples` frames spread over the
+    video (about a second of CPU, not the full extraction). DrivingVideoError names the problem."""
+    from echomimic2.pose_detect import PoseDetector
+
+    with _local_file(data_or_path, name) as path:
+        try:
+            info = probe_video(path, limits)
+            sample_fps = samples / max(info.seconds, 1e-3)
+            with PoseDetector(video=False) as detector:
+                for frame in decode_frames(path, sample_fps, samples, limits):
+                    if detector.detect(frame).hands:
+                        return info
+        except DrivingVideoError as error:
+            raise DrivingVideoError(f"{name}: {error}") from None
+    raise DrivingVideoError(f"{name}: no detectable hands in {samples} frames sampled over {info.seconds:.1f} s")
+
+
 # ---- preview and the standalone command ----------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from echomimic2.pose_detect import FACE68_FROM_MESH, LOST, PoseDetector, officia
 from pipeline.driving_video import (
     DrivingVideoError,
     VideoLimits,
+    check_driving_video,
     decode_frames,
     poses_from_video,
     probe_video,
@@ -174,11 +175,15 @@ def test_the_drawn_hand_is_the_persons_left_and_moves_with_the_picture(extracted
     assert image[..., 0].max() > 200 and image[:, :128].max() == 0  # joints drawn, only on the image's right
 
 
-def test_a_video_without_hands_fails_with_that_reason(tmp_path):
+def test_a_video_without_hands_fails_with_that_reason(tmp_path, driving_video):
     path = tmp_path / "no_hands.mp4"
     write_video(iter(driving_frames(4, with_hand=False)), path, FPS, SIZE, SIZE)
     with pytest.raises(DrivingVideoError, match="no detectable hands in any of its 4 frames"):
         poses_from_video(path.read_bytes(), FPS, name="no_hands.mp4")
+    # validate's cheaper check: a few frames sampled over the video
+    with pytest.raises(DrivingVideoError, match=r"no_hands.mp4: no detectable hands in 3 frames sampled"):
+        check_driving_video(path, name="no_hands.mp4", samples=3)
+    assert check_driving_video(driving_video, samples=4).width == SIZE
 
 
 def test_poses_extract_command_writes_npy_folder_npz_and_preview(driving_video, tmp_path, extracted):
