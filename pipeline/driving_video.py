@@ -225,7 +225,12 @@ def save_poses(poses: list[dict], out: str | Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     for index, pose in enumerate(poses):
         np.save(out / f"{index}.npy", np.array(pose, dtype=object), allow_pickle=True)  # the official layout
-    return f"{len(poses)} official pose files in {out}/"
+    # frames beyond this sequence, left by an earlier longer run, would be read as part of it
+    stale = [path for path in out.glob("*.npy") if path.stem.isdigit() and int(path.stem) >= len(poses)]
+    for path in stale:
+        path.unlink()
+    removed = f" (removed {len(stale)} stale frame files of an earlier run)" if stale else ""
+    return f"{len(poses)} official pose files in {out}/{removed}"
 
 
 def preview_path(out: str | Path) -> Path:

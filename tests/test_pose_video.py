@@ -196,9 +196,11 @@ def test_poses_extract_command_writes_npy_folder_npz_and_preview(driving_video, 
     runner = CliRunner()
     command = ["poses", "extract", driving_video, str(out), "--fps", str(FPS), "--max-frames", "6",
                "--preview", "--preview-size", "128"]
+    out.mkdir()
+    (out / "6.npy").write_bytes(b"from an earlier, longer run")  # would be read as frame 6
     result = runner.invoke(app, command)
     assert result.exit_code == 0, result.output
-    assert "hands found in" in result.output
+    assert "hands found in" in result.output and "removed 1 stale frame files" in result.output
     files = sorted(out.glob("*.npy"), key=lambda p: int(p.stem))
     assert [p.stem for p in files] == [str(i) for i in range(6)]
     first = read_pose_npy(files[0], "0.npy")  # the restricted reader accepts what we write
