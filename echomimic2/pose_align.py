@@ -154,6 +154,7 @@ class ReferenceDetection:
     anchors: dict[str, list[float]] = field(default_factory=dict)  # output pixels, for the result
     padded: bool = False
     zoom: float = 1.0  # < 1: the box was shrunk to fit the image, the person is 1/zoom larger than in training
+    source_scale: float = 1.0  # output pixels per source pixel (> 1: the reference was enlarged, softer)
 
     @property
     def person_found(self) -> bool:
@@ -162,7 +163,8 @@ class ReferenceDetection:
     def as_dict(self) -> dict:
         """JSON-ready summary for results."""
         return {"framing": self.method, "framing_reason": self.reason, "person_found": self.person_found,
-                "padded": self.padded, "framing_zoom": self.zoom, "reference_anchors": self.anchors}
+                "padded": self.padded, "framing_zoom": self.zoom, "framing_scale": self.source_scale,
+                "reference_anchors": self.anchors}
 
 
 def detect_reference(image_rgb: np.ndarray, detector: PoseDetector | None = None) -> FrameLandmarks | None:
@@ -277,7 +279,8 @@ def frame_reference(image_rgb: np.ndarray, width: int, height: int, fallback: st
         framed = crop_image(image_rgb, box, width, height)
         reason = "no face and shoulders found in the reference"
         detection = ReferenceDetection(fallback, f"{reason}: {'whole image, padded' if fallback == 'pad' else 'centre crop'}",
-                                       width, height, padded=_outside(box, image_width, image_height))
+                                       width, height, padded=_outside(box, image_width, image_height),
+                                       source_scale=round(width / (box[2] - box[0]), 4))
         return framed, tuple(float(v) for v in box), detection
     box, zoom = person_box(found, width, height)
     framed = crop_image(image_rgb, box, width, height)
@@ -285,7 +288,8 @@ def frame_reference(image_rgb: np.ndarray, width: int, height: int, fallback: st
     anchors = anchor_points(official_pose(in_output, (0, 0, 1, 1)))  # box of 1 px: output pixels
     detection = ReferenceDetection("person", "framed around the detected face and shoulders", width, height,
                                    in_output, {name: [round(float(v), 1) for v in point] for name, point in anchors.items()},
-                                   padded=_outside(box, image_width, image_height), zoom=round(zoom, 3))
+                                   padded=_outside(box, image_width, image_height), zoom=round(zoom, 3),
+                                   source_scale=round(width / (box[2] - box[0]), 4))
     return framed, tuple(float(v) for v in box), detection
 
 

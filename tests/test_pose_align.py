@@ -113,6 +113,7 @@ def test_without_a_person_the_whole_image_is_padded_in_not_cropped():
     assert detection.method == "pad" and not detection.person_found and "no face and shoulders" in detection.reason
     assert box[0] == pytest.approx(0) and box[2] == pytest.approx(451)  # every column kept
     assert box[1] < 0 and box[3] > 300 and detection.padded
+    assert detection.as_dict()["framing_scale"] == pytest.approx(256 / 451, abs=1e-3)
     band = round(300 * 256 / 451)  # the picture's height in the output
     top = (256 - band) // 2
     expected = cv2.resize(texture, (256, band), interpolation=cv2.INTER_AREA)
