@@ -188,6 +188,24 @@ def validate_pose(pose, name: str) -> dict:
 # ---- pickle-free sequence format ----------------------------------------------------------------
 
 _NPZ_FIELDS = ("hands", "hands_score", "draw_pose_params")
+# Optional, all four or none: the body and face the official dicts carry (not drawn, but pose alignment
+# anchors on them). Written when every pose has them.
+_NPZ_ANCHOR_FIELDS = ("body", "body_score", "face", "face_score")
+BODY_VISIBLE = 0.3  # the official `subset` lists body points scored above this
+
+
+def _anchor_arrays(pose: dict) -> tuple[np.ndarray, ...] | None:
+    bodies, faces, faces_score = pose.get("bodies"), pose.get("faces"), pose.get("faces_score")
+    if not isinstance(bodies, dict) or faces is None or faces_score is None:
+        return None
+    try:
+        arrays = (np.asarray(bodies["candidate"], dtype=np.float64).reshape(18, 2),
+                  np.asarray(bodies["score"], dtype=np.float64).reshape(18),
+                  np.asarray(faces, dtype=np.float64).reshape(68, 2),
+                  np.asarray(faces_score, dtype=np.float64).reshape(68))
+    except (KeyError, TypeError, ValueError):
+        return None  # another layout (several people, ...): saved without anchors
+    return arrays if all(np.isfinite(a).all() and np.abs(a).max(initial=0) <= MAX_COORDINATE for a in arrays) else None
 
 
 def save_pose_npz(poses: list[dict], path_or_file: str | Path | BinaryIO) -> None:
@@ -200,6 +218,10 @@ def save_pose_npz(poses: list[dict], path_or_file: str | Path | BinaryIO) -> Non
         "hands_score": np.stack([p["hands_score"] for p in checked]),
         "draw_pose_params": np.array([p["draw_pose_params"] for p in checked], dtype=np.int64),
     }
+    anchors = [_anchor_arrays(p) for p in checked]
+    if all(a is not None for a in anchors):
+        for field, column in zip(_NPZ_ANCHOR_FIELDS, zip(*anchors)):
+            arrays[field] = np.stack(column)
     if isinstance(path_or_file, (str, Path)):
         with open(path_or_file, "wb") as file:  # np.savez would append ".npz" to other names
             np.savez_compressed(file, **arrays)
@@ -208,18 +230,22 @@ def save_pose_npz(poses: list[dict], path_or_file: str | Path | BinaryIO) -> Non
 
 
 def load_pose_npz(data: bytes | str | Path | BinaryIO, name: str = "poses.npz") -> list[dict]:
-    """Read a sequence written by `save_pose_npz` (allow_pickle=False; sizes checked before reading)."""
+    """Read a sequence written by `save_pose_npz` (allow_pickle=False; sizes checked before reading);
+    with its body and face arrays, the dicts get official `bodies`, `faces`, `faces_score` back."""
     stream = data if hasattr(data, "read") else io.BytesIO(_bytes_within(data, MAX_POSE_NPZ_BYTES, name))
     try:
         with zipfile.ZipFile(stream) as archive:
             members = {info.filename: info.file_size for info in archive.infolist()}
-        if set(members) != {f"{field}.npy" for field in _NPZ_FIELDS}:
-            raise PoseFormatError(f"{name}: expected exactly the arrays {list(_NPZ_FIELDS)}, found {sorted(members)}")
+        required = {f"{field}.npy" for field in _NPZ_FIELDS}
+        with_anchors = required | {f"{field}.npy" for field in _NPZ_ANCHOR_FIELDS}
+        if set(members) not in (required, with_anchors):
+            raise PoseFormatError(f"{name}: expected exactly the arrays {list(_NPZ_FIELDS)} (optionally with all of "
+                                  f"{list(_NPZ_ANCHOR_FIELDS)}), found {sorted(members)}")
         if sum(members.values()) > MAX_POSE_NPZ_BYTES:  # declared sizes bound what zipfile will inflate
             raise PoseFormatError(f"{name}: arrays unpack to more than {MAX_POSE_NPZ_BYTES} bytes")
         stream.seek(0)
         with np.load(stream, allow_pickle=False) as npz:
-            arrays = {field: npz[field] for field in _NPZ_FIELDS}
+            arrays = {field: npz[field] for field in npz.files if field in _NPZ_FIELDS + _NPZ_ANCHOR_FIELDS}
     except PoseFormatError:
         raise
     except Exception as error:
@@ -233,14 +259,23 @@ def load_pose_npz(data: bytes | str | Path | BinaryIO, name: str = "poses.npz") 
         raise PoseFormatError(f"{name}: holds no frames")
     if not np.issubdtype(arrays["draw_pose_params"].dtype, np.integer):
         raise PoseFormatError(f"{name}: draw_pose_params must be integers, found {arrays['draw_pose_params'].dtype}")
-    return [
-        validate_pose(
-            {"hands": arrays["hands"][i], "hands_score": arrays["hands_score"][i],
-             "draw_pose_params": arrays["draw_pose_params"][i].tolist(), "num": i},
-            f"{name} frame {i}",
-        )
-        for i in range(n)
-    ]
+    has_anchors = "body" in arrays
+    if has_anchors:
+        shapes = {"body": (n, 18, 2), "body_score": (n, 18), "face": (n, 68, 2), "face_score": (n, 68)}
+        for field, shape in shapes.items():
+            arrays[field] = _float_array(arrays[field], shape, field, name, MAX_COORDINATE)
+    poses = []
+    for i in range(n):
+        pose = {"hands": arrays["hands"][i], "hands_score": arrays["hands_score"][i],
+                "draw_pose_params": arrays["draw_pose_params"][i].tolist(), "num": i}
+        if has_anchors:
+            score = arrays["body_score"][i][None, :]
+            pose["bodies"] = {"candidate": arrays["body"][i], "score": score,
+                              "subset": np.where(score > BODY_VISIBLE, np.arange(18.0), -1.0)}
+            pose["faces"] = arrays["face"][i][None]
+            pose["faces_score"] = arrays["face_score"][i][None]
+        poses.append(validate_pose(pose, f"{name} frame {i}"))
+    return poses
 
 
 # ---- drawing (draw_pose_select_v2 + the paste of infer.py) --------------------------------------

@@ -219,7 +219,8 @@ def test_poses_extract_command_writes_npy_folder_npz_and_preview(driving_video, 
     npz = tmp_path / "poses.npz"
     result = runner.invoke(app, command[:3] + [str(npz), "--max-frames", "3"])
     assert result.exit_code == 0, result.output
-    assert len(load_pose_npz(npz)) == 3
+    from_npz = load_pose_npz(npz)
+    assert len(from_npz) == 3 and {"nose", "left_shoulder", "chin"} <= set(anchor_points(from_npz[0]))  # alignable
 
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00" * 100)
