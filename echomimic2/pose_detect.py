@@ -229,58 +229,76 @@ SEQUENCE_MARGIN_ABOVE = 0.65
 SEQUENCE_MARGIN_BELOW = 0.05
 
 
-def sequence_box(frames: list[FrameLandmarks]) -> tuple[tuple[float, float, float, float], str]:
+def framing_extent(found: FrameLandmarks) -> tuple[float, float, float] | None:
+    """(face top, lowest seen point of nose/shoulders/elbows/right wrist, neck x) in pixels: what the
+    official preprocessing frames a clip by; None without a face and body."""
+    if found.face is None or found.body is None:
+        return None
+    upper_body = found.body[[0, 11, 12, 13, 14, 16]]  # OpenPose 0-6: nose, (neck,) shoulders, elbows, RWrist
+    seen = upper_body[upper_body[:, 2] > VISIBLE]
+    if len(seen) == 0:
+        return None
+    return float(found.face[list(FACE68_FROM_MESH), 1].min()), float(seen[:, 1].max()), float(found.body[[11, 12], 0].mean())
+
+
+def sequence_box(extents: list[tuple[float, float, float] | None], width: int, height: int,
+                 ) -> tuple[tuple[float, float, float, float], str]:
     """The square pose box (x0, y0, side, side) in the frames' pixels, as the official preprocessing
-    chooses it (face top to the lowest of nose, neck, shoulders, elbows, right wrist), and how it was
-    found. Without any face and body, the centred square of the frame's short side."""
-    if not frames:
-        raise ValueError("no frames")
-    width, height = frames[0].width, frames[0].height
-    tops, bottoms, necks = [], [], []
-    for found in frames:
-        if found.face is None or found.body is None:
-            continue
-        upper_body = found.body[[0, 11, 12, 13, 14, 16]]  # OpenPose 0-6: nose, (neck,) shoulders, elbows, RWrist
-        seen = upper_body[upper_body[:, 2] > VISIBLE]
-        if len(seen) == 0:
-            continue
-        tops.append(found.face[list(FACE68_FROM_MESH), 1].min())
-        bottoms.append(seen[:, 1].max())
-        necks.append(found.body[[11, 12], 0].mean())
-    if not tops:
+    chooses it from the frames' `framing_extent`s, and how it was found. Without any face and body,
+    the centred square of the frame's short side."""
+    found = [extent for extent in extents if extent is not None]
+    if not found:
         side = min(width, height)
         return ((width - side) / 2, (height - side) / 2, side, side), "centre square (no face and body found)"
-    top, bottom = min(tops), max(bottoms)
+    top, bottom = min(e[0] for e in found), max(e[1] for e in found)
     margin = (bottom - top) * SEQUENCE_MARGIN
     top = max(top - margin * SEQUENCE_MARGIN_ABOVE, 0.0)
     bottom = min(bottom + margin * SEQUENCE_MARGIN_BELOW, float(height))
     side = max(bottom - top, 1.0)
-    centre = float(np.mean(necks))
-    return (centre - side / 2, top, side, side), f"face and upper body in {len(tops)} of {len(frames)} frames"
+    centre = float(np.mean([e[2] for e in found]))
+    return (centre - side / 2, top, side, side), f"face and upper body in {len(found)} of {len(extents)} frames"
+
+
+def _into_box(pose: dict, box: tuple[float, float, float, float]) -> dict:
+    """A pose in pixels (box (0, 0, 1, 1)) normalised to `box`; lost points stay (-1, -1)."""
+    def move(points: np.ndarray) -> np.ndarray:
+        lost = (points[..., 0] == LOST) & (points[..., 1] == LOST)
+        moved = _normalised(points, box)
+        moved[lost] = LOST
+        return moved
+
+    return {**pose, "bodies": {**pose["bodies"], "candidate": move(pose["bodies"]["candidate"])},
+            "hands": move(pose["hands"]), "faces": move(pose["faces"])}
 
 
 def poses_from_frames(frames: Iterable[np.ndarray], progress: Callable[[int], None] | None = None,
                       ) -> tuple[list[dict], dict]:
-    """Official pose dicts of a driving sequence of RGB frames (streamed: only landmarks are kept),
-    normalised to the sequence's official square box; and a summary (box, frames with hands, ...).
-    `progress(i)` is called after each frame."""
-    found: list[FrameLandmarks] = []
+    """Official pose dicts of a driving sequence of RGB frames, normalised to the sequence's official
+    square box; and a summary (box, frames with hands, ...). Frames stream through: per frame only its
+    dict (~3 kB) is kept until the box is known. `progress(i)` is called after each frame."""
+    in_pixels: list[dict] = []
+    extents: list[tuple[float, float, float] | None] = []
+    counts = {"frames_with_hands": 0, "frames_with_body": 0, "frames_with_face": 0}
+    size = None
     with PoseDetector(video=True) as detector:
-        for i, frame in enumerate(frames):
-            found.append(detector.detect(frame))
+        for index, frame in enumerate(frames):
+            found = detector.detect(frame)
+            size = (found.width, found.height)
+            in_pixels.append(official_pose(found, (0, 0, 1, 1), index))
+            extents.append(framing_extent(found))
+            counts["frames_with_hands"] += bool(found.hands)
+            counts["frames_with_body"] += found.body is not None
+            counts["frames_with_face"] += found.face is not None
             if progress is not None:
-                progress(i + 1)
-    if not found:
+                progress(index + 1)
+    if not in_pixels:
         raise ValueError("the driving video has no frames")
-    box, box_source = sequence_box(found)
-    poses = [official_pose(item, box, index) for index, item in enumerate(found)]
+    box, box_source = sequence_box(extents, *size)
+    poses = [_into_box(pose, box) for pose in in_pixels]
     summary = {
-        "frames": len(found),
-        "frames_with_hands": sum(1 for item in found if item.hands),
-        "frames_with_body": sum(1 for item in found if item.body is not None),
-        "frames_with_face": sum(1 for item in found if item.face is not None),
+        "frames": len(poses), **counts,
         "pose_box": [round(float(v), 2) for v in box],
         "pose_box_from": box_source,
-        "frame_size": [found[0].width, found[0].height],
+        "frame_size": list(size),
     }
     return poses, summary
