@@ -12,6 +12,10 @@ from echomimic2.gestures import GESTURE_STYLES, audio_gesture_sequence
 from echomimic2.pose import default_pose_sequence, extend_poses
 from echomimic2.pose_align import ALIGN_MODES, align_poses, frame_reference
 
+# Goes into a clip's fingerprint: bump when framing, alignment or gestures change their output, so
+# finished clips are re-rendered rather than kept with the old placement.
+POSES_VERSION = 1
+
 
 def reference_and_poses(image_rgb: np.ndarray, width: int, height: int, fps: float, n_frames: int, *,
                         poses: list[dict] | None = None, audio: np.ndarray | None = None, seed: int = 0,
