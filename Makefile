@@ -8,10 +8,11 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: demo lint test test-all system-tools
 
-$(VENV)/.runtime: requirements.txt
+$(VENV)/.runtime: requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -U pip
 	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps -r requirements-nodeps.txt
 	touch $@
 
 $(VENV)/.test: $(VENV)/.runtime requirements-test.txt $(wildcard requirements-test-nodeps.txt)

@@ -8,6 +8,8 @@ import typer
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 weights_app = typer.Typer(no_args_is_help=True, help="Inspect official EchoMimic V2 weight folders.")
 app.add_typer(weights_app, name="weights")
+poses_app = typer.Typer(no_args_is_help=True, help="Pose sequences from driving videos (MediaPipe, offline).")
+app.add_typer(poses_app, name="poses")
 
 
 @app.command()
@@ -130,6 +132,21 @@ def weights_check(
     from echomimic2.checkpoints import weights_check_command
 
     raise typer.Exit(weights_check_command(directory, variant))
+
+
+@poses_app.command("extract")
+def poses_extract(
+    video: Path = typer.Argument(..., help="Driving video (mp4/mov/webm/mkv) with a person's upper body and hands."),
+    out: Path = typer.Argument(..., help="OUT.npz: one pickle-free sequence; any other name: a folder of official <i>.npy."),
+    fps: float = typer.Option(24.0, help="Frames per second of the poses (the clip's fps)."),
+    max_frames: int | None = typer.Option(None, help="Stop after this many poses."),
+    preview: bool = typer.Option(False, help="Also write the drawn poses as <OUT>_preview.mp4 beside OUT."),
+    preview_size: int = typer.Option(512, help="Side of the preview video in pixels."),
+) -> None:
+    """One official pose per frame at --fps; exit 1 when the video is unreadable, too long or has no hands."""
+    from pipeline.driving_video import extract_poses_command
+
+    raise typer.Exit(extract_poses_command(video, out, fps, max_frames, preview, preview_size))
 
 
 if __name__ == "__main__":

@@ -188,6 +188,24 @@ def validate_pose(pose, name: str) -> dict:
 # ---- pickle-free sequence format ----------------------------------------------------------------
 
 _NPZ_FIELDS = ("hands", "hands_score", "draw_pose_params")
+# Optional, all four or none: the body and face the official dicts carry (not drawn, but pose alignment
+# anchors on them). Written when every pose has them.
+_NPZ_ANCHOR_FIELDS = ("body", "body_score", "face", "face_score")
+BODY_VISIBLE = 0.3  # the official `subset` lists body points scored above this
+
+
+def _anchor_arrays(pose: dict) -> tuple[np.ndarray, ...] | None:
+    bodies, faces, faces_score = pose.get("bodies"), pose.get("faces"), pose.get("faces_score")
+    if not isinstance(bodies, dict) or faces is None or faces_score is None:
+        return None
+    try:
+        arrays = (np.asarray(bodies["candidate"], dtype=np.float64).reshape(18, 2),
+                  np.asarray(bodies["score"], dtype=np.float64).reshape(18),
+                  np.asarray(faces, dtype=np.float64).reshape(68, 2),
+                  np.asarray(faces_score, dtype=np.float64).reshape(68))
+    except (KeyError, TypeError, ValueError):
+        return None  # another layout (several people, ...): saved without anchors
+    return arrays if all(np.isfinite(a).all() and np.abs(a).max(initial=0) <= MAX_COORDINATE for a in arrays) else None
 
 
 def save_pose_npz(poses: list[dict], path_or_file: str | Path | BinaryIO) -> None:
@@ -200,6 +218,10 @@ def save_pose_npz(poses: list[dict], path_or_file: str | Path | BinaryIO) -> Non
         "hands_score": np.stack([p["hands_score"] for p in checked]),
         "draw_pose_params": np.array([p["draw_pose_params"] for p in checked], dtype=np.int64),
     }
+    anchors = [_anchor_arrays(p) for p in checked]
+    if all(a is not None for a in anchors):
+        for field, column in zip(_NPZ_ANCHOR_FIELDS, zip(*anchors)):
+            arrays[field] = np.stack(column)
     if isinstance(path_or_file, (str, Path)):
         with open(path_or_file, "wb") as file:  # np.savez would append ".npz" to other names
             np.savez_compressed(file, **arrays)
@@ -208,18 +230,22 @@ def save_pose_npz(poses: list[dict], path_or_file: str | Path | BinaryIO) -> Non
 
 
 def load_pose_npz(data: bytes | str | Path | BinaryIO, name: str = "poses.npz") -> list[dict]:
-    """Read a sequence written by `save_pose_npz` (allow_pickle=False; sizes checked before reading)."""
+    """Read a sequence written by `save_pose_npz` (allow_pickle=False; sizes checked before reading);
+    with its body and face arrays, the dicts get official `bodies`, `faces`, `faces_score` back."""
     stream = data if hasattr(data, "read") else io.BytesIO(_bytes_within(data, MAX_POSE_NPZ_BYTES, name))
     try:
         with zipfile.ZipFile(stream) as archive:
             members = {info.filename: info.file_size for info in archive.infolist()}
-        if set(members) != {f"{field}.npy" for field in _NPZ_FIELDS}:
-            raise PoseFormatError(f"{name}: expected exactly the arrays {list(_NPZ_FIELDS)}, found {sorted(members)}")
+        required = {f"{field}.npy" for field in _NPZ_FIELDS}
+        with_anchors = required | {f"{field}.npy" for field in _NPZ_ANCHOR_FIELDS}
+        if set(members) not in (required, with_anchors):
+            raise PoseFormatError(f"{name}: expected exactly the arrays {list(_NPZ_FIELDS)} (optionally with all of "
+                                  f"{list(_NPZ_ANCHOR_FIELDS)}), found {sorted(members)}")
         if sum(members.values()) > MAX_POSE_NPZ_BYTES:  # declared sizes bound what zipfile will inflate
             raise PoseFormatError(f"{name}: arrays unpack to more than {MAX_POSE_NPZ_BYTES} bytes")
         stream.seek(0)
         with np.load(stream, allow_pickle=False) as npz:
-            arrays = {field: npz[field] for field in _NPZ_FIELDS}
+            arrays = {field: npz[field] for field in npz.files if field in _NPZ_FIELDS + _NPZ_ANCHOR_FIELDS}
     except PoseFormatError:
         raise
     except Exception as error:
@@ -233,14 +259,23 @@ def load_pose_npz(data: bytes | str | Path | BinaryIO, name: str = "poses.npz") 
         raise PoseFormatError(f"{name}: holds no frames")
     if not np.issubdtype(arrays["draw_pose_params"].dtype, np.integer):
         raise PoseFormatError(f"{name}: draw_pose_params must be integers, found {arrays['draw_pose_params'].dtype}")
-    return [
-        validate_pose(
-            {"hands": arrays["hands"][i], "hands_score": arrays["hands_score"][i],
-             "draw_pose_params": arrays["draw_pose_params"][i].tolist(), "num": i},
-            f"{name} frame {i}",
-        )
-        for i in range(n)
-    ]
+    has_anchors = "body" in arrays
+    if has_anchors:
+        shapes = {"body": (n, 18, 2), "body_score": (n, 18), "face": (n, 68, 2), "face_score": (n, 68)}
+        for field, shape in shapes.items():
+            arrays[field] = _float_array(arrays[field], shape, field, name, MAX_COORDINATE)
+    poses = []
+    for i in range(n):
+        pose = {"hands": arrays["hands"][i], "hands_score": arrays["hands_score"][i],
+                "draw_pose_params": arrays["draw_pose_params"][i].tolist(), "num": i}
+        if has_anchors:
+            score = arrays["body_score"][i][None, :]
+            pose["bodies"] = {"candidate": arrays["body"][i], "score": score,
+                              "subset": np.where(score > BODY_VISIBLE, np.arange(18.0), -1.0)}
+            pose["faces"] = arrays["face"][i][None]
+            pose["faces_score"] = arrays["face_score"][i][None]
+        poses.append(validate_pose(pose, f"{name} frame {i}"))
+    return poses
 
 
 # ---- drawing (draw_pose_select_v2 + the paste of infer.py) --------------------------------------
@@ -270,18 +305,21 @@ def render_pose(pose: dict, width: int, height: int) -> np.ndarray:
     The hands are drawn on a canvas whose short side is 800 px, resized (bilinear) into the box
     rows rb:re, cols cb:ce of a black image. The box is given on a square of side max(re, ce)
     (768 for official data); for another output size it is scaled to width x height, so at
-    768x768 with official params this is exactly the official image.
+    768x768 with official params this is exactly the official image. For a square output the
+    canvas has the official imh x imw shape; for a non-square one (where the official code's (W, H)
+    canvas is wrong) it has the box's shape in the output, so joints stay round and bones 2 px thick.
     """
     if not (isinstance(width, int) and isinstance(height, int) and 1 <= width <= MAX_BOX_SIDE and 1 <= height <= MAX_BOX_SIDE):
         raise ValueError(f"pose image size must be positive integers up to {MAX_BOX_SIDE}, got {width}x{height}")
     pose = validate_pose(pose, "pose")
     imh, imw, rb, re, cb, ce = pose["draw_pose_params"]
-    scale = DRAW_REFERENCE_SIDE / min(imh, imw)
-    canvas = np.zeros((int(imh * scale), int(imw * scale), 3), dtype=np.uint8)
-    _draw_hands(canvas, pose["hands"], pose["hands_score"])
     side = max(re, ce)
     top, bottom = round(rb * height / side), round(re * height / side)
     left, right = round(cb * width / side), round(ce * width / side)
+    canvas_height, canvas_width = (imh, imw) if width == height else (max(bottom - top, 1), max(right - left, 1))
+    scale = DRAW_REFERENCE_SIDE / min(canvas_height, canvas_width)
+    canvas = np.zeros((int(canvas_height * scale), int(canvas_width * scale), 3), dtype=np.uint8)
+    _draw_hands(canvas, pose["hands"], pose["hands_score"])
     image = np.zeros((height, width, 3), dtype=np.uint8)
     if bottom > top and right > left:
         drawn = cv2.resize(canvas, (right - left, bottom - top), interpolation=cv2.INTER_LINEAR)
@@ -305,7 +343,7 @@ _KNUCKLES = np.array([1, 5, 9, 13, 17])
 GESTURE_LOOP_SECONDS = 12.0  # every motion period below divides it
 
 
-def _hand_points(wrist: np.ndarray, angle: float, curl: float, mirrored: bool) -> np.ndarray:
+def hand_points(wrist: np.ndarray, angle: float, curl: float, mirrored: bool) -> np.ndarray:
     """Place the template: fingers shortened by `curl` (flexion seen from the front), rotated, moved."""
     points = _HAND_TEMPLATE.copy()
     for knuckle in _KNUCKLES:
@@ -340,7 +378,7 @@ def default_pose_sequence(n_frames: int, fps: float) -> list[dict]:
             ])
             angle = math.radians(-20.0 + 10.0 * math.sin(4 * phase + 1.0 + shift))  # 3 s tilt
             curl = 0.5 + 0.4 * math.sin(phase + shift)  # 12 s open/close
-            hands.append(_hand_points(wrist, angle, curl, mirrored=hand == 1))
+            hands.append(hand_points(wrist, angle, curl, mirrored=hand == 1))
         poses.append({
             "hands": np.array(hands),
             "hands_score": np.ones((2, 21)),

@@ -271,3 +271,38 @@ def test_extend_poses_ping_pong():
     assert [p["num"] for p in extend_poses(poses[:1], 3)] == [0, 0, 0]
     with pytest.raises(ValueError, match="empty"):
         extend_poses([], 3)
+
+
+def test_non_square_output_draws_round_joints_where_the_coordinates_say():
+    # official params (a square box) on a 512x768 output: x by width, y by height, joints still discs
+    image = render_pose(_pose({(0, 8): (0.5, 0.25)}, params=[768, 768, 0, 768, 0, 768]), 512, 768)
+    assert image.shape == (768, 512, 3)
+    rows, cols = np.nonzero(image[..., 0])
+    assert rows.mean() == pytest.approx(192, abs=1) and cols.mean() == pytest.approx(256, abs=1)
+    assert np.ptp(rows) == np.ptp(cols) == 6  # round (a square canvas stretched 1.5x gave 8 x 6)
+
+
+def test_npz_keeps_the_body_and_face_alignment_needs(tmp_path):
+    poses = default_pose_sequence(4, 24)
+    rng = np.random.default_rng(0)
+    for pose in poses:
+        score = rng.uniform(0, 1, (1, 18))
+        pose["bodies"] = {"candidate": rng.uniform(0, 1, (18, 2)), "score": score,
+                          "subset": np.where(score > 0.3, np.arange(18.0), -1.0)}
+        pose["faces"], pose["faces_score"] = rng.uniform(0, 1, (1, 68, 2)), np.ones((1, 68))
+    path = tmp_path / "anchored.npz"
+    save_pose_npz(poses, path)
+    with np.load(path, allow_pickle=False) as npz:
+        assert sorted(npz.files) == ["body", "body_score", "draw_pose_params", "face", "face_score", "hands", "hands_score"]
+    loaded = load_pose_npz(path)
+    for a, b in zip(poses, loaded):
+        for key in ("candidate", "score", "subset"):
+            np.testing.assert_array_equal(a["bodies"][key], b["bodies"][key])
+        np.testing.assert_array_equal(a["faces"], b["faces"])
+        np.testing.assert_array_equal(a["faces_score"], b["faces_score"])
+    # all four anchor arrays or none
+    buffer = io.BytesIO()
+    with np.load(path, allow_pickle=False) as npz:
+        np.savez(buffer, **{k: npz[k] for k in npz.files if k != "face_score"})
+    with pytest.raises(PoseFormatError, match="expected exactly the arrays"):
+        load_pose_npz(buffer.getvalue(), name="partial.npz")
