@@ -48,9 +48,11 @@ def crossfade_weight(k: int, overlap: int) -> float:
 
 
 def stitched_frames(segments: list[tuple[int, int, str]], total_frames: int,
-                    chunk_frames: int = CHUNK_FRAMES) -> Iterator[np.ndarray]:
+                    chunk_frames: int = CHUNK_FRAMES, read_segment=iter_segment) -> Iterator[np.ndarray]:
     """The clip's frames 0..total_frames in order, as uint8 chunks of ``chunk_frames`` frames (the last may
-    be shorter). Holds at most one chunk plus the frames one overlap needs."""
+    be shorter). Holds at most one chunk plus the frames one overlap needs.
+    ``read_segment(source, chunk_frames)`` yields a segment's frames; the third item of each segment is its
+    source (a storage URI by default; the one-clip pipeline passes arrays and `array_chunks`)."""
     segments = sorted(segments)
     _check_plan(segments, total_frames)
     ready: list[np.ndarray] = []
@@ -61,7 +63,7 @@ def stitched_frames(segments: list[tuple[int, int, str]], total_frames: int,
         next_start = segments[i + 1][0] if i + 1 < len(segments) else stop
         tail = []
         position = start
-        for chunk in iter_segment(uri, chunk_frames):
+        for chunk in read_segment(uri, chunk_frames):
             if frame_shape is None:
                 frame_shape = chunk.shape[1:]
             if chunk.shape[1:] != frame_shape:
@@ -89,12 +91,18 @@ def stitched_frames(segments: list[tuple[int, int, str]], total_frames: int,
         yield np.stack(ready)
 
 
+def array_chunks(frames: np.ndarray, chunk_frames: int = CHUNK_FRAMES) -> Iterator[np.ndarray]:
+    """A segment held in memory, read like a stored one (`stitched_frames`'s ``read_segment``)."""
+    for start in range(0, len(frames), chunk_frames):
+        yield frames[start : start + chunk_frames]
+
+
 def _drain(stream, sink: list[bytes]) -> None:
     sink.append(stream.read())
 
 
 def assemble_clip(segments: list[tuple[int, int, str]], total_frames: int, fps: float, audio: bytes,
-                  output_uri: str, *, scratch_dir: str | Path | None = None) -> dict:
+                  output_uri: str, *, scratch_dir: str | Path | None = None, read_segment=iter_segment) -> dict:
     """Encode the stitched segments with ``audio`` (the row's original audio file) into ``output_uri``.
     The video is exactly ``total_frames / fps`` seconds; the audio is padded with silence or trimmed to
     that. Returns ``dict(frames=, seconds=, bytes=)``."""
@@ -105,7 +113,7 @@ def assemble_clip(segments: list[tuple[int, int, str]], total_frames: int, fps: 
         audio_path = scratch / "audio"
         audio_path.write_bytes(audio)
         video_path = scratch / "clip.mp4"
-        frames = stitched_frames(segments, total_frames)
+        frames = stitched_frames(segments, total_frames, read_segment=read_segment)
         first = next(frames)
         height, width = first.shape[1:3]
         if height % 2 or width % 2:
