@@ -33,8 +33,9 @@ SEGMENT_ATTEMPTS = 3  # tries per segment, whether the renderer raised or its wo
 # (two segments that each kill their worker SEGMENT_ATTEMPTS times): a broken node or model must end the
 # job in bounded time, not restart workers forever.
 RENDER_DEATHS_IN_A_ROW = 2 * SEGMENT_ATTEMPTS
-# Fault tests only: a render worker that starts a segment of this clip kills its own process (SIGKILL).
-FAULT_KILL_ENV = "ECHOMIMIC2_FAULT_KILL_RENDER_CLIP"
+# Fault tests only: a render worker that starts segment "<clip_id>:<start>" (or any segment: "*") kills its
+# own process with SIGKILL, as the OOM killer or a lost node would.
+FAULT_KILL_ENV = "ECHOMIMIC2_FAULT_KILL_RENDER"
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,7 @@ class RenderStage(Stage):
                 error = attempt.error or f"{work.label}: not rendered: the job stopped rendering"
                 return SegmentResult(work.row, *key, attempts=attempt.number, error=error,
                                      give_up=attempt.give_up or self.model is None)
-            if os.environ.get(FAULT_KILL_ENV) == work.clip_id:
+            if os.environ.get(FAULT_KILL_ENV) in ("*", f"{work.clip_id}:{work.start}"):
                 os.kill(os.getpid(), signal.SIGKILL)
             started = time.perf_counter()
             try:
