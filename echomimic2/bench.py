@@ -24,7 +24,7 @@ from .audio import N_MELS, SLICE_MEL_FRAMES, WhisperFeatures
 from .config import official_unet_config, official_vae_config, tiny_unet_config, tiny_vae_config
 from .fast import prepare_for_gpu
 from .networks import OfficialNetworks, random_networks
-from .presets import PRESETS
+from .presets import PRESETS, full_size_preset
 from .sampler import render_segment, segment_windows
 
 FPS = 24
@@ -187,8 +187,7 @@ def run_bench(preset_name: str, frames: int, size: int, compile_networks: bool =
     """Batch sizes default to the renderer's per-device defaults (on a GPU those keep peak memory ≤ 8 GiB at
     768², BENCHMARKS.md); compilation only on a GPU. `networks` from `gpu_networks(compile_networks)` are
     reused (pass the same compile_networks); `steps` overrides the preset's (a shorter run, to time steps)."""
-    if preset_name not in ("acc", "quality"):
-        raise ValueError(f"preset must be acc or quality, got {preset_name!r}")
+    full_size_preset(preset_name)
     if frames < 1:
         raise ValueError(f"frames must be at least 1, got {frames}")
     if size < 64 or size % 64:

@@ -12,7 +12,7 @@ from .checkpoints import load_official_networks, official_weight_files
 from .config import official_unet_config, official_vae_config, tiny_unet_config, tiny_vae_config
 from .fast import prepare_for_gpu
 from .networks import OfficialNetworks, build_networks, random_networks
-from .presets import PRESETS, Preset
+from .presets import PRESETS, Preset, full_size_preset
 from .sampler import VAE_DOWNSCALE, render_segment
 
 AUDIO_TOKENS, AUDIO_WIDTH = 50, 384
@@ -86,11 +86,10 @@ class EchoMimicV2:
         actor does not spend minutes initialising 2.2 B parameters on the CPU. `preset` ("acc" or
         "quality") gives the default steps, guidance and size; `compile` as in `from_official`.
         """
-        if preset not in ("acc", "quality"):
-            raise ValueError(f"preset must be 'acc' or 'quality', got {preset!r}")
+        chosen = full_size_preset(preset)
         _check_compile(compile, device)
         networks = _gpu_settings(random_networks(official_unet_config(), official_vae_config(), torch.device(device), dtype, seed), compile)
-        return cls(networks, PRESETS[preset], random_identity(preset, seed))
+        return cls(networks, chosen, random_identity(preset, seed))
 
     def render(
         self,

@@ -103,12 +103,11 @@ class EchoMimicV2Pipeline:
         dtype defaults to float16. The audio encoder runs on the CPU in float32, as in the job."""
         import torch
 
-        from echomimic2 import PRESETS, EchoMimicV2
+        from echomimic2 import EchoMimicV2
         from echomimic2.audio import WhisperFeatures
+        from echomimic2.presets import full_size_preset
 
-        if preset not in ("acc", "quality"):
-            raise ValueError(f"preset: expected 'acc' or 'quality' for official weights, got {preset!r}")
-        model = EchoMimicV2.from_official(weights_dir, variant=PRESETS[preset].variant, device=device,
+        model = EchoMimicV2.from_official(weights_dir, variant=full_size_preset(preset).variant, device=device,
                                           dtype=torch.float16 if dtype is None else dtype, compile=compile)
         whisper = WhisperFeatures.from_official(Path(weights_dir) / "audio_processor" / "tiny.pt")
         return cls(model, whisper, **options)
