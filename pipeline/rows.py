@@ -113,7 +113,8 @@ class SegmentResult:
 
 
 _ARRAYS = "arrays"
-_SCALARS = ("int", "float", "bool", "str")  # plain columns; np.ndarray fields go in the .npz, the rest as JSON
+_SCALAR_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+_SCALARS = tuple(_SCALAR_TYPES)  # plain columns; np.ndarray fields go in the .npz, the rest as JSON
 
 
 def to_batch(item) -> dict[str, np.ndarray]:
@@ -125,8 +126,8 @@ def to_batch(item) -> dict[str, np.ndarray]:
         value = getattr(item, item_field.name)
         if item_field.type == "np.ndarray":
             arrays[item_field.name] = value
-        elif item_field.type in _SCALARS:
-            batch[item_field.name] = np.array([value])
+        elif item_field.type in _SCALARS:  # coerced: a 1 in a float field must not make an int column
+            batch[item_field.name] = np.array([_SCALAR_TYPES[item_field.type](value)])
         else:
             batch[item_field.name] = np.array([json.dumps(value)])
     if arrays:
