@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pipeline import storage
 from pipeline.fingerprint import content_hash
 from pipeline.manifest import ClipSpec, Limits, Problem, list_pose_files
-from pipeline.rows import JobSettings
+from pipeline.rows import JobSettings  # its home is rows.py; re-exported for callers of the old path (commands.py)
 from pipeline.steps import DEFAULT_SEED, resolve_params
 
 __all__ = ["DEFAULT_SEED", "ClipInputs", "JobSettings", "RowRefused", "read_clip_inputs", "read_poses", "refusing",
