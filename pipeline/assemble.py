@@ -48,11 +48,12 @@ def crossfade_weight(k: int, overlap: int) -> float:
 
 
 def stitched_frames(segments: list[tuple[int, int, str]], total_frames: int,
-                    chunk_frames: int = CHUNK_FRAMES, read_segment=iter_segment) -> Iterator[np.ndarray]:
+                    chunk_frames: int = CHUNK_FRAMES, read_segment=None) -> Iterator[np.ndarray]:
     """The clip's frames 0..total_frames in order, as uint8 chunks of ``chunk_frames`` frames (the last may
     be shorter). Holds at most one chunk plus the frames one overlap needs.
     ``read_segment(source, chunk_frames)`` yields a segment's frames; the third item of each segment is its
-    source (a storage URI by default; the one-clip pipeline passes arrays and `array_chunks`)."""
+    source (a storage URI read by `iter_segment` by default; the one-clip pipeline passes arrays and `array_chunks`)."""
+    read_segment = read_segment or iter_segment  # looked up per call, not bound at definition
     segments = sorted(segments)
     _check_plan(segments, total_frames)
     ready: list[np.ndarray] = []
@@ -102,7 +103,7 @@ def _drain(stream, sink: list[bytes]) -> None:
 
 
 def assemble_clip(segments: list[tuple[int, int, str]], total_frames: int, fps: float, audio: bytes,
-                  output_uri: str, *, scratch_dir: str | Path | None = None, read_segment=iter_segment) -> dict:
+                  output_uri: str, *, scratch_dir: str | Path | None = None, read_segment=None) -> dict:
     """Encode the stitched segments with ``audio`` (the row's original audio file) into ``output_uri``.
     The video is exactly ``total_frames / fps`` seconds; the audio is padded with silence or trimmed to
     that. Returns ``dict(frames=, seconds=, bytes=)``."""
