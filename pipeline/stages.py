@@ -34,7 +34,7 @@ SEGMENT_ATTEMPTS = 3  # tries per segment, whether the renderer raised or its wo
 # job in bounded time, not restart workers forever.
 RENDER_DEATHS_IN_A_ROW = 2 * SEGMENT_ATTEMPTS
 # Fault tests only: a render worker that starts segment "<clip_id>:<start>" (or any segment: "*") kills its
-# own process with SIGKILL, as the OOM killer or a lost node would.
+# own process with SIGKILL, as the OOM killer or a lost node would; "<clip_id>:<start>@1" only on attempt 1.
 FAULT_KILL_ENV = "ECHOMIMIC2_FAULT_KILL_RENDER"
 
 
@@ -254,8 +254,7 @@ class RenderStage(Stage):
                 error = attempt.error or f"{work.label}: not rendered: the job stopped rendering"
                 return SegmentResult(work.row, *key, attempts=attempt.number, error=error,
                                      give_up=attempt.give_up or self.model is None)
-            if os.environ.get(FAULT_KILL_ENV) in ("*", f"{work.clip_id}:{work.start}"):
-                os.kill(os.getpid(), signal.SIGKILL)
+            _fault_kill(work, attempt.number)
             started = time.perf_counter()
             try:
                 frames = render_frames(self.model, work.reference, work.audio, work.poses, seed=work.seed,
@@ -269,6 +268,15 @@ class RenderStage(Stage):
                 continue
             self.board.end(key)
             return SegmentResult(work.row, *key, seconds=seconds, attempts=attempt.number)
+
+
+def _fault_kill(work: SegmentWork, attempt: int) -> None:
+    fault = os.environ.get(FAULT_KILL_ENV)
+    if not fault:
+        return
+    target, _, only_attempt = fault.partition("@")
+    if target in ("*", f"{work.clip_id}:{work.start}") and (not only_attempt or int(only_attempt) == attempt):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -37,6 +37,20 @@ def run_cli(tmp_path: Path, clips: dict[str, float], kill: str) -> tuple[int, st
     return done.returncode, done.stdout + done.stderr, time.monotonic() - started
 
 
+def test_a_worker_killed_once_is_replaced_and_the_job_finishes(tmp_path):  # ~45 s: in the default suite
+    from pipeline.ledger import Ledger
+
+    code, log, _ = run_cli(tmp_path, {"a": 1.0, "b": 1.0}, kill="a:5@1")
+    assert code == 0, log
+    results = read_results(str(tmp_path / "out"))
+    assert list(results["status"]) == ["done", "done"]
+    for clip_id in ("a", "b"):
+        check_video(str(tmp_path / "out" / f"{clip_id}.mp4"), 1.0)
+    [record] = [r for r in Ledger(str(tmp_path / "out")).segment_records("a") if r["start"] == 5]
+    assert record["attempt"] == 2  # rendered by the replacement worker, once
+    assert "Traceback" not in log and "ActorDiedError" not in log, log
+
+
 @pytest.mark.slow
 def test_a_segment_whose_worker_keeps_dying_fails_its_clip_only(tmp_path):
     code, log, _ = run_cli(tmp_path, {"good": 1.0, "bad": 1.0}, kill="bad:0")
