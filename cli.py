@@ -5,6 +5,10 @@ from pathlib import Path
 
 import typer
 
+from echomimic2.presets import PRESETS  # a plain table (no torch): the choices below come from it
+
+FULL_SIZE_PRESETS = [name for name, preset in PRESETS.items() if preset.full_size]
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 weights_app = typer.Typer(no_args_is_help=True, help="Inspect official EchoMimic V2 weight folders.")
 app.add_typer(weights_app, name="weights")
@@ -17,7 +21,7 @@ def run(
     manifest: str = typer.Argument(..., help="Parquet manifest: local path or fsspec URL."),
     output: str = typer.Option(..., "--output", "-o", help="Output root: local path or fsspec URL."),
     weights: Path | None = typer.Option(None, help="Official weights folder; without it the random tiny model runs."),
-    preset: str | None = typer.Option(None, help="quality | acc | tiny (default: acc with --weights, else tiny)."),
+    preset: str | None = typer.Option(None, help=f"{' | '.join(PRESETS)} (default: acc with --weights, else tiny)."),
     address: str | None = typer.Option(
         None, help="Ray cluster to join: auto, or <head-ip>:6379 (default: RAY_ADDRESS if set, else start a local Ray)."),
     gpus: int | None = typer.Option(None, help="Render actors (GPUs) to use; default: all the cluster has."),
@@ -99,7 +103,7 @@ def plan(
 
 @app.command()
 def bench(
-    preset: str = typer.Option("acc", help="acc | quality"),
+    preset: str = typer.Option("acc", help=" | ".join(FULL_SIZE_PRESETS)),
     frames: int = typer.Option(120, help="Frames to render."),
     size: int = typer.Option(768, help="Square image side in pixels (multiple of 64)."),
     json_out: bool = typer.Option(False, "--json", help="Print one machine-readable JSON line."),

@@ -19,17 +19,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL
 
 from .audio import N_MELS, SLICE_MEL_FRAMES, WhisperFeatures
-from .checkpoints import OfficialNetworks
-from .config import UNetConfig, official_unet_config, official_vae_config, tiny_unet_config, tiny_vae_config
-from .denoising_unet import DenoisingUNet3D
+from .config import official_unet_config, official_vae_config, tiny_unet_config, tiny_vae_config
 from .fast import prepare_for_gpu
-from .motion_module import PositionalEncoding, sinusoidal_position_table
-from .pose_encoder import PoseEncoder
-from .presets import PRESETS
-from .reference_unet import ReferenceUNet2D
+from .networks import OfficialNetworks, random_networks
+from .presets import PRESETS, full_size_preset
 from .sampler import render_segment, segment_windows
 
 FPS = 24
@@ -71,43 +66,6 @@ def spec_flops(size: int, frames: int, steps: int, guidance: float) -> dict[str,
         "denoise": windows * (alpha * pixels + beta * pixels**2),
         "decode": frames * _sized(VAE_DECODE_FLOPS_PER_FRAME, size),
     }
-
-
-# --------------------------------------------------------------------------------------------------
-# Random networks, built on meta and materialised on the target device
-
-
-def random_networks(unet_config: UNetConfig, vae_config: dict, device: torch.device, dtype: torch.dtype, seed: int = 0) -> OfficialNetworks:
-    """The four networks with PyTorch's default random initialisation, done on `device`.
-
-    Every parameter is first poisoned with NaN and must come out finite: a layer that the
-    initialisation missed would otherwise keep uninitialised memory and time on garbage.
-    """
-    with torch.device("meta"):
-        networks = OfficialNetworks(
-            reference_unet=ReferenceUNet2D(unet_config),
-            denoising_unet=DenoisingUNet3D(unet_config),
-            pose_encoder=PoseEncoder(unet_config.pose_conditioning_channels, unet_config.pose_encoder_block_channels, unet_config.block_out_channels[0]),
-            vae=AutoencoderKL(**vae_config),
-        )
-    torch.manual_seed(seed)
-    for module in networks:
-        module.to_empty(device=device)
-        with torch.no_grad():
-            for tensor in module.parameters():
-                tensor.fill_(float("nan"))
-            for layer in module.modules():
-                if isinstance(layer, PositionalEncoding):
-                    layer.pe.copy_(sinusoidal_position_table(layer.pe.shape[1], layer.pe.shape[2]))
-                elif any(True for _ in layer.parameters(recurse=False)):
-                    layer.reset_parameters()
-        missed = [name for name, tensor in module.named_parameters() if not torch.isfinite(tensor).all()]
-        if missed:
-            raise RuntimeError(f"{type(module).__name__}: no initialisation for {missed[:5]} ({len(missed)} tensors)")
-        if dtype != torch.float32:  # diffusers warns about any dtype move of the VAE, even a no-op one
-            module.to(dtype=dtype)
-        module.eval().requires_grad_(False)
-    return networks
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,8 +187,7 @@ def run_bench(preset_name: str, frames: int, size: int, compile_networks: bool =
     """Batch sizes default to the renderer's per-device defaults (on a GPU those keep peak memory ≤ 8 GiB at
     768², BENCHMARKS.md); compilation only on a GPU. `networks` from `gpu_networks(compile_networks)` are
     reused (pass the same compile_networks); `steps` overrides the preset's (a shorter run, to time steps)."""
-    if preset_name not in ("acc", "quality"):
-        raise ValueError(f"preset must be acc or quality, got {preset_name!r}")
+    full_size_preset(preset_name)
     if frames < 1:
         raise ValueError(f"frames must be at least 1, got {frames}")
     if size < 64 or size % 64:

@@ -17,8 +17,6 @@ errors naming the file and the keys — never a silent `strict=False`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,9 +26,8 @@ from torch import nn
 from .config import official_unet_config, official_vae_config
 from .denoising_unet import DenoisingUNet3D
 from .motion_module import sinusoidal_position_table
-from .pose_encoder import PoseEncoder
-from .reference_unet import ReferenceUNet2D
-from .weights_io import CheckpointError, FileReport, read_into
+from .networks import OfficialNetworks, build_networks
+from .weights_io import CheckpointError, FileReport, read_into, read_state_dict  # noqa: F401 - read_state_dict: part of this module's API
 
 VARIANTS = ("quality", "acc")
 REFERENCE_UNET_FILE = "reference_unet.pth"
@@ -52,17 +49,6 @@ def denoising_files(variant: str) -> tuple[str, str]:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     suffix = "" if variant == "quality" else "_acc"
     return f"denoising_unet{suffix}.pth", f"motion_module{suffix}.pth"
-
-
-@dataclass
-class OfficialNetworks:
-    reference_unet: ReferenceUNet2D
-    denoising_unet: DenoisingUNet3D
-    pose_encoder: PoseEncoder
-    vae: AutoencoderKL
-
-    def __iter__(self) -> Iterator[nn.Module]:
-        return iter((self.reference_unet, self.denoising_unet, self.pose_encoder, self.vae))
 
 
 def _meta_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -149,14 +135,8 @@ def _check_vae(weights_dir: Path, vae: AutoencoderKL) -> tuple[list[FileReport],
 
 
 def _meta_networks() -> OfficialNetworks:
-    cfg = official_unet_config()
     with torch.device("meta"):
-        return OfficialNetworks(
-            reference_unet=ReferenceUNet2D(cfg),
-            denoising_unet=DenoisingUNet3D(cfg),
-            pose_encoder=PoseEncoder(cfg.pose_conditioning_channels, cfg.pose_encoder_block_channels, cfg.block_out_channels[0]),
-            vae=AutoencoderKL(**official_vae_config()),
-        )
+        return build_networks(official_unet_config(), official_vae_config())
 
 
 def check_official_files(weights_dir: Path, variant: str, networks: OfficialNetworks | None = None):

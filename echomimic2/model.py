@@ -7,16 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL
 
-from .bench import random_networks
-from .checkpoints import OfficialNetworks, load_official_networks, official_weight_files
+from .checkpoints import load_official_networks, official_weight_files
 from .config import official_unet_config, official_vae_config, tiny_unet_config, tiny_vae_config
-from .denoising_unet import DenoisingUNet3D
 from .fast import prepare_for_gpu
-from .pose_encoder import PoseEncoder
-from .presets import PRESETS, Preset
-from .reference_unet import ReferenceUNet2D
+from .networks import OfficialNetworks, build_networks, random_networks
+from .presets import PRESETS, Preset, full_size_preset
 from .sampler import VAE_DOWNSCALE, render_segment
 
 AUDIO_TOKENS, AUDIO_WIDTH = 50, 384
@@ -69,16 +65,7 @@ class EchoMimicV2:
         unet_config = tiny_unet_config()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            networks = OfficialNetworks(
-                reference_unet=ReferenceUNet2D(unet_config),
-                denoising_unet=DenoisingUNet3D(unet_config),
-                pose_encoder=PoseEncoder(
-                    unet_config.pose_conditioning_channels,
-                    unet_config.pose_encoder_block_channels,
-                    unet_config.block_out_channels[0],
-                ),
-                vae=AutoencoderKL(**tiny_vae_config()),
-            )
+            networks = build_networks(unet_config, tiny_vae_config())
             for layer in (layer for network in networks for layer in network.modules()):
                 weight = getattr(layer, "weight", None)
                 if isinstance(weight, torch.Tensor) and hasattr(layer, "reset_parameters") and not weight.any():
@@ -95,15 +82,14 @@ class EchoMimicV2:
         """Full-size networks (the official configs) with random weights, for benchmarks only: the
         batch system's speed without the official checkpoints. Its frames are noise.
 
-        Built on `meta` and initialised directly on `device` (`bench.random_networks`), so a GPU
+        Built on `meta` and initialised directly on `device` (`networks.random_networks`), so a GPU
         actor does not spend minutes initialising 2.2 B parameters on the CPU. `preset` ("acc" or
         "quality") gives the default steps, guidance and size; `compile` as in `from_official`.
         """
-        if preset not in ("acc", "quality"):
-            raise ValueError(f"preset must be 'acc' or 'quality', got {preset!r}")
+        chosen = full_size_preset(preset)
         _check_compile(compile, device)
         networks = _gpu_settings(random_networks(official_unet_config(), official_vae_config(), torch.device(device), dtype, seed), compile)
-        return cls(networks, PRESETS[preset], random_identity(preset, seed))
+        return cls(networks, chosen, random_identity(preset, seed))
 
     def render(
         self,

@@ -52,9 +52,12 @@ def crossfade_weight(k: int, overlap: int) -> float:
 
 
 def stitched_frames(segments: list[tuple[int, int, str]], total_frames: int,
-                    chunk_frames: int = CHUNK_FRAMES) -> Iterator[np.ndarray]:
+                    chunk_frames: int = CHUNK_FRAMES, read_segment=None) -> Iterator[np.ndarray]:
     """The clip's frames 0..total_frames in order, as uint8 chunks of ``chunk_frames`` frames (the last may
-    be shorter). Holds at most one chunk plus the frames one overlap needs."""
+    be shorter). Holds at most one chunk plus the frames one overlap needs.
+    ``read_segment(source, chunk_frames)`` yields a segment's frames; the third item of each segment is its
+    source (a storage URI read by `iter_segment` by default; the one-clip pipeline passes arrays and `array_chunks`)."""
+    read_segment = read_segment or iter_segment  # looked up per call, not bound at definition
     segments = sorted(segments)
     _check_plan(segments, total_frames)
     ready: list[np.ndarray] = []
@@ -65,7 +68,7 @@ def stitched_frames(segments: list[tuple[int, int, str]], total_frames: int,
         next_start = segments[i + 1][0] if i + 1 < len(segments) else stop
         tail = []
         position = start
-        for chunk in iter_segment(uri, chunk_frames):
+        for chunk in read_segment(uri, chunk_frames):
             if frame_shape is None:
                 frame_shape = chunk.shape[1:]
             if chunk.shape[1:] != frame_shape:
@@ -119,6 +122,12 @@ def _audio_samples(audio: bytes) -> tuple[np.ndarray, int]:
         return decode_audio(audio, Limits(), "audio"), SAMPLE_RATE
 
 
+def array_chunks(frames: np.ndarray, chunk_frames: int = CHUNK_FRAMES) -> Iterator[np.ndarray]:
+    """A segment held in memory, read like a stored one (`stitched_frames`'s ``read_segment``)."""
+    for start in range(0, len(frames), chunk_frames):
+        yield frames[start : start + chunk_frames]
+
+
 def _drain(stream, sink: list[bytes]) -> None:
     sink.append(stream.read())
 
@@ -131,8 +140,9 @@ def segment_joins(segments) -> list[tuple[int, int]]:
 
 
 def assemble_clip(segments: list[tuple[int, int, str]], total_frames: int, fps: float, audio: bytes,
-                  output_uri: str, *, scratch_dir: str | Path | None = None, strip_uri: str | None = None,
-                  joins: list[tuple[int, int]] | None = None, thresholds: qc.Thresholds = qc.DEFAULT_THRESHOLDS) -> dict:
+                  output_uri: str, *, scratch_dir: str | Path | None = None, read_segment=None,
+                  strip_uri: str | None = None, joins: list[tuple[int, int]] | None = None,
+                  thresholds: qc.Thresholds = qc.DEFAULT_THRESHOLDS) -> dict:
     """Encode the stitched segments with ``audio`` (the row's original audio file) into ``output_uri``.
     The video is exactly ``total_frames / fps`` seconds; the audio is padded with silence or trimmed to
     that. Returns ``dict(frames=, seconds=, bytes=, qc=)``, ``qc`` being the clip's QC report
@@ -147,7 +157,7 @@ def assemble_clip(segments: list[tuple[int, int, str]], total_frames: int, fps: 
         audio_path = scratch / "audio"
         audio_path.write_bytes(audio)
         video_path = scratch / "clip.mp4"
-        frames = stitched_frames(segments, total_frames)
+        frames = stitched_frames(segments, total_frames, read_segment=read_segment)
         meter = qc.FrameMeter(total_frames, float(rate), joins=segment_joins(segments) if joins is None else joins)
         first = next(frames)
         height, width = first.shape[1:3]

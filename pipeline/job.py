@@ -1,18 +1,25 @@
-"""The batch job: one streaming Ray Data pipeline from manifest rows to MP4s.
+"""The batch job: the stages of `pipeline.stages` on one streaming Ray Data pipeline.
 
-    manifest rows ─► Preprocessor (CPU actors) ─► SegmentRenderer (GPU actors) ─► driver ─► assemble (Ray tasks)
-                     clip plan + one work row     frames → _segments/ (atomic)     tracks      cross-fade, encode,
-                     per missing segment          + ledger record                   segments    atomic MP4, ledger
+    manifest rows ─► PreprocessStage (CPU actors) ─► RenderStage (GPU actors) ─► driver ─► AssembleStage (Ray tasks)
+    ClipSpec         SegmentWork per missing segment   SegmentResult                tracks    cross-fade, encode,
+                     ClipPlan ──► board ──────────────────────────────────────────► clips    atomic MP4, ledger
 
-The driver only sees small rows. When every segment of a clip is in storage it starts the
-clip's assembly as a Ray task (1 CPU), so the first MP4 lands while later clips still render.
+Only segment rows stream through Ray Data; a clip's plan, refusal or skip reaches the driver through the
+board actor (`stages.JobBoard`), never through a GPU actor. When every segment of a clip is in storage the
+driver starts its assembly as a Ray task, so the first MP4 lands while later clips still render.
 Rows, segments and assemblies that fail become `failed` results; the job goes on.
+
+Render workers that die are replaced (Ray restarts them); the board counts each segment's attempts across
+deaths, so a segment fails its clip after SEGMENT_ATTEMPTS tries, and after RENDER_DEATHS_IN_A_ROW deaths
+with no segment finished in between the job stops rendering: every clip not yet done fails naming its row,
+results are written and `run` exits 3. Bound: at most RENDER_DEATHS_IN_A_ROW worker restarts (each a model
+load plus the segment it died in) after the last finished segment, then the assemblies in flight.
 """
 from __future__ import annotations
 
 import io
-import json
-import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -22,16 +29,29 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pipeline import storage
-from pipeline.fingerprint import content_hash
 from pipeline.ledger import Ledger
 from pipeline.manifest import ClipSpec, Problem, parse_manifest, read_manifest
-from pipeline.preprocess import JobSettings, Preprocessor, spec_json
-from pipeline.render import SegmentRenderer
+from pipeline.rows import ClipPlan, JobSettings, SegmentResult, SegmentWork, from_batch, row_label, to_batch
+from pipeline.stages import (
+    RENDER_DEATHS_IN_A_ROW,
+    SEGMENT_ATTEMPTS,
+    AssembleStage,
+    JobBoard,
+    PreprocessStage,
+    RenderStage,
+    Stage,
+)
 
 RESULT_COLUMNS = ("row", "clip_id", "status", "output", "frames", "seconds", "fingerprint", "error",
                   "preprocess_seconds", "render_seconds", "assemble_seconds")
-ACTOR_RESTARTS = 2  # a render/preprocess actor that dies is replaced this often; Ray's default is forever
+ACTOR_RESTARTS = 2  # a preprocess actor that dies is replaced this often; Ray's default is forever
+# Render actors are always replaced (-1): the board bounds how often they may die. A death also costs a
+# retry to every other segment queued on that actor, hence more task retries than attempts per segment.
+RENDER_TASK_RETRIES = RENDER_DEATHS_IN_A_ROW + SEGMENT_ATTEMPTS
 ASSEMBLY_RETRIES = 1  # re-run an assembly whose worker died (system failures only)
+
+__all__ = ["JobError", "JobReport", "JobSettings", "Tracker", "load_specs", "read_results", "row_label", "run_job",
+           "write_results"]
 
 
 class JobError(Exception):
@@ -41,8 +61,7 @@ class JobError(Exception):
 @dataclass
 class ClipState:
     spec: ClipSpec
-    fingerprint: str = ""
-    info: dict = field(default_factory=dict)  # the clip row's plan
+    plan: ClipPlan | None = None
     waiting: set = field(default_factory=set)  # segments still to come back from the render stage
     rendered: set = field(default_factory=set)  # segments back from the render stage (may precede the plan)
     render_seconds: float = 0.0
@@ -55,25 +74,9 @@ class JobReport:
     results: list[dict]
 
 
-@ray.remote(num_cpus=1, max_retries=ASSEMBLY_RETRIES)
-def assemble_task(settings: JobSettings, clip_id: str, fingerprint: str, info: dict) -> dict:
-    """Stitch, encode and commit one clip; then its record; then free its segment files."""
-    from pipeline.assemble import assemble_clip
-
-    started = time.perf_counter()
-    ledger = Ledger(settings.output)
-    audio = storage.read_bytes(storage.check_uri(info["audio"], allow_http=settings.allow_http,
-                                                 input_root=settings.input_root),
-                               max_bytes=settings.limits.max_audio_bytes)
-    if content_hash(audio) != info["audio_sha"]:
-        raise RuntimeError("audio: the file changed while the job ran; rerun to render the new audio")
-    segments = [(start, stop, ledger.segment_uri(clip_id, fingerprint, start, stop)) for start, stop in info["segments"]]
-    output = ledger.output_uri(clip_id)
-    encoded = assemble_clip(segments, info["frames"], info["fps"], audio, output)
-    ledger.record_clip(clip_id, fingerprint, bytes=encoded["bytes"], frames=encoded["frames"],
-                       seconds=encoded["seconds"], output=output)
-    ledger.delete_segments(clip_id)
-    return dict(output=output, frames=encoded["frames"], assemble_seconds=time.perf_counter() - started)
+@ray.remote(num_cpus=AssembleStage.resources.num_cpus, max_retries=ASSEMBLY_RETRIES)
+def assemble_task(stage: AssembleStage, plan: ClipPlan) -> dict:
+    return stage(plan)
 
 
 def load_specs(manifest: str, settings: JobSettings) -> tuple[list[ClipSpec], list[Problem]]:
@@ -104,25 +107,18 @@ def run_job(manifest: str, specs: list[ClipSpec], problems: list[Problem], setti
     tracker = Tracker(settings, specs, problems, console)
     if specs:
         _configure_ray_data()
-        dataset = (
-            ray.data.from_items([{"spec": spec_json(spec)} for spec in specs], override_num_blocks=len(specs))
-            .map_batches(Preprocessor, fn_constructor_kwargs=dict(settings=settings), batch_size=1,
-                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(preprocess_actors, len(specs)))),
-                         # Ray 2.60 has no named parameter for these two (its deprecation warning is expected).
-                         num_cpus=1, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
-            .map_batches(SegmentRenderer, fn_constructor_kwargs=dict(settings=settings), batch_size=1,
-                         compute=ray.data.ActorPoolStrategy(size=render_actors),
-                         num_gpus=render_gpus_per_actor, num_cpus=0,
-                         max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
-        )
+        board = RemoteObject(ray.remote(num_cpus=0)(JobBoard).remote())
+        dataset = ray.data.from_items([_row(spec) for spec in specs], override_num_blocks=len(specs))
+        dataset = on_ray_data(dataset, PreprocessStage(settings, board), ClipSpec,
+                              workers=(1, max(1, min(preprocess_actors, len(specs)))),
+                              max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
+        dataset = on_ray_data(dataset, RenderStage(settings, board, gpus_per_worker=render_gpus_per_actor), SegmentWork,
+                              workers=(render_actors, render_actors),
+                              max_restarts=-1, max_task_retries=RENDER_TASK_RETRIES)
+        tracker.assembler = AssembleStage(settings)
         try:
             with tracker.progress:
-                for row in dataset.iter_rows():
-                    tracker.on_row(row)
-                    tracker.collect_assemblies(wait=False)
-                tracker.finish_streaming()
-                while tracker.collect_assemblies(wait=True):
-                    pass
+                tracker.follow(dataset, board)
         except Exception as exc:  # e.g. actors that cannot start (bad weights): finished clips stay in the ledger
             raise JobError(f"the pipeline stopped: {storage.describe_error(exc)}") from exc
     results = tracker.results()
@@ -133,12 +129,61 @@ def run_job(manifest: str, specs: list[ClipSpec], problems: list[Problem], setti
     return JobReport(results)
 
 
+def on_ray_data(dataset, stage: Stage, row_type, *, workers: tuple[int, int], **ray_args):
+    """`stage` as a pool of Ray Data actors over `dataset` (rows of `row_type`), with its resources."""
+    runner = type(f"{stage.name.title()}Workers", (StageRunner,), {})  # the name Ray shows for the pool
+    return dataset.map_batches(
+        runner, fn_constructor_kwargs=dict(stage=stage, row_type=row_type), batch_size=stage.batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=workers[0], max_size=workers[1]),
+        # Ray 2.60 has no named parameter for max_restarts / max_task_retries (its deprecation warning is expected).
+        **stage.resources.ray_args(), **ray_args)
+
+
+class StageRunner:
+    """A stage inside a Ray Data actor: rows in and out as batches of one (`rows.to_batch`)."""
+
+    def __init__(self, stage: Stage, row_type):
+        context = ray.get_runtime_context()
+        with warnings.catch_warnings():  # Ray 2.60 warns about its own internal call in this property
+            warnings.simplefilter("ignore")
+            restarted = context.was_current_actor_reconstructed
+        stage.on_worker_start(restarted=restarted, node_id=context.get_node_id())
+        stage.setup()
+        self.stage, self.row_type = stage, row_type
+
+    def __call__(self, batch: dict) -> Iterator[dict]:
+        out = self.stage(from_batch(self.row_type, batch))
+        for item in out if isinstance(out, Iterator) else [out]:
+            yield to_batch(item)
+
+
+class RemoteObject:
+    """An actor that stages call like a local object: ``board.post_plan(plan)`` waits for the actor's answer."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # pickling probes dunders before `handle` exists
+            raise AttributeError(name)
+        method = getattr(self.handle, name)
+        return lambda *args, **kwargs: ray.get(method.remote(*args, **kwargs))
+
+
+def _row(item) -> dict:
+    return {name: column[0].item() if hasattr(column[0], "item") else column[0] for name, column in to_batch(item).items()}
+
+
+def _from_row(row_type, row: dict):
+    return from_batch(row_type, {name: [value] for name, value in row.items()})
+
+
 def _configure_ray_data() -> None:
     context = ray.data.DataContext.get_current()
     # Each work row is its own block: segments of one clip spread over every render actor, and a
     # finished segment reaches the driver at once instead of waiting for a block to fill up.
     context.target_max_block_size = 1
-    # A block lost for good (actor died ACTOR_RESTARTS times) fails only its clip, found missing below.
+    # A block lost for good (a task out of retries) fails only its clip, found missing below.
     context.max_errored_blocks = -1
     context.enable_progress_bars = False  # the job draws its own progress
 
@@ -149,6 +194,7 @@ class Tracker:
     def __init__(self, settings: JobSettings, specs: list[ClipSpec], problems: list[Problem], console: Console):
         self.settings, self.console = settings, console
         self.ledger = Ledger(settings.output)
+        self.assembler = AssembleStage(settings)
         self.clips = {spec.clip_id: ClipState(spec) for spec in specs}
         self.refused = _refused_rows(problems)
         self.assemblies: dict = {}  # ObjectRef -> clip_id
@@ -161,44 +207,72 @@ class Tracker:
         for refused in self.refused:
             console.print(f"[red]failed[/red] {escape(refused['error'])}")
 
+    def follow(self, dataset, board) -> None:
+        """Consume the pipeline's segment results and the board's plans until every clip has its result."""
+        rows = iter(dataset.iter_rows())  # a generator: closing it stops the pipeline
+        stopped = None
+        try:
+            for row in rows:
+                self.take_plans(board)
+                result = _from_row(SegmentResult, row)
+                self.on_segment(result)
+                self.collect_assemblies(wait=False)
+                if result.give_up:
+                    stopped = f"not rendered: render workers died {RENDER_DEATHS_IN_A_ROW} times in a row, the job stopped rendering"
+                    break
+        finally:
+            rows.close()  # stops the pipeline's workers when the job gives up early
+        self.take_plans(board)
+        self.finish_streaming(stopped)
+        while self.collect_assemblies(wait=True):
+            pass
+
+    def take_plans(self, board) -> None:
+        for plan in board.take_plans():
+            self.on_plan(plan)
+
     # -- rows from the pipeline ------------------------------------------------------------
-    def on_row(self, row: dict) -> None:
-        kind, clip_id, info = row["kind"], row["clip_id"], json.loads(row["info"])
-        clip = self.clips[clip_id]
+    def on_plan(self, plan: ClipPlan) -> None:
+        clip = self.clips[plan.clip_id]
+        if clip.result is not None:
+            return  # already failed: a late plan of that clip is ignored
+        if plan.failed:
+            clip.plan = clip.plan or plan
+            self._finish(clip, "failed", error=plan.error)
+        elif plan.skipped:
+            clip.plan = plan
+            self._finish(clip, "skipped", output=self.ledger.output_uri(plan.clip_id), frames=plan.finished.get("frames"),
+                         seconds=plan.finished.get("seconds"))
+        else:  # a preprocess task that was retried posts its plan again: the same plan
+            clip.plan = plan
+            clip.waiting = set(plan.pending) - clip.rendered
+            self.progress.update(self.segment_task, total=self.progress.tasks[self.segment_task].total + len(plan.pending))
+            self._maybe_assemble(clip)
+        self._refresh()
+
+    def on_segment(self, result: SegmentResult) -> None:
+        clip = self.clips[result.clip_id]
+        self.progress.advance(self.segment_task)
         if clip.result is not None:
             return  # already failed: late segments of that clip are ignored
-        if kind == "failed":
-            self._finish(clip, "failed", error=info["error"])
-        elif kind == "skipped":
-            record = info["record"]
-            clip.fingerprint = row["fingerprint"]
-            self._finish(clip, "skipped", output=self.ledger.output_uri(clip_id), frames=record.get("frames"),
-                         seconds=record.get("seconds"))
-        elif kind == "clip":
-            clip.fingerprint, clip.info = row["fingerprint"], info
-            clip.waiting = {tuple(s) for s in info["pending"]} - clip.rendered
-            self.progress.update(self.segment_task, total=self.progress.tasks[self.segment_task].total + len(info["pending"]))
+        if result.error is not None:
+            self._finish(clip, "failed", error=result.error)
+        else:
+            clip.rendered.add((result.start, result.stop))
+            clip.waiting.discard((result.start, result.stop))
+            clip.render_seconds += result.seconds
             self._maybe_assemble(clip)
-        elif kind == "rendered":
-            clip.rendered.add((row["start"], row["stop"]))
-            clip.waiting.discard((row["start"], row["stop"]))
-            clip.render_seconds += info["seconds"]
-            self.progress.advance(self.segment_task)
-            self._maybe_assemble(clip)
-        elif kind == "segment_failed":
-            self.progress.advance(self.segment_task)
-            self._finish(clip, "failed", error=info["error"])
         self._refresh()
 
     def _maybe_assemble(self, clip: ClipState) -> None:
-        # Segment rows may overtake their clip row (different blocks): wait for the plan, then for all of them.
-        if not clip.info or clip.waiting or clip.assembling:
+        # Segment results may overtake their clip's plan: wait for the plan, then for all of them.
+        if clip.plan is None or clip.waiting or clip.assembling:
             return
         clip.assembling = True
         self.start_assembly(clip)
 
     def start_assembly(self, clip: ClipState) -> None:
-        ref = assemble_task.remote(self.settings, clip.spec.clip_id, clip.fingerprint, clip.info)
+        ref = assemble_task.remote(self.assembler, clip.plan)
         self.assemblies[ref] = clip.spec.clip_id
 
     def collect_assemblies(self, *, wait: bool) -> bool:
@@ -216,16 +290,19 @@ class Tracker:
                 self._finish(clip, "failed", error=f"{row_label(clip.spec)}: assembly: {storage.describe_error(cause)}")
             else:
                 self._finish(clip, "done", output=assembled["output"], frames=assembled["frames"],
-                             seconds=clip.info["seconds"], assemble_seconds=assembled["assemble_seconds"])
+                             seconds=clip.plan.seconds, assemble_seconds=assembled["assemble_seconds"])
         self._refresh()
         return bool(self.assemblies)
 
-    def finish_streaming(self) -> None:
-        """The pipeline is drained: a clip still waiting lost a row to a worker that died for good."""
+    def finish_streaming(self, stopped: str | None = None) -> None:
+        """The pipeline is drained (or was stopped: `stopped` says why): a clip still waiting lost a row to a
+        worker that died for good."""
         for clip in self.clips.values():
             if clip.result is not None or clip.assembling:
                 continue
-            if not clip.info:
+            if stopped:
+                reason = stopped
+            elif clip.plan is None:
                 reason = "preprocessing worker died repeatedly (see the Ray logs)"
             else:
                 lost = ", ".join(f"{a}-{b}" for a, b in sorted(clip.waiting))
@@ -234,9 +311,11 @@ class Tracker:
 
     # -- results and progress --------------------------------------------------------------
     def _finish(self, clip: ClipState, status: str, **values) -> None:
-        clip.result = dict(row=clip.spec.row, clip_id=clip.spec.clip_id, status=status, fingerprint=clip.fingerprint,
-                           preprocess_seconds=clip.info.get("preprocess_seconds"), render_seconds=clip.render_seconds,
-                           **values)
+        plan = clip.plan
+        clip.result = dict(row=clip.spec.row, clip_id=clip.spec.clip_id, status=status,
+                           fingerprint=plan.fingerprint if plan else "",
+                           preprocess_seconds=plan.preprocess_seconds if plan and not (plan.failed or plan.skipped) else None,
+                           render_seconds=clip.render_seconds, **values)
         self.progress.advance(self.clip_task)
         if status == "failed":
             self.console.print(f"[red]failed[/red] {escape(values['error'])}")
@@ -256,10 +335,6 @@ class Tracker:
     def results(self) -> list[dict]:
         rows = self.refused + [c.result for c in self.clips.values() if c.result is not None]
         return sorted(({name: row.get(name) for name in RESULT_COLUMNS} for row in rows), key=lambda r: r["row"])
-
-
-def row_label(spec: ClipSpec) -> str:
-    return f"row {spec.row} (clip {spec.clip_id!r})"
 
 
 def _refused_rows(problems: list[Problem]) -> list[dict]:

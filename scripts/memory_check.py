@@ -27,7 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-ROLES = ("driver", "Preprocessor", "SegmentRenderer", "assemble_task")
+ROLES = ("driver", "PreprocessWorkers", "RenderWorkers", "assemble_task")  # Ray process titles (job.on_ray_data)
 
 
 def role_of(process: psutil.Process) -> str | None:

@@ -251,13 +251,11 @@ def test_validate_prints_one_line_per_problem(tmp_path, capsys):
 
 def test_segments_that_overtake_their_clip_plan_still_complete_it(tmp_path):
     """Render actors work in parallel, so a segment's result may reach the driver before its clip's plan."""
-    import json
-
     from rich.console import Console
 
     from pipeline.job import Tracker
     from pipeline.manifest import ClipSpec
-    from pipeline.preprocess import JobSettings
+    from pipeline.rows import ClipPlan, JobSettings, SegmentResult
 
     class RecordingTracker(Tracker):
         started: list = []
@@ -270,12 +268,9 @@ def test_segments_that_overtake_their_clip_plan_still_complete_it(tmp_path):
     tracker = RecordingTracker(settings, [ClipSpec(row=0, clip_id="a", image="a.png", audio="a.wav")], [],
                                Console(file=io.StringIO()))
 
-    def row(kind, start=-1, stop=-1, **info):
-        return dict(kind=kind, clip_id="a", fingerprint="fp", start=start, stop=stop, info=json.dumps(info))
-
-    tracker.on_row(row("rendered", 12, 28, seconds=1.0))
-    tracker.on_row(row("clip", frames=28, fps=12.0, seconds=2.3, segments=[[0, 16], [12, 28]],
-                       pending=[[0, 16], [12, 28]], preprocess_seconds=0.1))
+    tracker.on_segment(SegmentResult(0, "a", "fp", 12, 28, seconds=1.0))
+    tracker.on_plan(ClipPlan(0, "a", "fp", frames=28, fps=12.0, seconds=2.3, segments=[(0, 16), (12, 28)],
+                             pending=[(0, 16), (12, 28)], preprocess_seconds=0.1))
     assert tracker.started == []
-    tracker.on_row(row("rendered", 0, 16, seconds=1.0))
+    tracker.on_segment(SegmentResult(0, "a", "fp", 0, 16, seconds=1.0))
     assert tracker.started == ["a"]

@@ -152,3 +152,13 @@ def test_cuda_settings_branch_runs_on_cpu_networks(compile_networks):
     assert (prepared.vae.decoder.forward != decoder_forward) is compile_networks
     untouched = EchoMimicV2.tiny(seed=0).networks
     assert _gpu_settings(untouched, compile=True).denoising_unet.forward == untouched.denoising_unet.forward
+
+
+def test_the_model_does_not_import_the_bench():
+    """One network factory (echomimic2/networks.py) serves the model and the bench; the production class
+    must not pull in benchmark code."""
+    import subprocess
+    import sys
+
+    check = "import sys, echomimic2.model; print('echomimic2.bench' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout.strip() == "False"

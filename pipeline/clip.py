@@ -1,0 +1,281 @@
+"""One clip in Python: image + audio (+ poses) → frames, with no Ray and no manifest.
+
+    pipe = EchoMimicV2Pipeline.tiny(seed=0)                    # or .from_official(weights_dir, preset="acc")
+    out = pipe("person.png", "speech.wav")                      # EchoMimicV2Output
+    out.save("clip.mp4")                                        # H.264 + AAC, the job's encoder
+
+`__call__` runs the same steps (`pipeline.steps`) as the job's stages, in the same order, so for the same
+inputs, parameters and seed its frames are the frames the Ray job encodes.
+"""
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.manifest import Limits
+from pipeline.media import SAMPLE_RATE, decode_audio, load_reference_image
+from pipeline.segments import DEFAULT_OVERLAP_FRAMES, DEFAULT_SEGMENT_FRAMES
+from pipeline.steps import (
+    AudioFeatures,
+    audio_features,
+    plan_segments,
+    pose_sequence,
+    render_frames,
+    resolve_params,
+    segment_inputs,
+    stitch,
+)
+
+__all__ = ["EchoMimicV2Output", "EchoMimicV2Pipeline", "SegmentStep"]
+
+SIZE_MULTIPLE = 64  # the model's latent sides are multiples of 8 (echomimic2.model)
+MAX_FPS = 60.0  # as the manifest allows
+
+
+@dataclass
+class SegmentStep:
+    """What `callback` gets after each rendered segment."""
+
+    i: int  # 0-based index of the segment
+    total: int  # segments in the clip
+    start: int  # global frame range [start, stop)
+    stop: int
+    frames: np.ndarray  # the segment's rendered frames, uint8 (stop - start, H, W, 3), before the cross-fade
+
+
+@dataclass
+class EchoMimicV2Output:
+    frames: np.ndarray  # uint8 (n, H, W, 3)
+    fps: float
+    audio: np.ndarray  # float32 mono at `sample_rate`
+    sample_rate: int = SAMPLE_RATE
+    segments: list[tuple[int, int]] = field(default_factory=list)  # the frame ranges rendered
+    audio_file: bytes = field(default=b"", repr=False)  # what `save` muxes: the given file, or a WAV of the waveform
+
+    def save(self, path: str | Path) -> dict:
+        """Write an H.264 yuv420p + AAC MP4 (any fsspec URL), atomically, with the job's encoder; the
+        audio is trimmed or padded to the video's duration. Returns dict(frames, seconds, bytes)."""
+        from pipeline.assemble import array_chunks, assemble_clip
+
+        return assemble_clip([(0, len(self.frames), self.frames)], len(self.frames), self.fps, self.audio_file,
+                             str(path), read_segment=array_chunks)
+
+
+@dataclass
+class ClipInputs:
+    """Inputs as `check_inputs` left them: decoded, and the parameters resolved against the preset."""
+
+    reference: np.ndarray  # uint8 (height, width, 3)
+    waveform: np.ndarray  # float32 16 kHz mono
+    audio_file: bytes
+    poses: list[dict] | None
+    params: dict  # steps.resolve_params: seed, steps, guidance, fps, width, height, segment plan
+
+
+class EchoMimicV2Pipeline:
+    """The model, the audio encoder and a preset's defaults; call it on one clip."""
+
+    def __init__(self, model, whisper, *, limits: Limits = Limits(), segment_frames: int = DEFAULT_SEGMENT_FRAMES,
+                 overlap_frames: int = DEFAULT_OVERLAP_FRAMES):
+        self.model, self.whisper, self.limits = model, whisper, limits
+        self.preset = model.preset
+        self.segment_frames, self.overlap_frames = segment_frames, overlap_frames
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def tiny(cls, seed: int = 0, device: str = "cpu", **options) -> EchoMimicV2Pipeline:
+        """The tiny random model and a random whisper-tiny encoder (tests and demos: its frames are noise).
+        With seed 0 these are the networks the job's tiny preset uses."""
+        from echomimic2 import EchoMimicV2
+        from echomimic2.audio import WhisperFeatures
+
+        return cls(EchoMimicV2.tiny(seed=seed, device=device), WhisperFeatures.tiny(seed=seed), **options)
+
+    @classmethod
+    def from_official(cls, weights_dir: str | Path, preset: str = "acc", device: str = "cuda", dtype=None,
+                      compile: bool = False, **options) -> EchoMimicV2Pipeline:
+        """The official checkpoints of `preset` ("acc" or "quality") from `weights_dir` (layout in README);
+        dtype defaults to float16. The audio encoder runs on the CPU in float32, as in the job."""
+        import torch
+
+        from echomimic2 import EchoMimicV2
+        from echomimic2.audio import WhisperFeatures
+        from echomimic2.presets import full_size_preset
+
+        model = EchoMimicV2.from_official(weights_dir, variant=full_size_preset(preset).variant, device=device,
+                                          dtype=torch.float16 if dtype is None else dtype, compile=compile)
+        whisper = WhisperFeatures.from_official(Path(weights_dir) / "audio_processor" / "tiny.pt")
+        return cls(model, whisper, **options)
+
+    @classmethod
+    def random(cls, preset: str = "acc", device: str = "cuda", dtype=None, compile: bool = False, seed: int = 0,
+               **options) -> EchoMimicV2Pipeline:
+        """Full-size networks with random weights (benchmarks and GPU checks: frames are noise); the job's
+        `--random-weights` uses the same networks for seed 0."""
+        import torch
+
+        from echomimic2 import EchoMimicV2
+        from echomimic2.audio import WhisperFeatures
+
+        model = EchoMimicV2.random(preset, seed=seed, device=device, dtype=torch.float16 if dtype is None else dtype,
+                                   compile=compile)
+        return cls(model, WhisperFeatures.tiny(seed=seed), **options)
+
+    # -- one clip -----------------------------------------------------------------------------
+    def __call__(self, image, audio, poses=None, *, width: int | None = None, height: int | None = None,
+                 fps: float = 24.0, steps: int | None = None, guidance: float | None = None, seed: int = 0,
+                 segment_frames: int | None = None, overlap_frames: int | None = None,
+                 callback: Callable[[SegmentStep], None] | None = None, progress: bool = True) -> EchoMimicV2Output:
+        """Render one clip.
+
+        image: a path, the file's bytes, a uint8 (H, W, 3) RGB array or a PIL image (framed to width×height
+        as the job frames it). audio: a path, the file's bytes, or a float32 16 kHz mono waveform.
+        poses: None (the built-in gesture loop), a list of official pose dicts, a folder of official
+        per-frame `.npy` files, or a `.npz` sequence; a shorter sequence is extended, never the video cut.
+        width/height/steps/guidance default to the preset's; segment_frames/overlap_frames to the job's.
+        callback(SegmentStep) runs after each segment; progress shows a bar on stderr.
+        """
+        # 1. check inputs: decode the image and the audio once, resolve the parameters
+        clip = self.check_inputs(image, audio, poses, width=width, height=height, fps=fps, steps=steps,
+                                 guidance=guidance, seed=seed, segment_frames=segment_frames,
+                                 overlap_frames=overlap_frames)
+        params = clip.params
+        # 2. audio features: whisper states, and the video's frame count (the audio's length)
+        features = audio_features(self.whisper, clip.waveform, params["fps"])
+        # 3. poses: one per frame
+        frame_poses = pose_sequence(clip.poses, features.frames, params["fps"])
+        # 4. plan segments: overlapping frame ranges, each rendered on its own
+        segments = plan_segments(features.frames, params["segment_frames"], params["overlap_frames"])
+        # 5. render segments
+        rendered = self.render_segments(clip, features, frame_poses, segments, callback=callback, progress=progress)
+        # 6. stitch: cross-fade the frames neighbouring segments share
+        frames = stitch(rendered, features.frames)
+        return EchoMimicV2Output(frames=frames, fps=params["fps"], audio=clip.waveform, segments=segments,
+                                 audio_file=clip.audio_file)
+
+    def check_inputs(self, image, audio, poses=None, *, width=None, height=None, fps=24.0, steps=None,
+                     guidance=None, seed=0, segment_frames=None, overlap_frames=None) -> ClipInputs:
+        """Every argument checked (ValueError naming it), then the image framed and the audio decoded
+        exactly as the job's preprocessing does."""
+        segment_frames = self.segment_frames if segment_frames is None else segment_frames
+        overlap_frames = self.overlap_frames if overlap_frames is None else overlap_frames
+        params = resolve_params(self.preset.name, seed=seed, steps=steps, guidance=guidance, fps=fps, width=width,
+                                height=height, segment_frames=segment_frames, overlap_frames=overlap_frames)
+        for name in ("width", "height"):
+            value = params[name]
+            if not _is_int(value) or value < SIZE_MULTIPLE or value % SIZE_MULTIPLE:
+                raise ValueError(f"{name}: expected a positive multiple of {SIZE_MULTIPLE}, got {value!r}")
+        if not _is_number(params["fps"]) or not 0 < params["fps"] <= MAX_FPS:
+            raise ValueError(f"fps: expected a number in (0, {MAX_FPS:g}], got {fps!r}")
+        if not _is_int(params["steps"]) or not 1 <= params["steps"] <= 1000:
+            raise ValueError(f"steps: expected an int in [1, 1000], got {steps!r}")
+        if not _is_number(params["guidance"]) or not params["guidance"] >= 0:
+            raise ValueError(f"guidance: expected a finite number >= 0, got {guidance!r}")
+        if not _is_int(params["seed"]) or params["seed"] < 0:
+            raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
+        plan_segments(segment_frames + 1, segment_frames, overlap_frames)  # ValueError on a bad pair
+        image_data, image_name = _image_file(image, self.limits)
+        reference = load_reference_image(image_data, params["width"], params["height"], self.limits, image_name)
+        waveform, audio_file = _audio(audio, self.limits)
+        return ClipInputs(reference, waveform, audio_file, _poses(poses, self.limits), params)
+
+    def render_segments(self, clip: ClipInputs, features: AudioFeatures, poses: list[dict],
+                        segments: list[tuple[int, int]], *, callback=None, progress: bool = True):
+        """Each segment's frames [(start, stop, frames)], rendered with the job's noise: global frame i's
+        noise depends on (seed, i) only."""
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        params, rendered = clip.params, []
+        bar = Progress(TextColumn("segments"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       console=Console(stderr=True), disable=not progress)
+        with bar:
+            task = bar.add_task("segments", total=len(segments))
+            for i, (start, stop) in enumerate(segments):
+                tokens, pose_images = segment_inputs(features.features, poses, params["fps"], start, stop,
+                                                     params["width"], params["height"])
+                frames = render_frames(self.model, clip.reference, tokens, pose_images, seed=params["seed"],
+                                       first_frame=start, steps=params["steps"], guidance=params["guidance"])
+                rendered.append((start, stop, frames))
+                bar.advance(task)
+                if callback is not None:
+                    callback(SegmentStep(i=i, total=len(segments), start=start, stop=stop, frames=frames))
+        return rendered
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _read_file(path: str | Path, max_bytes: int, what: str) -> bytes:
+    path = Path(path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{what}: {path} is {size} bytes, over the limit of {max_bytes}")
+    return path.read_bytes()
+
+
+def _image_file(image, limits: Limits) -> tuple[bytes, str]:
+    """The image as file bytes for `load_reference_image`; arrays and PIL images as lossless PNG."""
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        return _read_file(image, limits.max_image_bytes, "image"), Path(image).name
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image), "image"
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image: expected a uint8 (H, W, 3) RGB array, got {image.dtype} {image.shape}")
+        image = Image.fromarray(image, "RGB")
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue(), "image"
+    raise ValueError(f"image: expected a path, bytes, a uint8 array or a PIL image, got {type(image).__name__}")
+
+
+def _audio(audio, limits: Limits) -> tuple[np.ndarray, bytes]:
+    """(float32 16 kHz mono waveform, the file to mux): a file is decoded as the job decodes it; a waveform
+    is used as given and written as a WAV for muxing."""
+    import soundfile as sf
+
+    if isinstance(audio, (str, Path)):
+        data, name = _read_file(audio, limits.max_audio_bytes, "audio"), Path(audio).name
+        return decode_audio(data, limits, name), data
+    if isinstance(audio, (bytes, bytearray)):
+        return decode_audio(bytes(audio), limits, "audio"), bytes(audio)
+    if isinstance(audio, np.ndarray):
+        if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating) or not np.isfinite(audio).all():
+            raise ValueError(f"audio: expected finite float mono samples at {SAMPLE_RATE} Hz, got {audio.dtype} {audio.shape}")
+        if len(audio) > limits.max_audio_seconds * SAMPLE_RATE:
+            raise ValueError(f"audio: {len(audio) / SAMPLE_RATE:.1f} s, over the limit of {limits.max_audio_seconds:g} s")
+        waveform = np.ascontiguousarray(audio, dtype=np.float32)
+        buffer = io.BytesIO()
+        sf.write(buffer, waveform, SAMPLE_RATE, format="WAV", subtype="FLOAT")
+        return waveform, buffer.getvalue()
+    raise ValueError(f"audio: expected a path, bytes or a float32 waveform array, got {type(audio).__name__}")
+
+
+def _poses(poses, limits: Limits) -> list[dict] | None:
+    """None, official pose dicts (checked), or a local folder / `.npz` read as the job reads them."""
+    from echomimic2.pose import validate_pose
+    from pipeline.preprocess import read_poses
+
+    if poses is None:
+        return None
+    if isinstance(poses, (str, Path)):
+        return read_poses(str(poses), limits)[0]
+    if isinstance(poses, (list, tuple)):
+        if not poses:
+            raise ValueError("poses: the list is empty")
+        return [validate_pose(pose, f"poses[{i}]") for i, pose in enumerate(poses)]
+    raise ValueError(f"poses: expected None, a list of pose dicts, a folder or a .npz path, got {type(poses).__name__}")

@@ -1,0 +1,161 @@
+"""What travels between the job's stages: the job's settings and one dataclass per kind of row.
+
+    ClipSpec (manifest.py) ─► PreprocessStage ─► ClipPlan ──────────────────► driver (by the plan board, never
+                                              └► SegmentWork ─► RenderStage ─► SegmentResult ─► driver     through a GPU actor)
+
+A clip's refusal or skip is a field of its `ClipPlan` (`error`, `finished`), a segment's failure a field of
+its `SegmentResult` (`error`): there is no separate protocol for errors. Inside Ray Data a row is a batch of
+one with flat columns (`to_batch` / `from_batch`); arrays travel as one pickle-free `.npz` bytes column.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.manifest import ClipSpec, Limits
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Everything a worker needs to know about the job (sent to every actor)."""
+
+    output: str
+    preset: str
+    weights: str | None
+    model_identity: str
+    segment_frames: int
+    overlap_frames: int
+    force: bool = False
+    allow_http: bool = False
+    input_root: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    render_threads: int = 0  # torch CPU threads per render actor when there is no GPU (0: torch's default)
+    random_weights: bool = False  # benchmarks only: full-size networks with random weights (EchoMimicV2.random)
+
+
+def row_label(spec_or_row: ClipSpec | int, clip_id: str | None = None) -> str:
+    """How every message names a row: ``row 3 (clip 'intro')``."""
+    if isinstance(spec_or_row, ClipSpec):
+        spec_or_row, clip_id = spec_or_row.row, spec_or_row.clip_id
+    return f"row {spec_or_row} (clip {clip_id!r})"
+
+
+@dataclass
+class ClipPlan:
+    """A clip as preprocessing left it: refused (`error`), already finished (`finished`: its ledger record),
+    or planned (its segments, and the ones still to render in `pending`)."""
+
+    row: int
+    clip_id: str
+    fingerprint: str = ""
+    error: str | None = None
+    finished: dict | None = None
+    frames: int = 0
+    fps: float = 0.0
+    seconds: float = 0.0
+    width: int = 0
+    height: int = 0
+    audio: str = ""  # the audio's URI: the assembler muxes the original file
+    audio_sha: str = ""
+    params: dict = field(default_factory=dict)
+    segments: list[tuple[int, int]] = field(default_factory=list)
+    pending: list[tuple[int, int]] = field(default_factory=list)
+    preprocess_seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    @property
+    def skipped(self) -> bool:
+        return self.error is None and self.finished is not None
+
+
+@dataclass
+class SegmentWork:
+    """One segment to render: frames [start, stop) of a clip and only their inputs."""
+
+    row: int
+    clip_id: str
+    fingerprint: str
+    start: int
+    stop: int
+    seed: int
+    steps: int
+    guidance: float
+    reference: np.ndarray  # uint8 (H, W, 3)
+    audio: np.ndarray  # float32 (stop - start, 50, 384)
+    poses: np.ndarray  # uint8 (stop - start, H, W, 3)
+    preprocess_seconds: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{row_label(self.row, self.clip_id)}: segment {self.start}-{self.stop}"
+
+
+@dataclass
+class SegmentResult:
+    """A segment back from the render stage: its frames are in storage, or `error` says why not."""
+
+    row: int
+    clip_id: str
+    fingerprint: str
+    start: int
+    stop: int
+    seconds: float = 0.0
+    attempts: int = 0
+    error: str | None = None
+    give_up: bool = False  # render workers kept dying: the job stops rendering (job.py)
+
+
+_ARRAYS = "arrays"
+_SCALAR_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+_SCALARS = tuple(_SCALAR_TYPES)  # plain columns; np.ndarray fields go in the .npz, the rest as JSON
+
+
+def to_batch(item) -> dict[str, np.ndarray]:
+    """A row dataclass as a Ray Data batch of one: scalar fields as columns, array fields packed into one
+    `.npz` bytes column, the others (optional, lists, dicts) as JSON strings, so every row of a type has
+    the same columns and column types whatever its values."""
+    batch, arrays = {}, {}
+    for item_field in dataclasses.fields(item):
+        value = getattr(item, item_field.name)
+        if item_field.type == "np.ndarray":
+            arrays[item_field.name] = value
+        elif item_field.type in _SCALARS:  # coerced: a 1 in a float field must not make an int column
+            batch[item_field.name] = np.array([_SCALAR_TYPES[item_field.type](value)])
+        else:
+            batch[item_field.name] = np.array([json.dumps(value)])
+    if arrays:
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        batch[_ARRAYS] = np.array([buffer.getvalue()], dtype=object)
+    return batch
+
+
+def from_batch(cls, batch: dict[str, np.ndarray], index: int = 0):
+    """Row `index` of a batch written by `to_batch`, as the dataclass `cls`."""
+    arrays = {}
+    if _ARRAYS in batch:
+        with np.load(io.BytesIO(batch[_ARRAYS][index]), allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    values = {}
+    for item_field in dataclasses.fields(cls):
+        if item_field.type == "np.ndarray":
+            values[item_field.name] = arrays[item_field.name]
+            continue
+        value = batch[item_field.name][index]
+        value = value.item() if isinstance(value, np.generic) else value
+        values[item_field.name] = value if item_field.type in _SCALARS else _from_json(json.loads(value))
+    return cls(**values)
+
+
+def _from_json(value):
+    # JSON has no tuples: segment ranges come back as lists.
+    if isinstance(value, list) and value and isinstance(value[0], list):
+        return [tuple(item) for item in value]
+    return value

@@ -1,0 +1,316 @@
+"""The job's stages: each a small class that declares its name, resources and batch size, loads what it
+needs once in `setup()` (not in `__init__`, so a stage is cheap to build on the driver and ship to its
+workers), and maps typed rows (`pipeline.rows`) with `__call__`. Their work is the one-clip steps
+(`pipeline.steps`); Ray is not needed to run one (`job.py` puts them on Ray Data).
+
+    PreprocessStage   ClipSpec    ─► SegmentWork per segment to render   (CPU; its ClipPlan goes to the board)
+    RenderStage       SegmentWork ─► SegmentResult                        (GPU; frames to storage, ledger record)
+    AssembleStage     ClipPlan    ─► the committed MP4                    (CPU task once a clip's segments are in)
+
+The board (`JobBoard`, one Ray actor in a job) is the driver's side channel: clip plans reach the driver
+through it, never through a GPU actor, and it counts each segment's attempts across render worker deaths.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pipeline import storage
+from pipeline.fingerprint import clip_fingerprint, content_hash
+from pipeline.ledger import Ledger
+from pipeline.manifest import ClipSpec, Problem, check_clip_inputs
+from pipeline.media import decode_audio, load_reference_image
+from pipeline.preprocess import RowRefused, read_clip_inputs, refusing, render_params
+from pipeline.rows import ClipPlan, JobSettings, SegmentResult, SegmentWork, row_label
+from pipeline.segment_store import write_segment
+from pipeline.steps import audio_features, plan_segments, pose_sequence, render_frames, segment_inputs
+
+SEGMENT_ATTEMPTS = 3  # tries per segment, whether the renderer raised or its worker died
+# The job gives up rendering after this many render worker deaths with no segment finished in between
+# (two segments that each kill their worker SEGMENT_ATTEMPTS times): a broken node or model must end the
+# job in bounded time, not restart workers forever.
+RENDER_DEATHS_IN_A_ROW = 2 * SEGMENT_ATTEMPTS
+# Fault tests only: a render worker that starts segment "<clip_id>:<start>" (or any segment: "*") kills its
+# own process with SIGKILL, as the OOM killer or a lost node would; "<clip_id>:<start>@1" only on attempt 1.
+FAULT_KILL_ENV = "ECHOMIMIC2_FAULT_KILL_RENDER"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker of a stage reserves. On GPU stages num_cpus is 0: a 2-CPU node would otherwise
+    deadlock (its CPUs held by GPU actors waiting for preprocessed rows)."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory: int | None = None  # bytes; None: no reservation
+
+    def ray_args(self) -> dict:
+        args = dict(num_cpus=self.num_cpus, num_gpus=self.num_gpus)
+        return args if self.memory is None else dict(args, memory=self.memory)
+
+
+class Stage:
+    """name, resources and batch_size are read by the job; `setup()` runs once per worker."""
+
+    name: str = "stage"
+    resources: Resources = Resources()
+    batch_size: int = 1
+
+    def setup(self) -> None:
+        pass
+
+    def on_worker_start(self, *, restarted: bool, node_id: str | None) -> None:
+        """Called by the runner before `setup()`: whether this worker replaces one that died."""
+        self.restarted, self.node_id = restarted, node_id
+
+
+# ---------------------------------------------------------------------------------------------------
+# The board: clip plans to the driver, segment attempts across worker deaths
+
+
+@dataclass
+class Attempt:
+    number: int  # 1-based
+    error: str | None = None  # set: do not render; the segment fails with this reason
+    give_up: bool = False  # the job stops rendering (RENDER_DEATHS_IN_A_ROW)
+
+
+class JobBoard:
+    """Plain Python; `job.py` runs one as a Ray actor that every worker and the driver share."""
+
+    def __init__(self, attempts_per_segment: int = SEGMENT_ATTEMPTS, deaths_in_a_row: int = RENDER_DEATHS_IN_A_ROW):
+        self.attempts_per_segment, self.deaths_limit = attempts_per_segment, deaths_in_a_row
+        self.plans: list[ClipPlan] = []
+        self.outcomes: dict[tuple, list[str | None]] = {}  # segment -> per attempt: error, "ok", None (running/died)
+        self.deaths = self.deaths_in_a_row = 0
+        self.failed_clips: set[tuple[str, str]] = set()
+
+    # -- clip plans ---------------------------------------------------------------------------
+    def post_plan(self, plan: ClipPlan) -> None:
+        self.plans.append(plan)
+
+    def take_plans(self) -> list[ClipPlan]:
+        plans, self.plans = self.plans, []
+        return plans
+
+    # -- render attempts ----------------------------------------------------------------------
+    def render_worker_started(self, restarted: bool) -> bool:
+        """Count a death when a worker replaces one that died; True when the job has given up."""
+        if restarted:
+            self.deaths += 1
+            self.deaths_in_a_row += 1
+        return self.gave_up()
+
+    def gave_up(self) -> bool:
+        return self.deaths_in_a_row >= self.deaths_limit
+
+    def begin(self, label: str, key: tuple) -> Attempt:
+        """The next attempt at segment `key` (clip_id, fingerprint, start, stop). An earlier attempt that
+        never ended died with its worker: one segment is only ever on one worker at a time."""
+        outcomes = self.outcomes.setdefault(key, [])
+        errors = [f"attempt {n}: " + (outcome or "the render worker died") for n, outcome in enumerate(outcomes, 1)]
+        if self.gave_up():
+            return Attempt(len(outcomes) + 1, error=f"{label}: not rendered: render workers died {self.deaths_in_a_row} "
+                           "times in a row without finishing a segment, the job stopped rendering", give_up=True)
+        if key[:2] in self.failed_clips:
+            return Attempt(len(outcomes) + 1, error=f"{label}: not rendered: another segment of the clip failed")
+        if len(outcomes) >= self.attempts_per_segment:
+            self.failed_clips.add(key[:2])
+            return Attempt(len(outcomes), error=f"{label} failed {len(outcomes)} times: " + "; ".join(errors))
+        outcomes.append(None)
+        return Attempt(len(outcomes))
+
+    def end(self, key: tuple, error: str | None = None) -> None:
+        self.outcomes[key][-1] = error or "ok"
+        if error is None:
+            self.deaths_in_a_row = 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Preprocess
+
+
+class PreprocessStage(Stage):
+    """One manifest row → its plan (to the board) and one work row per segment not yet rendered, each with
+    only that segment's inputs. The whisper encoder is loaded once per worker."""
+
+    name = "preprocess"
+    resources = Resources(num_cpus=1)
+
+    def __init__(self, settings: JobSettings, board):
+        self.settings, self.board = settings, board
+
+    def setup(self) -> None:
+        from pathlib import Path
+
+        from echomimic2.audio import WhisperFeatures
+
+        self.ledger = Ledger(self.settings.output)
+        if self.settings.weights is None:
+            self.whisper = WhisperFeatures.tiny(seed=0)
+        else:
+            self.whisper = WhisperFeatures.from_official(Path(self.settings.weights) / "audio_processor" / "tiny.pt")
+
+    def __call__(self, spec: ClipSpec) -> Iterator[SegmentWork]:
+        started = time.perf_counter()
+        try:
+            plan, reference, audio, poses = self.plan(spec)
+        except RowRefused as refused:
+            self.board.post_plan(ClipPlan(spec.row, spec.clip_id, error=str(refused)))
+            return
+        plan.preprocess_seconds = time.perf_counter() - started
+        self.board.post_plan(plan)  # before its segments: the driver knows a plan before any of its results
+        if plan.skipped:
+            return
+        params = plan.params
+        for start, stop in plan.pending:
+            segment_started = time.perf_counter()
+            try:
+                tokens, pose_images = segment_inputs(audio.features, poses, plan.fps, start, stop, plan.width, plan.height)
+            except Exception as exc:  # noqa: BLE001 - a pose that cannot be drawn fails its clip only
+                error = str(Problem(spec.row, spec.clip_id, "pose", storage.describe_error(exc)))
+                self.board.post_plan(ClipPlan(spec.row, spec.clip_id, plan.fingerprint, error=error))
+                return
+            yield SegmentWork(spec.row, spec.clip_id, plan.fingerprint, start, stop, seed=params["seed"],
+                              steps=params["steps"], guidance=params["guidance"], reference=reference, audio=tokens,
+                              poses=pose_images, preprocess_seconds=time.perf_counter() - segment_started)
+
+    def plan(self, spec: ClipSpec):
+        """(ClipPlan, reference image, AudioFeatures, poses); the plan alone when the clip is finished.
+        Raises RowRefused naming the row and field."""
+        settings = self.settings
+        problems = check_clip_inputs(spec, settings.limits, allow_http=settings.allow_http, input_root=settings.input_root)
+        if problems:
+            raise RowRefused(problems)
+        inputs = read_clip_inputs(spec, settings)
+        params = render_params(spec, settings)
+        audio_sha = content_hash(inputs.audio)
+        fingerprint = clip_fingerprint(image_sha=content_hash(inputs.image), audio_sha=audio_sha,
+                                       pose_shas=inputs.pose_hashes, params=params, model_identity=settings.model_identity)
+        record = None if settings.force else self.ledger.finished_clip(spec.clip_id, fingerprint)
+        if record is not None:
+            return ClipPlan(spec.row, spec.clip_id, fingerprint, finished=record), None, None, None
+        width, height, fps = params["width"], params["height"], params["fps"]
+        with refusing(spec, "image", spec.image):
+            reference = load_reference_image(inputs.image, width, height, settings.limits, _name(spec.image))
+        with refusing(spec, "audio", spec.audio):
+            audio = audio_features(self.whisper, decode_audio(inputs.audio, settings.limits, _name(spec.audio)), fps)
+        with refusing(spec, "pose", spec.pose):
+            poses = pose_sequence(inputs.poses, audio.frames, fps)
+        segments = plan_segments(audio.frames, settings.segment_frames, settings.overlap_frames)
+        pending = [(start, stop) for start, stop in segments
+                   if settings.force or not storage.exists(self.ledger.segment_uri(spec.clip_id, fingerprint, start, stop))]
+        plan = ClipPlan(spec.row, spec.clip_id, fingerprint, frames=audio.frames, fps=fps, seconds=audio.seconds,
+                        width=width, height=height, audio=spec.audio, audio_sha=audio_sha, params=params,
+                        segments=segments, pending=pending)
+        return plan, reference, audio, poses
+
+
+def _name(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Render
+
+
+class RenderStage(Stage):
+    """One segment → its frames in storage (atomic) and a ledger record; a small result row travels on.
+    A segment is tried SEGMENT_ATTEMPTS times in all, counting attempts whose worker died (the board keeps
+    the count, since a dead worker cannot), then fails its clip with a reason that names the row."""
+
+    name = "render"
+
+    def __init__(self, settings: JobSettings, board, gpus_per_worker: float = 1.0):
+        self.settings, self.board = settings, board
+        self.resources = Resources(num_cpus=0, num_gpus=gpus_per_worker)
+        self.restarted, self.node_id, self.model = False, None, None
+
+    def setup(self) -> None:
+        import torch
+
+        from pipeline.render import load_model
+
+        self.ledger = Ledger(self.settings.output)
+        if self.board.render_worker_started(self.restarted):
+            return  # the job gave up rendering: answer every segment at once, without loading a model
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES even with logical GPUs
+        if device == "cpu" and self.settings.render_threads:
+            torch.set_num_threads(self.settings.render_threads)
+        self.model = load_model(self.settings, device)
+        if not self.settings.model_identity.startswith(self.model.identity + "+"):
+            raise RuntimeError(f"weights changed since the job started: model is {self.model.identity}, "
+                               f"the job's fingerprints use {self.settings.model_identity}")
+
+    def __call__(self, work: SegmentWork) -> SegmentResult:
+        key = (work.clip_id, work.fingerprint, work.start, work.stop)
+        uri = self.ledger.segment_uri(*key)
+        while True:
+            attempt = self.board.begin(work.label, key)
+            if attempt.error is not None or self.model is None:
+                error = attempt.error or f"{work.label}: not rendered: the job stopped rendering"
+                return SegmentResult(work.row, *key, attempts=attempt.number, error=error,
+                                     give_up=attempt.give_up or self.model is None)
+            _fault_kill(work, attempt.number)
+            started = time.perf_counter()
+            try:
+                frames = render_frames(self.model, work.reference, work.audio, work.poses, seed=work.seed,
+                                       first_frame=work.start, steps=work.steps, guidance=work.guidance)
+                seconds = time.perf_counter() - started
+                write_segment(frames, uri)
+                self.ledger.record_segment(*key, seconds=seconds, attempt=attempt.number, pid=os.getpid(),
+                                           node_id=self.node_id, model=self.model.identity)
+            except Exception as exc:  # noqa: BLE001 - any failure of this segment is retried, then reported
+                self.board.end(key, storage.describe_error(exc))
+                continue
+            self.board.end(key)
+            return SegmentResult(work.row, *key, seconds=seconds, attempts=attempt.number)
+
+
+def _fault_kill(work: SegmentWork, attempt: int) -> None:
+    fault = os.environ.get(FAULT_KILL_ENV)
+    if not fault:
+        return
+    target, _, only_attempt = fault.partition("@")
+    if target in ("*", f"{work.clip_id}:{work.start}") and (not only_attempt or int(only_attempt) == attempt):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Assemble
+
+
+class AssembleStage(Stage):
+    """A planned clip whose segments are all in storage → cross-faded, encoded, committed MP4 and its ledger
+    record; then its segment files are freed."""
+
+    name = "assemble"
+    resources = Resources(num_cpus=1)
+
+    def __init__(self, settings: JobSettings):
+        self.settings = settings
+
+    def __call__(self, plan: ClipPlan) -> dict:
+        from pipeline.assemble import assemble_clip
+
+        started = time.perf_counter()
+        settings, ledger = self.settings, Ledger(self.settings.output)
+        audio = storage.read_bytes(storage.check_uri(plan.audio, allow_http=settings.allow_http,
+                                                     input_root=settings.input_root),
+                                   max_bytes=settings.limits.max_audio_bytes)
+        if content_hash(audio) != plan.audio_sha:
+            raise RuntimeError("audio: the file changed while the job ran; rerun to render the new audio")
+        segments = [(start, stop, ledger.segment_uri(plan.clip_id, plan.fingerprint, start, stop))
+                    for start, stop in plan.segments]
+        output = ledger.output_uri(plan.clip_id)
+        encoded = assemble_clip(segments, plan.frames, plan.fps, audio, output)
+        ledger.record_clip(plan.clip_id, plan.fingerprint, bytes=encoded["bytes"], frames=encoded["frames"],
+                           seconds=encoded["seconds"], output=output)
+        ledger.delete_segments(plan.clip_id)
+        return dict(output=output, frames=encoded["frames"], assemble_seconds=time.perf_counter() - started)
+
+
+__all__ = ["AssembleStage", "Attempt", "JobBoard", "PreprocessStage", "RenderStage", "Resources", "Stage", "row_label"]

@@ -1,0 +1,92 @@
+"""The steps that turn one clip's inputs into frames, shared by the one-clip pipeline (`pipeline.clip`) and
+the job's stages (`pipeline.stages`): each is written once, here, and both call it.
+
+    resolve_params ─► audio_features ─► pose_sequence ─► plan_segments ─► segment_inputs ─► render_frames ─► stitch
+
+No Ray, no storage: arrays and decoded inputs in, arrays out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.assemble import array_chunks, stitched_frames
+from pipeline.media import SAMPLE_RATE
+from pipeline.segments import plan_segments
+
+DEFAULT_SEED = 0
+
+__all__ = ["DEFAULT_SEED", "AudioFeatures", "audio_features", "plan_segments", "pose_sequence", "render_frames",
+           "resolve_params", "segment_inputs", "stitch"]
+
+
+def resolve_params(preset_name: str, *, seed: int | None, steps: int | None, guidance: float | None, fps: float,
+                   width: int | None, height: int | None, segment_frames: int, overlap_frames: int) -> dict:
+    """A clip's render parameters with the preset's defaults filled in: everything that changes its pixels
+    (the job fingerprints exactly this dict)."""
+    from echomimic2 import PRESETS
+
+    preset = PRESETS[preset_name]
+    return dict(
+        preset=preset.name,
+        seed=DEFAULT_SEED if seed is None else seed,
+        steps=preset.steps if steps is None else steps,
+        guidance=preset.guidance if guidance is None else guidance,
+        fps=fps,
+        width=preset.width if width is None else width,
+        height=preset.height if height is None else height,
+        segment_frames=segment_frames,
+        overlap_frames=overlap_frames,
+    )
+
+
+@dataclass
+class AudioFeatures:
+    features: np.ndarray  # float32 (N, 5, 384) whisper states at 50 rows/s
+    frames: int  # video frames of the clip
+    seconds: float  # the audio's duration
+
+
+def audio_features(whisper, waveform: np.ndarray, fps: float) -> AudioFeatures:
+    """Whisper states of a 16 kHz mono waveform and the clip's frame count: the video is as long as the
+    audio (within a frame), never longer than the audio's features cover."""
+    from echomimic2.audio import video_frame_count
+
+    seconds = len(waveform) / SAMPLE_RATE
+    features = whisper(waveform)
+    frames = min(round(seconds * fps), video_frame_count(len(features), fps))
+    if frames < 1:
+        raise ValueError(f"audio is {seconds:.3f} s long: too short for one frame at {fps:g} fps")
+    return AudioFeatures(features, frames, seconds)
+
+
+def pose_sequence(poses: list[dict] | None, frames: int, fps: float) -> list[dict]:
+    """One pose per frame. Poses never shorten a video: a short sequence is extended (ping-pong), a missing
+    one is the built-in gesture loop."""
+    from echomimic2.pose import default_pose_sequence, extend_poses
+
+    return default_pose_sequence(frames, fps) if poses is None else extend_poses(poses, frames)
+
+
+def segment_inputs(features: np.ndarray, poses: list[dict], fps: float, start: int, stop: int,
+                   width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frames [start, stop)'s audio tokens (n, 50, 384) and rendered pose images uint8 (n, H, W, 3)."""
+    from echomimic2.audio import frame_windows
+    from echomimic2.pose import render_pose
+
+    pose_images = np.stack([render_pose(pose, width, height) for pose in poses[start:stop]])
+    return frame_windows(features, fps, start, stop), pose_images
+
+
+def render_frames(model, reference: np.ndarray, audio: np.ndarray, pose_images: np.ndarray, *, seed: int,
+                  first_frame: int, steps: int, guidance: float) -> np.ndarray:
+    """One segment's frames, uint8 (n, H, W, 3); its noise depends on (seed, global frame) only."""
+    return model.render(reference, audio, pose_images, seed=seed, first_frame=first_frame, steps=steps,
+                        guidance=guidance)
+
+
+def stitch(segments: list[tuple[int, int, np.ndarray]], frames: int) -> np.ndarray:
+    """Rendered segments (start, stop, frames) → the clip's frames, shared frames cross-faded exactly as the
+    job's assembler does it (`assemble.stitched_frames`)."""
+    return np.concatenate(list(stitched_frames(segments, frames, read_segment=array_chunks)))

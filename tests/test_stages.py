@@ -1,0 +1,148 @@
+"""The job's stages without Ray: each stage's `__call__` on hand-made rows, the board's attempt counting,
+and the row codec. The stages' frames must be the one-clip pipeline's frames (one implementation)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import image_bytes, wav_bytes
+
+from pipeline.ledger import Ledger
+from pipeline.manifest import ClipSpec
+from pipeline.rows import ClipPlan, JobSettings, SegmentResult, SegmentWork, from_batch, to_batch
+from pipeline.segment_store import iter_segment
+from pipeline.stages import SEGMENT_ATTEMPTS, AssembleStage, JobBoard, PreprocessStage, RenderStage
+
+SIZE, FPS = 64, 12.0
+
+
+def settings_for(output, **overrides) -> JobSettings:
+    from pipeline.render import model_identity
+
+    values = dict(output=str(output), preset="tiny", weights=None, model_identity=model_identity("tiny", None),
+                  segment_frames=8, overlap_frames=2)
+    return JobSettings(**{**values, **overrides})
+
+
+def clip_spec(tmp_path, seconds=1.0, **fields) -> ClipSpec:
+    (tmp_path / "a.png").write_bytes(image_bytes(0))
+    (tmp_path / "a.wav").write_bytes(wav_bytes(seconds))
+    values = dict(row=4, clip_id="a", image=str(tmp_path / "a.png"), audio=str(tmp_path / "a.wav"), fps=FPS,
+                  width=SIZE, height=SIZE)
+    return ClipSpec(**{**values, **fields})
+
+
+def test_preprocess_posts_the_plan_and_yields_one_work_row_per_segment(tmp_path):
+    board = JobBoard()
+    stage = PreprocessStage(settings_for(tmp_path / "out"), board)
+    stage.setup()
+    works = list(stage(clip_spec(tmp_path)))
+    [plan] = board.take_plans()
+    assert not plan.failed and not plan.skipped
+    assert plan.frames == 12 and plan.segments == [(0, 7), (5, 12)] and plan.pending == plan.segments
+    assert [(w.start, w.stop) for w in works] == plan.segments
+    assert all(w.row == 4 and w.fingerprint == plan.fingerprint for w in works)
+    assert works[1].audio.shape == (7, 50, 384) and works[1].poses.shape == (7, SIZE, SIZE, 3)
+    assert works[0].reference.shape == (SIZE, SIZE, 3) and works[0].reference.dtype == np.uint8
+
+
+def test_preprocess_refusal_is_the_plans_error_and_yields_nothing(tmp_path):
+    board = JobBoard()
+    stage = PreprocessStage(settings_for(tmp_path / "out"), board)
+    stage.setup()
+    spec = clip_spec(tmp_path, image=str(tmp_path / "missing.png"))
+    assert list(stage(spec)) == []
+    [plan] = board.take_plans()
+    assert plan.failed and plan.error.startswith("row 4 (clip 'a'): image: not found")
+
+
+def test_stages_render_and_assemble_exactly_the_one_clip_frames(tmp_path):
+    """Preprocess → render → assemble by hand; the segment files equal the one-clip pipeline's segments, and
+    their stitch its frames."""
+    from pipeline import EchoMimicV2Pipeline
+    from pipeline.steps import stitch
+
+    settings = settings_for(tmp_path / "out")
+    board = JobBoard()
+    preprocess = PreprocessStage(settings, board)
+    preprocess.setup()
+    spec = clip_spec(tmp_path)
+    works = list(preprocess(spec))
+    [plan] = board.take_plans()
+    render = RenderStage(settings, board, gpus_per_worker=0)
+    render.on_worker_start(restarted=False, node_id=None)
+    render.setup()
+    results = [render(work) for work in works]
+    assert all(r.error is None and r.attempts == 1 for r in results)
+    ledger = Ledger(settings.output)
+    stored = [(a, b, np.concatenate(list(iter_segment(ledger.segment_uri("a", plan.fingerprint, a, b)))))
+              for a, b in plan.segments]
+
+    segments = []
+    out = EchoMimicV2Pipeline.tiny(seed=0)(spec.image, spec.audio, width=SIZE, height=SIZE, fps=FPS,
+                                           segment_frames=8, overlap_frames=2, progress=False,
+                                           callback=lambda step: segments.append((step.start, step.stop, step.frames)))
+    assert out.segments == plan.segments and out.frames.shape == (12, SIZE, SIZE, 3)
+    for (a, b, job_frames), (c, d, clip_frames) in zip(stored, segments):
+        assert (a, b) == (c, d)
+        np.testing.assert_array_equal(job_frames, clip_frames)
+    np.testing.assert_array_equal(stitch(stored, plan.frames), out.frames)
+    assert not np.array_equal(stored[0][2][-1], stored[1][2][stored[0][1] - stored[1][0] - 1])  # a real cross-fade
+
+    assembled = AssembleStage(settings)(plan)
+    assert assembled["frames"] == 12 and (tmp_path / "out" / "a.mp4").stat().st_size > 0
+    assert ledger.finished_clip("a", plan.fingerprint) is not None
+
+
+def test_render_failure_names_the_row_and_segment(tmp_path):
+    settings = settings_for(tmp_path / "out")
+    render = RenderStage(settings, JobBoard(), gpus_per_worker=0)
+    render.on_worker_start(restarted=False, node_id=None)
+    render.setup()
+    work = SegmentWork(row=7, clip_id="x", fingerprint="f", start=117, stop=121, seed=0, steps=1, guidance=1.0,
+                       reference=np.zeros((SIZE, SIZE, 3), np.uint8), audio=np.zeros((4, 50, 384), np.float32),
+                       poses=np.zeros((3, SIZE, SIZE, 3), np.uint8))  # one pose image short
+    result = render(work)
+    assert result.attempts == SEGMENT_ATTEMPTS and not result.give_up
+    assert result.error.startswith("row 7 (clip 'x'): segment 117-121 failed 3 times: attempt 1: ValueError: pose_images: ")
+
+
+def test_board_counts_attempts_across_worker_deaths_and_gives_up():
+    board = JobBoard(attempts_per_segment=3, deaths_in_a_row=4)
+    assert not board.render_worker_started(restarted=False)
+    key = ("x", "f", 0, 8)
+    for number in (1, 2, 3):  # each attempt's worker dies: begin without end, then a restarted worker
+        assert board.begin("row 1 (clip 'x'): segment 0-8", key).number == number
+        assert not board.render_worker_started(restarted=True)
+    attempt = board.begin("row 1 (clip 'x'): segment 0-8", key)
+    assert attempt.error == ("row 1 (clip 'x'): segment 0-8 failed 3 times: attempt 1: the render worker died; "
+                             "attempt 2: the render worker died; attempt 3: the render worker died")
+    other = board.begin("row 1 (clip 'x'): segment 6-14", ("x", "f", 6, 14))
+    assert "another segment of the clip failed" in other.error  # the clip has failed: no more work on it
+    good = ("y", "g", 0, 8)
+    board.begin("y", good)
+    board.end(good)  # a finished segment: the deaths so far were not in a row
+    for _ in range(3):
+        assert not board.render_worker_started(restarted=True)
+    assert board.render_worker_started(restarted=True)  # 4 in a row
+    late = board.begin("row 2 (clip 'z'): segment 0-8", ("z", "h", 0, 8))
+    assert late.give_up and "render workers died 4 times in a row" in late.error
+
+
+@pytest.mark.parametrize("item", [
+    ClipSpec(row=3, clip_id="a", image="s3://b/a.png", audio="a.wav"),
+    ClipSpec(row=3, clip_id="a", image="a.png", audio="a.wav", pose="p.npz", seed=5, guidance=2.5, width=128),
+    SegmentResult(1, "a", "f", 0, 8, seconds=1.5, attempts=2),
+    SegmentResult(1, "a", "f", 0, 8, error="row 1 (clip 'a'): segment 0-8 failed", give_up=True),
+    ClipPlan(2, "b", "f", frames=24, segments=[(0, 16), (8, 24)], pending=[(8, 24)], params={"seed": 1}),
+])
+def test_rows_survive_the_batch_codec(item):
+    assert from_batch(type(item), to_batch(item)) == item
+
+
+def test_segment_work_arrays_travel_without_pickle():
+    work = SegmentWork(0, "a", "f", 0, 2, 0, 3, 1.0, reference=np.ones((64, 64, 3), np.uint8),
+                       audio=np.full((2, 50, 384), 0.5, np.float32), poses=np.zeros((2, 64, 64, 3), np.uint8))
+    back = from_batch(SegmentWork, to_batch(work))
+    assert back.label == "row 0 (clip 'a'): segment 0-2"
+    for name in ("reference", "audio", "poses"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(work, name))
