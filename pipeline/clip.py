@@ -59,11 +59,12 @@ class EchoMimicV2Output:
 
     def save(self, path: str | Path) -> dict:
         """Write an H.264 yuv420p + AAC MP4 (any fsspec URL), atomically, with the job's encoder; the
-        audio is trimmed or padded to the video's duration. Returns dict(frames, seconds, bytes)."""
-        from pipeline.assemble import array_chunks, assemble_clip
+        audio is trimmed or padded to the video's duration. Returns dict(frames, seconds, bytes, qc): the
+        same QC report the job stores (its seam check looks at the segment joins)."""
+        from pipeline.assemble import array_chunks, assemble_clip, segment_joins
 
         return assemble_clip([(0, len(self.frames), self.frames)], len(self.frames), self.fps, self.audio_file,
-                             str(path), read_segment=array_chunks)
+                             str(path), read_segment=array_chunks, joins=segment_joins(self.segments))
 
 
 @dataclass

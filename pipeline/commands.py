@@ -235,6 +235,10 @@ def status_command(output: str) -> int:
     failed = results[results["status"] == "failed"]
     for _, row in failed.iterrows():
         console.print(f"[red]failed[/red] {escape(row['error'])}")
+    from pipeline.report import flagged_lines
+
+    for line in flagged_lines(results):  # done, but a QC check is over its threshold
+        console.print(f"[yellow]flagged[/yellow] {escape(line)}")
     return EXIT_OK
 
 

@@ -31,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipeline import storage
 from pipeline.ledger import Ledger
 from pipeline.manifest import ClipSpec, Problem, parse_manifest, read_manifest
+from pipeline.qc import QC_COLUMNS, qc_columns
 from pipeline.rows import ClipPlan, JobSettings, SegmentResult, SegmentWork, from_batch, row_label, to_batch
 from pipeline.stages import (
     RENDER_DEATHS_IN_A_ROW,
@@ -43,7 +44,7 @@ from pipeline.stages import (
 )
 
 RESULT_COLUMNS = ("row", "clip_id", "status", "output", "frames", "seconds", "fingerprint", "error",
-                  "preprocess_seconds", "render_seconds", "assemble_seconds")
+                  "preprocess_seconds", "render_seconds", "assemble_seconds", *QC_COLUMNS)
 ACTOR_RESTARTS = 2  # a preprocess actor that dies is replaced this often; Ray's default is forever
 # Render actors are always replaced (-1): the board bounds how often they may die. A death also costs a
 # retry to every other segment queued on that actor, hence more task retries than attempts per segment.
@@ -242,7 +243,7 @@ class Tracker:
         elif plan.skipped:
             clip.plan = plan
             self._finish(clip, "skipped", output=self.ledger.output_uri(plan.clip_id), frames=plan.finished.get("frames"),
-                         seconds=plan.finished.get("seconds"))
+                         seconds=plan.finished.get("seconds"), **qc_columns(plan.finished.get("qc")))
         else:  # a preprocess task that was retried posts its plan again: the same plan
             clip.plan = plan
             clip.waiting = set(plan.pending) - clip.rendered
@@ -290,7 +291,8 @@ class Tracker:
                 self._finish(clip, "failed", error=f"{row_label(clip.spec)}: assembly: {storage.describe_error(cause)}")
             else:
                 self._finish(clip, "done", output=assembled["output"], frames=assembled["frames"],
-                             seconds=clip.plan.seconds, assemble_seconds=assembled["assemble_seconds"])
+                             seconds=clip.plan.seconds, assemble_seconds=assembled["assemble_seconds"],
+                             **{name: assembled[name] for name in QC_COLUMNS})
         self._refresh()
         return bool(self.assemblies)
 

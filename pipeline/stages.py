@@ -295,6 +295,8 @@ class AssembleStage(Stage):
 
     def __call__(self, plan: ClipPlan) -> dict:
         from pipeline.assemble import assemble_clip
+        from pipeline.qc import qc_columns
+        from pipeline.report import strip_uri
 
         started = time.perf_counter()
         settings, ledger = self.settings, Ledger(self.settings.output)
@@ -306,11 +308,13 @@ class AssembleStage(Stage):
         segments = [(start, stop, ledger.segment_uri(plan.clip_id, plan.fingerprint, start, stop))
                     for start, stop in plan.segments]
         output = ledger.output_uri(plan.clip_id)
-        encoded = assemble_clip(segments, plan.frames, plan.fps, audio, output)
+        encoded = assemble_clip(segments, plan.frames, plan.fps, audio, output,
+                                strip_uri=strip_uri(settings.output, plan.clip_id, plan.fingerprint))
         ledger.record_clip(plan.clip_id, plan.fingerprint, bytes=encoded["bytes"], frames=encoded["frames"],
-                           seconds=encoded["seconds"], output=output)
+                           seconds=encoded["seconds"], output=output, qc=encoded["qc"])
         ledger.delete_segments(plan.clip_id)
-        return dict(output=output, frames=encoded["frames"], assemble_seconds=time.perf_counter() - started)
+        return dict(output=output, frames=encoded["frames"], assemble_seconds=time.perf_counter() - started,
+                    **qc_columns(encoded["qc"]))
 
 
 __all__ = ["AssembleStage", "Attempt", "JobBoard", "PreprocessStage", "RenderStage", "Resources", "Stage", "row_label"]
