@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from echomimic2.pose import OFFICIAL_DRAW_PARAMS, validate_pose
-from echomimic2.pose_detect import LOST, VISIBLE, FrameLandmarks, PoseDetector, official_pose
+from echomimic2.pose_detect import LOST, VISIBLE, FrameLandmarks, MediaPipeMissing, PoseDetector, official_pose
 
 ALIGN_MODES = ("auto", "none")
 
@@ -273,11 +273,13 @@ def frame_reference(image_rgb: np.ndarray, width: int, height: int, fallback: st
     if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
         raise ValueError(f"expected a uint8 (H, W, 3) RGB image, got {image_rgb.dtype} {image_rgb.shape}")
     image_height, image_width = image_rgb.shape[:2]
-    found = detect_reference(image_rgb, detector)
+    try:
+        found, reason = detect_reference(image_rgb, detector), "no face and shoulders found in the reference"
+    except MediaPipeMissing as missing:  # an optional dependency: frame as if no person were found, and say why
+        found, reason = None, f"no person detector ({missing})"
     if found is None:
         box = fallback_box(image_width, image_height, width, height, fallback)
         framed = crop_image(image_rgb, box, width, height)
-        reason = "no face and shoulders found in the reference"
         detection = ReferenceDetection(fallback, f"{reason}: {'whole image, padded' if fallback == 'pad' else 'centre crop'}",
                                        width, height, padded=_outside(box, image_width, image_height),
                                        source_scale=round(width / (box[2] - box[0]), 4))

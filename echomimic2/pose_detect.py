@@ -66,11 +66,15 @@ class FrameLandmarks:
         )
 
 
+class MediaPipeMissing(RuntimeError):
+    """mediapipe (an optional dependency, installed --no-deps) is not importable."""
+
+
 def _import_solutions():
     try:
         from mediapipe import solutions
     except ImportError as error:
-        raise RuntimeError(
+        raise MediaPipeMissing(
             "pose extraction needs mediapipe==0.10.21 (pip install --no-deps mediapipe==0.10.21, see README)"
         ) from error
     return solutions

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.manifest import Limits
-from pipeline.media import SAMPLE_RATE, decode_audio, load_reference_image
+from pipeline.media import SAMPLE_RATE, decode_audio, decode_reference
 from pipeline.segments import DEFAULT_OVERLAP_FRAMES, DEFAULT_SEGMENT_FRAMES
 from pipeline.steps import (
     AudioFeatures,
     audio_features,
     plan_segments,
-    pose_sequence,
+    reference_and_poses,
     render_frames,
     resolve_params,
     segment_inputs,
@@ -56,6 +56,7 @@ class EchoMimicV2Output:
     sample_rate: int = SAMPLE_RATE
     segments: list[tuple[int, int]] = field(default_factory=list)  # the frame ranges rendered
     audio_file: bytes = field(default=b"", repr=False)  # what `save` muxes: the given file, or a WAV of the waveform
+    poses_info: dict = field(default_factory=dict)  # framing, pose source and alignment (as the job's results)
 
     def save(self, path: str | Path) -> dict:
         """Write an H.264 yuv420p + AAC MP4 (any fsspec URL), atomically, with the job's encoder; the
@@ -71,11 +72,12 @@ class EchoMimicV2Output:
 class ClipInputs:
     """Inputs as `check_inputs` left them: decoded, and the parameters resolved against the preset."""
 
-    reference: np.ndarray  # uint8 (height, width, 3)
+    reference: np.ndarray  # uint8 RGB: the whole image, then (step 3) framed to (height, width, 3)
     waveform: np.ndarray  # float32 16 kHz mono
     audio_file: bytes
     poses: list[dict] | None
-    params: dict  # steps.resolve_params: seed, steps, guidance, fps, width, height, segment plan
+    params: dict  # steps.resolve_params: seed, steps, guidance, fps, width, height, segment plan, poses
+    pose_video: str | None = None  # a driving video's path: its poses are extracted in step 3
 
 
 class EchoMimicV2Pipeline:
@@ -130,26 +132,41 @@ class EchoMimicV2Pipeline:
     # -- one clip -----------------------------------------------------------------------------
     def __call__(self, image, audio, poses=None, *, width: int | None = None, height: int | None = None,
                  fps: float = 24.0, steps: int | None = None, guidance: float | None = None, seed: int = 0,
-                 segment_frames: int | None = None, overlap_frames: int | None = None,
-                 callback: Callable[[SegmentStep], None] | None = None, progress: bool = True) -> EchoMimicV2Output:
+                 segment_frames: int | None = None, overlap_frames: int | None = None, pose_align: str = "auto",
+                 gesture: str = "calm", callback: Callable[[SegmentStep], None] | None = None,
+                 progress: bool = True) -> EchoMimicV2Output:
         """Render one clip.
 
         image: a path, the file's bytes, a uint8 (H, W, 3) RGB array or a PIL image (framed to width×height
         as the job frames it). audio: a path, the file's bytes, or a float32 16 kHz mono waveform.
-        poses: None (the built-in gesture loop), a list of official pose dicts, a folder of official
-        per-frame `.npy` files, or a `.npz` sequence; a shorter sequence is extended, never the video cut.
+        poses: None (hand gestures from the audio, `gesture` = calm | lively | none), a list of official pose
+        dicts, a folder of official per-frame `.npy` files, a `.npz` sequence, or a driving video (mp4, mov,
+        webm, mkv); a shorter sequence is extended, never the video cut. The reference is framed around its
+        person and the poses mapped onto it (`pose_align` = auto | none), as the job does.
         width/height/steps/guidance default to the preset's; segment_frames/overlap_frames to the job's.
         callback(SegmentStep) runs after each segment; progress shows a bar on stderr.
         """
         # 1. check inputs: decode the image and the audio once, resolve the parameters
         clip = self.check_inputs(image, audio, poses, width=width, height=height, fps=fps, steps=steps,
                                  guidance=guidance, seed=seed, segment_frames=segment_frames,
-                                 overlap_frames=overlap_frames)
+                                 overlap_frames=overlap_frames, pose_align=pose_align, gesture=gesture)
         params = clip.params
         # 2. audio features: whisper states, and the video's frame count (the audio's length)
         features = audio_features(self.whisper, clip.waveform, params["fps"])
-        # 3. poses: one per frame
-        frame_poses = pose_sequence(clip.poses, features.frames, params["fps"])
+        # 3. poses: one per frame (from the driving video if one was given), the reference framed around its
+        #    person and the poses mapped onto it
+        given, video_info = clip.poses, None
+        if clip.pose_video is not None:
+            from pipeline.driving_video import VideoLimits, poses_from_video
+
+            given, video_info = poses_from_video(clip.pose_video, params["fps"], features.frames,
+                                                 VideoLimits(max_seconds=self.limits.max_audio_seconds,
+                                                             max_frames=self.limits.max_pose_frames),
+                                                 name=Path(clip.pose_video).name)
+        clip.reference, frame_poses, poses_info = reference_and_poses(clip.reference, params, features.frames,
+                                                                      poses=given, waveform=clip.waveform)
+        if video_info is not None:
+            poses_info = dict(poses_info, pose_source="driving video", driving_video=video_info)
         # 4. plan segments: overlapping frame ranges, each rendered on its own
         segments = plan_segments(features.frames, params["segment_frames"], params["overlap_frames"])
         # 5. render segments
@@ -157,16 +174,24 @@ class EchoMimicV2Pipeline:
         # 6. stitch: cross-fade the frames neighbouring segments share
         frames = stitch(rendered, features.frames)
         return EchoMimicV2Output(frames=frames, fps=params["fps"], audio=clip.waveform, segments=segments,
-                                 audio_file=clip.audio_file)
+                                 audio_file=clip.audio_file, poses_info=poses_info)
 
     def check_inputs(self, image, audio, poses=None, *, width=None, height=None, fps=24.0, steps=None,
-                     guidance=None, seed=0, segment_frames=None, overlap_frames=None) -> ClipInputs:
+                     guidance=None, seed=0, segment_frames=None, overlap_frames=None, pose_align="auto",
+                     gesture="calm") -> ClipInputs:
         """Every argument checked (ValueError naming it), then the image framed and the audio decoded
         exactly as the job's preprocessing does."""
         segment_frames = self.segment_frames if segment_frames is None else segment_frames
         overlap_frames = self.overlap_frames if overlap_frames is None else overlap_frames
+        from pipeline.manifest import GESTURE_STYLES, POSE_ALIGN_MODES
+
+        if pose_align not in POSE_ALIGN_MODES:
+            raise ValueError(f"pose_align: expected one of {', '.join(POSE_ALIGN_MODES)}, got {pose_align!r}")
+        if gesture not in GESTURE_STYLES:
+            raise ValueError(f"gesture: expected one of {', '.join(GESTURE_STYLES)}, got {gesture!r}")
         params = resolve_params(self.preset.name, seed=seed, steps=steps, guidance=guidance, fps=fps, width=width,
-                                height=height, segment_frames=segment_frames, overlap_frames=overlap_frames)
+                                height=height, segment_frames=segment_frames, overlap_frames=overlap_frames,
+                                pose_align=pose_align, gesture=gesture)
         for name in ("width", "height"):
             value = params[name]
             if not _is_int(value) or value < SIZE_MULTIPLE or value % SIZE_MULTIPLE:
@@ -181,9 +206,11 @@ class EchoMimicV2Pipeline:
             raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
         plan_segments(segment_frames + 1, segment_frames, overlap_frames)  # ValueError on a bad pair
         image_data, image_name = _image_file(image, self.limits)
-        reference = load_reference_image(image_data, params["width"], params["height"], self.limits, image_name)
+        reference = decode_reference(image_data, self.limits, image_name)  # framed in step 3, with the poses
         waveform, audio_file = _audio(audio, self.limits)
-        return ClipInputs(reference, waveform, audio_file, _poses(poses, self.limits), params)
+        pose_video = _driving_video(poses)
+        return ClipInputs(reference, waveform, audio_file, None if pose_video else _poses(poses, self.limits), params,
+                          pose_video)
 
     def render_segments(self, clip: ClipInputs, features: AudioFeatures, poses: list[dict],
                         segments: list[tuple[int, int]], *, callback=None, progress: bool = True):
@@ -226,7 +253,7 @@ def _read_file(path: str | Path, max_bytes: int, what: str) -> bytes:
 
 
 def _image_file(image, limits: Limits) -> tuple[bytes, str]:
-    """The image as file bytes for `load_reference_image`; arrays and PIL images as lossless PNG."""
+    """The image as file bytes for `decode_reference`; arrays and PIL images as lossless PNG."""
     from PIL import Image
 
     if isinstance(image, (str, Path)):
@@ -264,6 +291,17 @@ def _audio(audio, limits: Limits) -> tuple[np.ndarray, bytes]:
         sf.write(buffer, waveform, SAMPLE_RATE, format="WAV", subtype="FLOAT")
         return waveform, buffer.getvalue()
     raise ValueError(f"audio: expected a path, bytes or a float32 waveform array, got {type(audio).__name__}")
+
+
+def _driving_video(poses) -> str | None:
+    """A local driving video given as `poses` (decoded in step 3, once the frame count is known)."""
+    from pipeline.driving_video import is_video_name
+
+    if isinstance(poses, (str, Path)) and is_video_name(str(poses)):
+        if not Path(poses).is_file():
+            raise ValueError(f"poses: no such driving video: {poses}")
+        return str(poses)
+    return None
 
 
 def _poses(poses, limits: Limits) -> list[dict] | None:

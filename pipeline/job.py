@@ -18,6 +18,7 @@ load plus the segment it died in) after the last finished segment, then the asse
 from __future__ import annotations
 
 import io
+import json
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,8 +44,9 @@ from pipeline.stages import (
     Stage,
 )
 
+POSES_COLUMNS = ("framing", "pose_source", "pose_align", "poses_info")  # poses_info: the whole summary, JSON
 RESULT_COLUMNS = ("row", "clip_id", "status", "output", "frames", "seconds", "fingerprint", "error",
-                  "preprocess_seconds", "render_seconds", "assemble_seconds", *QC_COLUMNS)
+                  "preprocess_seconds", "render_seconds", "assemble_seconds", *QC_COLUMNS, *POSES_COLUMNS)
 ACTOR_RESTARTS = 2  # a preprocess actor that dies is replaced this often; Ray's default is forever
 # Render actors are always replaced (-1): the board bounds how often they may die. A death also costs a
 # retry to every other segment queued on that actor, hence more task retries than attempts per segment.
@@ -314,7 +316,8 @@ class Tracker:
     # -- results and progress --------------------------------------------------------------
     def _finish(self, clip: ClipState, status: str, **values) -> None:
         plan = clip.plan
-        clip.result = dict(row=clip.spec.row, clip_id=clip.spec.clip_id, status=status,
+        poses_info = (plan.finished.get("poses") if plan.skipped else plan.poses_info) if plan else None
+        clip.result = dict(row=clip.spec.row, clip_id=clip.spec.clip_id, status=status, **poses_columns(poses_info),
                            fingerprint=plan.fingerprint if plan else "",
                            preprocess_seconds=plan.preprocess_seconds if plan and not (plan.failed or plan.skipped) else None,
                            render_seconds=clip.render_seconds, **values)
@@ -346,6 +349,15 @@ def _refused_rows(problems: list[Problem]) -> list[dict]:
         by_row.setdefault(problem.row, []).append(problem)
     return [dict(row=row, clip_id=found[0].clip_id, status="failed", error="; ".join(str(p) for p in found))
             for row, found in sorted(by_row.items())]
+
+
+def poses_columns(info: dict | None) -> dict:
+    """Results columns of a clip's framing / pose summary (steps.reference_and_poses)."""
+    if not info:
+        return dict.fromkeys(POSES_COLUMNS)
+    return dict(framing=info.get("framing"), pose_source=info.get("pose_source"),
+                pose_align=info.get("pose_align_applied", info.get("pose_align")),
+                poses_info=json.dumps(info, default=str))
 
 
 def write_results(ledger: Ledger, results: list[dict]) -> None:

@@ -24,7 +24,9 @@ MAX_CLIP_ID_LEN = 128
 CHECK_THREADS = 8  # input checks are I/O-bound (object-store round trips)
 
 REQUIRED_COLUMNS = ("clip_id", "image", "audio")
-OPTIONAL_COLUMNS = ("pose", "seed", "steps", "guidance", "fps", "width", "height")
+OPTIONAL_COLUMNS = ("pose", "seed", "steps", "guidance", "fps", "width", "height", "pose_align", "gesture")
+POSE_ALIGN_MODES = ("auto", "none")  # echomimic2.pose_align.ALIGN_MODES
+GESTURE_STYLES = ("calm", "lively", "none")  # echomimic2.gestures.GESTURE_STYLES
 _CLIP_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 _POSE_FRAME = re.compile(r"^(0|[1-9][0-9]*)\.npy$")
 
@@ -47,13 +49,15 @@ class ClipSpec:
     clip_id: str
     image: str  # resolved URI
     audio: str
-    pose: str | None = None  # folder of N.npy, or one .npz; None = built-in default poses
+    pose: str | None = None  # folder of N.npy, one .npz, or a driving video; None = gestures from the audio
     seed: int | None = None  # None: the job's default
     steps: int | None = None  # None: the preset's
     guidance: float | None = None
     fps: float = DEFAULT_FPS
     width: int | None = None  # None: the preset's
     height: int | None = None
+    pose_align: str = "auto"  # map the poses onto the reference's person ("none": as given)
+    gesture: str = "calm"  # without poses: hand gestures from the audio in this style ("none": hands at rest)
 
 
 @dataclass(frozen=True)
@@ -143,7 +147,15 @@ _OVERRIDES = {
     "fps": lambda v: _as_float(v, 1.0, 60.0),
     "width": lambda v: _as_int(v, 64, 2048, 64),
     "height": lambda v: _as_int(v, 64, 2048, 64),
+    "pose_align": lambda v: _as_choice(v, POSE_ALIGN_MODES),
+    "gesture": lambda v: _as_choice(v, GESTURE_STYLES),
 }
+
+
+def _as_choice(value, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def resolve_path(value: str, base_uri: str | None) -> str:
@@ -282,6 +294,16 @@ def _check_audio(uri: str, limits: Limits) -> None:
 
 
 def _check_pose(uri: str, limits: Limits) -> None:
+    from pipeline.driving_video import DrivingVideoError, VideoLimits, check_driving_video, is_video_name
+
+    if is_video_name(uri):  # a driving video: header limits, then hands sought in a few sampled frames
+        video_limits = VideoLimits(max_seconds=limits.max_audio_seconds, max_frames=limits.max_pose_frames)
+        try:
+            check_driving_video(storage.read_bytes(uri, max_bytes=video_limits.max_bytes), video_limits,
+                                name=uri.rsplit("/", 1)[-1])
+        except DrivingVideoError as exc:
+            raise InputError(str(exc)) from None
+        return
     files = list_pose_files(uri, limits)  # counted before anything is read
     from echomimic2.pose import PoseFormatError, load_pose_npz, read_pose_npy
 

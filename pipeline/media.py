@@ -76,18 +76,28 @@ def decode_image(data: bytes, limits: Limits) -> Image.Image:
         raise InputError(f"cannot decode image: {describe_error(exc)}") from None
 
 
-def load_reference_image(data: bytes, width: int, height: int, limits: Limits, name: str) -> np.ndarray:
-    """uint8 (height, width, 3) RGB: EXIF orientation applied, transparency over white, centre-cropped
-    to the target aspect ratio, then resized with bicubic filtering."""
+def decode_reference(data: bytes, limits: Limits, name: str) -> np.ndarray:
+    """The whole reference as uint8 (H, W, 3) RGB: EXIF orientation applied, transparency over white,
+    nothing cropped (framing around the person is a later step)."""
     try:
         image = decode_image(data, limits)
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
             image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
-        fitted = ImageOps.fit(image.convert("RGB"), (width, height), method=Image.Resampling.BICUBIC)
+        return np.array(image.convert("RGB"), dtype=np.uint8)
     except InputError as exc:
         raise InputError(f"{name}: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:  # a mode conversion that fails on odd pixel data
         raise InputError(f"{name}: cannot decode image: {describe_error(exc)}") from None
+
+
+def load_reference_image(data: bytes, width: int, height: int, limits: Limits, name: str) -> np.ndarray:
+    """uint8 (height, width, 3) RGB: `decode_reference`, centre-cropped to the target aspect ratio, then
+    resized with bicubic filtering (the framing used when no person detector is available)."""
+    return centre_fit(decode_reference(data, limits, name), width, height)
+
+
+def centre_fit(image_rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    fitted = ImageOps.fit(Image.fromarray(image_rgb), (width, height), method=Image.Resampling.BICUBIC)
     return np.array(fitted, dtype=np.uint8)
 
 

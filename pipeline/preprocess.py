@@ -9,13 +9,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pipeline import storage
+from pipeline.driving_video import VideoLimits, is_video_name, poses_from_video
 from pipeline.fingerprint import content_hash
 from pipeline.manifest import ClipSpec, Limits, Problem, list_pose_files
 from pipeline.rows import JobSettings  # its home is rows.py; re-exported for callers of the old path (commands.py)
 from pipeline.steps import DEFAULT_SEED, resolve_params
 
-__all__ = ["DEFAULT_SEED", "ClipInputs", "JobSettings", "RowRefused", "read_clip_inputs", "read_poses", "refusing",
-           "render_params"]
+__all__ = ["DEFAULT_SEED", "ClipInputs", "JobSettings", "RowRefused", "driving_video_poses", "read_clip_inputs",
+           "read_poses", "refusing", "render_params"]
 
 POSE_READ_THREADS = 8  # pose folders are many small objects: overlap the round trips
 
@@ -24,7 +25,7 @@ def render_params(spec: ClipSpec, settings: JobSettings) -> dict:
     """The row's parameters with the preset's defaults filled in: everything that changes its pixels."""
     return resolve_params(settings.preset, seed=spec.seed, steps=spec.steps, guidance=spec.guidance, fps=spec.fps,
                           width=spec.width, height=spec.height, segment_frames=settings.segment_frames,
-                          overlap_frames=settings.overlap_frames)
+                          overlap_frames=settings.overlap_frames, pose_align=spec.pose_align, gesture=spec.gesture)
 
 
 class RowRefused(Exception):
@@ -50,8 +51,9 @@ def refusing(spec: ClipSpec, field_name: str, uri: str | None = None):
 class ClipInputs:
     image: bytes
     audio: bytes
-    poses: list[dict] | None  # None: the row has no pose; default poses are generated
+    poses: list[dict] | None  # None: the row has no pose files; gestures are generated (or a driving video given)
     pose_hashes: list[tuple[str, str]]
+    pose_video: bytes | None = None  # a driving video: its poses are extracted once the frame count is known
 
 
 def read_poses(pose_uri: str, limits: Limits) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -85,8 +87,18 @@ def read_clip_inputs(spec: ClipSpec, settings: JobSettings) -> ClipInputs:
         return ClipInputs(image, audio, None, [])
     with refusing(spec, "pose", spec.pose):
         pose_uri = storage.check_uri(spec.pose, allow_http=settings.allow_http, input_root=settings.input_root)
+        if is_video_name(pose_uri):
+            video = storage.read_bytes(pose_uri, max_bytes=VideoLimits().max_bytes)
+            return ClipInputs(image, audio, None, [(_name(pose_uri), content_hash(video))], pose_video=video)
         poses, hashes = read_poses(pose_uri, limits)
     return ClipInputs(image, audio, poses, hashes)
+
+
+def driving_video_poses(spec: ClipSpec, video: bytes, fps: float, frames: int, limits: Limits) -> tuple[list[dict], dict]:
+    """The poses of a driving video at the clip's frame rate (at most `frames`; a shorter video is extended
+    like any pose sequence) and its summary for results."""
+    limits_for_video = VideoLimits(max_seconds=limits.max_audio_seconds, max_frames=limits.max_pose_frames)
+    return poses_from_video(video, fps, frames, limits_for_video, name=_name(spec.pose))
 
 
 def _name(uri: str) -> str:

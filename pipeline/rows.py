@@ -65,6 +65,7 @@ class ClipPlan:
     segments: list[tuple[int, int]] = field(default_factory=list)
     pending: list[tuple[int, int]] = field(default_factory=list)
     preprocess_seconds: float = 0.0
+    poses_info: dict = field(default_factory=dict)  # framing, pose source and alignment (steps.reference_and_poses)
 
     @property
     def failed(self) -> bool:

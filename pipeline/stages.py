@@ -22,11 +22,11 @@ from pipeline import storage
 from pipeline.fingerprint import clip_fingerprint, content_hash
 from pipeline.ledger import Ledger
 from pipeline.manifest import ClipSpec, Problem, check_clip_inputs
-from pipeline.media import decode_audio, load_reference_image
-from pipeline.preprocess import RowRefused, read_clip_inputs, refusing, render_params
+from pipeline.media import decode_audio, decode_reference
+from pipeline.preprocess import RowRefused, driving_video_poses, read_clip_inputs, refusing, render_params
 from pipeline.rows import ClipPlan, JobSettings, SegmentResult, SegmentWork, row_label
 from pipeline.segment_store import write_segment
-from pipeline.steps import audio_features, plan_segments, pose_sequence, render_frames, segment_inputs
+from pipeline.steps import audio_features, plan_segments, reference_and_poses, render_frames, segment_inputs
 
 SEGMENT_ATTEMPTS = 3  # tries per segment, whether the renderer raised or its worker died
 # The job gives up rendering after this many render worker deaths with no segment finished in between
@@ -195,17 +195,25 @@ class PreprocessStage(Stage):
             return ClipPlan(spec.row, spec.clip_id, fingerprint, finished=record), None, None, None
         width, height, fps = params["width"], params["height"], params["fps"]
         with refusing(spec, "image", spec.image):
-            reference = load_reference_image(inputs.image, width, height, settings.limits, _name(spec.image))
+            whole_reference = decode_reference(inputs.image, settings.limits, _name(spec.image))
         with refusing(spec, "audio", spec.audio):
-            audio = audio_features(self.whisper, decode_audio(inputs.audio, settings.limits, _name(spec.audio)), fps)
+            waveform = decode_audio(inputs.audio, settings.limits, _name(spec.audio))
+            audio = audio_features(self.whisper, waveform, fps)
         with refusing(spec, "pose", spec.pose):
-            poses = pose_sequence(inputs.poses, audio.frames, fps)
+            given, video_info = inputs.poses, None
+            if inputs.pose_video is not None:
+                given, video_info = driving_video_poses(spec, inputs.pose_video, fps, audio.frames, settings.limits)
+            reference, poses, poses_info = reference_and_poses(whole_reference, params, audio.frames, poses=given,
+                                                               waveform=waveform)
+            if video_info is not None:
+                poses_info = dict(poses_info, pose_source="driving video", driving_video=video_info)
+        del waveform
         segments = plan_segments(audio.frames, settings.segment_frames, settings.overlap_frames)
         pending = [(start, stop) for start, stop in segments
                    if settings.force or not storage.exists(self.ledger.segment_uri(spec.clip_id, fingerprint, start, stop))]
         plan = ClipPlan(spec.row, spec.clip_id, fingerprint, frames=audio.frames, fps=fps, seconds=audio.seconds,
                         width=width, height=height, audio=spec.audio, audio_sha=audio_sha, params=params,
-                        segments=segments, pending=pending)
+                        segments=segments, pending=pending, poses_info=poses_info)
         return plan, reference, audio, poses
 
 
@@ -311,7 +319,7 @@ class AssembleStage(Stage):
         encoded = assemble_clip(segments, plan.frames, plan.fps, audio, output,
                                 strip_uri=strip_uri(settings.output, plan.clip_id, plan.fingerprint))
         ledger.record_clip(plan.clip_id, plan.fingerprint, bytes=encoded["bytes"], frames=encoded["frames"],
-                           seconds=encoded["seconds"], output=output, qc=encoded["qc"])
+                           seconds=encoded["seconds"], output=output, qc=encoded["qc"], poses=plan.poses_info)
         ledger.delete_segments(plan.clip_id)
         return dict(output=output, frames=encoded["frames"], assemble_seconds=time.perf_counter() - started,
                     **qc_columns(encoded["qc"]))

@@ -1,7 +1,7 @@
 """The steps that turn one clip's inputs into frames, shared by the one-clip pipeline (`pipeline.clip`) and
 the job's stages (`pipeline.stages`): each is written once, here, and both call it.
 
-    resolve_params ─► audio_features ─► pose_sequence ─► plan_segments ─► segment_inputs ─► render_frames ─► stitch
+    resolve_params ─► audio_features ─► reference_and_poses ─► plan_segments ─► segment_inputs ─► render_frames ─► stitch
 
 No Ray, no storage: arrays and decoded inputs in, arrays out.
 """
@@ -17,15 +17,18 @@ from pipeline.segments import plan_segments
 
 DEFAULT_SEED = 0
 
-__all__ = ["DEFAULT_SEED", "AudioFeatures", "audio_features", "plan_segments", "pose_sequence", "render_frames",
-           "resolve_params", "segment_inputs", "stitch"]
+__all__ = ["DEFAULT_SEED", "AudioFeatures", "audio_features", "plan_segments", "reference_and_poses",
+           "render_frames", "resolve_params", "segment_inputs", "stitch"]
 
 
 def resolve_params(preset_name: str, *, seed: int | None, steps: int | None, guidance: float | None, fps: float,
-                   width: int | None, height: int | None, segment_frames: int, overlap_frames: int) -> dict:
+                   width: int | None, height: int | None, segment_frames: int, overlap_frames: int,
+                   pose_align: str = "auto", gesture: str = "calm") -> dict:
     """A clip's render parameters with the preset's defaults filled in: everything that changes its pixels
-    (the job fingerprints exactly this dict)."""
+    (the job fingerprints exactly this dict; `poses_version` re-renders clips when framing, alignment or
+    gestures change)."""
     from echomimic2 import PRESETS
+    from echomimic2.clip_poses import POSES_VERSION
 
     preset = PRESETS[preset_name]
     return dict(
@@ -38,6 +41,9 @@ def resolve_params(preset_name: str, *, seed: int | None, steps: int | None, gui
         height=preset.height if height is None else height,
         segment_frames=segment_frames,
         overlap_frames=overlap_frames,
+        pose_align=pose_align,
+        gesture=gesture,
+        poses_version=POSES_VERSION,
     )
 
 
@@ -61,12 +67,16 @@ def audio_features(whisper, waveform: np.ndarray, fps: float) -> AudioFeatures:
     return AudioFeatures(features, frames, seconds)
 
 
-def pose_sequence(poses: list[dict] | None, frames: int, fps: float) -> list[dict]:
-    """One pose per frame. Poses never shorten a video: a short sequence is extended (ping-pong), a missing
-    one is the built-in gesture loop."""
-    from echomimic2.pose import default_pose_sequence, extend_poses
+def reference_and_poses(reference_rgb: np.ndarray, params: dict, frames: int, *, poses: list[dict] | None,
+                        waveform: np.ndarray | None) -> tuple[np.ndarray, list[dict], dict]:
+    """The reference framed around its person at the output size, one pose per frame mapped onto that
+    person (the given poses, or gestures from the audio in the row's style), and what was done (a
+    JSON-ready summary for results). Without a person (or without MediaPipe) the whole image is fitted
+    and padded, and the poses are used as given."""
+    from echomimic2.clip_poses import reference_and_poses as frame_and_align
 
-    return default_pose_sequence(frames, fps) if poses is None else extend_poses(poses, frames)
+    return frame_and_align(reference_rgb, params["width"], params["height"], params["fps"], frames, poses=poses,
+                           audio=waveform, seed=params["seed"], pose_align=params["pose_align"], gesture=params["gesture"])
 
 
 def segment_inputs(features: np.ndarray, poses: list[dict], fps: float, start: int, stop: int,

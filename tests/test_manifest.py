@@ -88,7 +88,7 @@ def test_schema_problems(tmp_path):
     _, problems = parse_manifest(df)
     assert {str(p) for p in problems} == {
         "manifest: column 'extra': unknown column (allowed: clip_id, image, audio, pose, seed, steps, "
-        "guidance, fps, width, height)",
+        "guidance, fps, width, height, pose_align, gesture)",
         "manifest: column 'audio': required column is missing"}
 
 
