@@ -23,7 +23,6 @@ from pipeline.segment_store import write_segment
 
 FPS = 12.0
 SIZE = (96, 160)  # height, width
-RESULT_AND_QC_COLUMNS = (*RESULT_COLUMNS, *qc.QC_COLUMNS)
 
 
 def scene(seed: int, frames: int, size=SIZE) -> np.ndarray:
@@ -96,7 +95,7 @@ def build_output_root(root: str, kinds=KINDS, *, seconds: float = 3.0, strips_by
             encoded = assemble_clip(segments, frames, FPS, speech(seconds), output, strip_uri=strip)
             rows.append(dict(row, status="done", output=output, frames=encoded["frames"], seconds=encoded["seconds"],
                              assemble_seconds=0.8, **qc.qc_columns(encoded["qc"])))
-    results = pd.DataFrame(rows, columns=list(RESULT_AND_QC_COLUMNS))
+    results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     _write_results(root, results)
     return results
 
@@ -131,6 +130,6 @@ def build_large_output_root(root: str, n: int = 10_000, *, seed: int = 0) -> pd.
                 strips / report.strip_name(clip_id, fingerprint))
         score = float(rng.gamma(1.2, 0.3)) if not source["qc_flagged"] else source["qc_score"]
         rows.append(dict(source, row=i, clip_id=clip_id, fingerprint=fingerprint, output=output, qc_score=score))
-    results = pd.DataFrame(rows, columns=list(RESULT_AND_QC_COLUMNS))
+    results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     _write_results(root, results)
     return results

@@ -84,3 +84,33 @@ def test_compiled_networks_match_eager(segment_inputs):
     assert "forward" in vars(compiled.networks.denoising_unet)  # replaced by the compiled function
     diff = np.abs(compiled.render(*segment_inputs, seed=1, first_frame=0, steps=2).astype(int) - reference)
     assert diff.max() <= 2 and diff.mean() <= 0.2, (diff.max(), diff.mean())
+
+
+def test_render_stage_sets_up_on_cuda_and_renders_a_segment(official_weights, segment_inputs, tmp_path):
+    """The job's render stage as a Ray worker runs it (setup, then one call), without Ray: the model loads
+    on CUDA through the production path and the segment lands in storage with its ledger record."""
+    from pipeline.ledger import Ledger
+    from pipeline.render import COMPILE_ENV, model_identity
+    from pipeline.rows import JobSettings, SegmentWork
+    from pipeline.segment_store import iter_segment
+    from pipeline.stages import JobBoard, RenderStage
+
+    reference, audio, poses = segment_inputs
+    settings = JobSettings(output=str(tmp_path / "out"), preset="acc", weights=str(official_weights),
+                           model_identity=model_identity("acc", str(official_weights)), segment_frames=288, overlap_frames=6)
+    os.environ[COMPILE_ENV] = "0"  # the compiled path is test_compiled_networks_match_eager's
+    try:
+        stage = RenderStage(settings, JobBoard())
+        stage.on_worker_start(restarted=False, node_id=None)
+        stage.setup()
+    finally:
+        os.environ.pop(COMPILE_ENV)
+    assert stage.model.device.type == "cuda"
+    work = SegmentWork(0, "clip", "fp", 0, FRAMES, seed=0, steps=1, guidance=1.0, reference=reference, audio=audio,
+                       poses=poses)
+    result = stage(work)
+    assert result.error is None and result.attempts == 1, result
+    ledger = Ledger(settings.output)
+    frames = np.concatenate(list(iter_segment(ledger.segment_uri("clip", "fp", 0, FRAMES))))
+    assert frames.shape == (FRAMES, SIZE, SIZE, 3)
+    assert [r["start"] for r in ledger.segment_records("clip")] == [0]
