@@ -71,12 +71,13 @@ def reference_and_poses(reference_rgb: np.ndarray, params: dict, frames: int, *,
                         waveform: np.ndarray | None) -> tuple[np.ndarray, list[dict], dict]:
     """The reference framed around its person at the output size, one pose per frame mapped onto that
     person (the given poses, or gestures from the audio in the row's style), and what was done (a
-    JSON-ready summary for results). Without a person (or without MediaPipe) the whole image is fitted
-    and padded, and the poses are used as given."""
+    JSON-ready summary for results). Without a person (or without MediaPipe) the reference is
+    centre-cropped as before framing existed, the poses are used as given, and the summary says why."""
     from echomimic2.clip_poses import reference_and_poses as frame_and_align
 
     return frame_and_align(reference_rgb, params["width"], params["height"], params["fps"], frames, poses=poses,
-                           audio=waveform, seed=params["seed"], pose_align=params["pose_align"], gesture=params["gesture"])
+                           audio=waveform, seed=params["seed"], pose_align=params["pose_align"], gesture=params["gesture"],
+                           framing_fallback="crop")
 
 
 def segment_inputs(features: np.ndarray, poses: list[dict], fps: float, start: int, stop: int,

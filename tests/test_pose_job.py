@@ -45,3 +45,16 @@ def test_driving_video_wide_photo_and_gestures_through_the_job(tmp_path):
     wide = probe_video(str(output / "wide.mp4"))
     assert (wide["width"], wide["height"]) == (128, 192)
     assert np.isfinite(results["qc_score"]).all()
+
+
+def test_validate_reports_a_bad_driving_video_per_row(tmp_path):
+    from pipeline.manifest import validate_manifest
+
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "face.png")
+    (tmp_path / "a.wav").write_bytes(wav_bytes(1.0))
+    (tmp_path / "notes.mp4").write_text("not a video")
+    pd.DataFrame([dict(clip_id="bad", image="face.png", audio="a.wav", pose="notes.mp4")]).to_parquet(
+        tmp_path / "manifest.parquet", index=False)
+    specs, problems = validate_manifest(str(tmp_path / "manifest.parquet"))
+    assert not specs and [(p.row, p.field) for p in problems] == [(0, "pose")], problems
+    assert "notes.mp4" in str(problems[0])
