@@ -44,7 +44,7 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
     import ray
 
     from echomimic2 import PRESETS
-    from pipeline.job import JobError, load_specs, run_job
+    from pipeline.job import JobError, JobInterrupted, load_specs, run_job
     from pipeline.manifest import process_local_problems
     from pipeline.multinode import refuse_node_local_paths, work_runs_off_this_node
     from pipeline.preprocess import JobSettings
@@ -85,6 +85,7 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
             _init_ray(address, gpus)
             started_ray = True
         cluster = ray.cluster_resources()
+        restore_signals = stop_on_signals()  # after ray.init: Ray's own SIGTERM handler dumps stacks and aborts
     except Exception as exc:
         console.print("[red]error[/red]: " + escape(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
                                                     f"{storage.describe_error(exc)}"))
@@ -127,10 +128,16 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
                       f"up to {preprocess_actors} preprocessing actor(s), output {escape(storage.redact(output))}")
         report = run_job(manifest, specs, problems, settings, render_actors=render_actors, render_gpus_per_actor=gpus_per_actor,
                          preprocess_actors=preprocess_actors, console=console)
+    except JobInterrupted as stop:
+        console.print(f"[yellow]interrupted[/yellow] (signal {stop.signal_number}): finished clips are kept, results "
+                      f"written to {escape(storage.redact(storage.join(output, 'results.parquet')))}; rerun the same "
+                      "command to finish the rest")
+        return 128 + stop.signal_number
     except (JobError, ValueError) as exc:
         console.print(f"[red]error[/red]: {escape(storage.redact(str(exc)))}")
         return EXIT_JOB_FAILED
     finally:
+        restore_signals()
         if started_ray:
             ray.shutdown()
     counts = {status: sum(r["status"] == status for r in report.results) for status in ("done", "skipped", "failed")}
@@ -160,6 +167,21 @@ def refuse_before_starting(output: str, weights: Path | None, input_root: Path |
     except storage.InputError as exc:
         return str(exc)
     return None
+
+
+def stop_on_signals():
+    """SIGINT and SIGTERM ask the job to stop (a flag its driver loop reads every half second: an exception
+    raised inside Ray's own calls would be swallowed there), so it writes its results and exits 130 / 143;
+    returns what puts the previous handlers back."""
+    import signal
+
+    from pipeline.job import request_stop
+
+    def interrupt(signal_number, _frame):
+        request_stop(signal_number)
+
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(number, handler) for number, handler in previous.items()]
 
 
 def _init_ray(address: str | None, gpus: int | None) -> None:

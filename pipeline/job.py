@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import queue
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,6 +58,45 @@ ASSEMBLY_RETRIES = 1  # re-run an assembly whose worker died (system failures on
 
 __all__ = ["JobError", "JobReport", "JobSettings", "Tracker", "load_specs", "read_results", "row_label", "run_job",
            "write_results"]
+
+
+POLL_SECONDS = 0.5
+STOP = threading.Event()  # set by a signal handler (commands.stop_on_signals): the job stops and writes results
+_stop_signal = [0]
+_END = object()
+
+
+def request_stop(signal_number: int) -> None:
+    """Ask the running job to stop (safe in a signal handler: it only sets a flag)."""
+    _stop_signal[0] = signal_number
+    STOP.set()
+
+
+def _raise_if_stopped() -> None:
+    if STOP.is_set():
+        raise JobInterrupted(_stop_signal[0])
+
+
+def _pull_rows(dataset, feed: queue.Queue, quit_pulling: threading.Event) -> None:
+    rows = iter(dataset.iter_rows())  # a generator: closing it stops the pipeline
+    try:
+        for row in rows:
+            feed.put(row)
+            if quit_pulling.is_set():
+                break
+        feed.put(_END)
+    except BaseException as exc:  # noqa: BLE001 - handed to the driver's loop, which raises it
+        feed.put(exc)
+    finally:
+        rows.close()
+
+
+class JobInterrupted(Exception):
+    """SIGINT or SIGTERM reached the driver: the job stops, committed work stays, results are written."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(f"interrupted by signal {signal_number}")
+        self.signal_number = signal_number
 
 
 class JobError(Exception):
@@ -122,6 +164,17 @@ def run_job(manifest: str, specs: list[ClipSpec], problems: list[Problem], setti
         try:
             with tracker.progress:
                 tracker.follow(dataset, board)
+        except (KeyboardInterrupt, JobInterrupted) as stop:  # committed clips stay; the others say why they stopped
+            signal_number = getattr(stop, "signal_number", 2)
+            STOP.clear()
+            # Ray Data's executor thread logs a traceback of its own when Ray shuts down under it: expected here.
+            logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+            tracker.interrupt(f"the job was interrupted (signal {signal_number}) before this clip was finished; "
+                              "rerun the same command to finish it")
+            results = tracker.results()
+            write_results(ledger, results)
+            ledger.record_job("end", interrupted=signal_number, done=sum(r["status"] == "done" for r in results))
+            raise JobInterrupted(signal_number) from None
         except Exception as exc:  # e.g. actors that cannot start (bad weights): finished clips stay in the ledger
             raise JobError(f"the pipeline stopped: {storage.describe_error(exc)}") from exc
     results = tracker.results()
@@ -211,24 +264,39 @@ class Tracker:
             console.print(f"[red]failed[/red] {escape(refused['error'])}")
 
     def follow(self, dataset, board) -> None:
-        """Consume the pipeline's segment results and the board's plans until every clip has its result."""
-        rows = iter(dataset.iter_rows())  # a generator: closing it stops the pipeline
+        """Consume the pipeline's segment results and the board's plans until every clip has its result.
+        The rows are pulled by a helper thread, so this loop looks at `STOP` (SIGINT / SIGTERM) at least
+        every POLL_SECONDS even while a segment renders for minutes."""
+        feed: queue.Queue = queue.Queue(maxsize=64)
+        quit_pulling = threading.Event()
+        puller = threading.Thread(target=_pull_rows, args=(dataset, feed, quit_pulling), daemon=True,
+                                  name="job-results")
+        puller.start()
         stopped = None
-        try:
-            for row in rows:
+        while True:
+            _raise_if_stopped()
+            try:
+                item = feed.get(timeout=POLL_SECONDS)
+            except queue.Empty:
                 self.take_plans(board)
-                result = _from_row(SegmentResult, row)
-                self.on_segment(result)
                 self.collect_assemblies(wait=False)
-                if result.give_up:
-                    stopped = f"not rendered: render workers died {RENDER_DEATHS_IN_A_ROW} times in a row, the job stopped rendering"
-                    break
-        finally:
-            rows.close()  # stops the pipeline's workers when the job gives up early
+                continue
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            self.take_plans(board)
+            result = _from_row(SegmentResult, item)
+            self.on_segment(result)
+            self.collect_assemblies(wait=False)
+            if result.give_up:
+                stopped = f"not rendered: render workers died {RENDER_DEATHS_IN_A_ROW} times in a row, the job stopped rendering"
+                quit_pulling.set()  # the puller closes the pipeline, which stops its workers
+                break
         self.take_plans(board)
         self.finish_streaming(stopped)
-        while self.collect_assemblies(wait=True):
-            pass
+        while self.collect_assemblies(wait=True, timeout=POLL_SECONDS):
+            _raise_if_stopped()
 
     def take_plans(self, board) -> None:
         for plan in board.take_plans():
@@ -278,12 +346,12 @@ class Tracker:
         ref = assemble_task.remote(self.assembler, clip.plan)
         self.assemblies[ref] = clip.spec.clip_id
 
-    def collect_assemblies(self, *, wait: bool) -> bool:
-        """Record finished assemblies; True while some are still running."""
+    def collect_assemblies(self, *, wait: bool, timeout: float | None = None) -> bool:
+        """Record finished assemblies (wait: for at least one, at most `timeout` s); True while some still run."""
         if not self.assemblies:
             return False
         ready, _ = ray.wait(list(self.assemblies), num_returns=1 if wait else len(self.assemblies),
-                            timeout=None if wait else 0)
+                            timeout=timeout if wait else 0)
         for ref in ready:
             clip = self.clips[self.assemblies.pop(ref)]
             try:
@@ -337,6 +405,12 @@ class Tracker:
     def _refresh(self) -> None:
         self.progress.update(self.clip_task, description=self._clip_description())
 
+    def interrupt(self, reason: str) -> None:
+        """Every clip without a result fails with `reason` (its finished segments stay for the rerun)."""
+        for clip in self.clips.values():
+            if clip.result is None:
+                self._finish(clip, "failed", error=f"{row_label(clip.spec)}: {reason}")
+
     def results(self) -> list[dict]:
         rows = self.refused + [c.result for c in self.clips.values() if c.result is not None]
         return sorted(({name: row.get(name) for name in RESULT_COLUMNS} for row in rows), key=lambda r: r["row"])
@@ -360,8 +434,28 @@ def poses_columns(info: dict | None) -> dict:
                 poses_info=json.dumps(info, default=str))
 
 
+TIMING_COLUMNS = ("preprocess_seconds", "render_seconds", "assemble_seconds")
+
+
 def write_results(ledger: Ledger, results: list[dict]) -> None:
-    frame = pd.DataFrame(results, columns=list(RESULT_COLUMNS))
+    """results.parquet: this run's rows, then every clip an earlier run listed and this one did not (a subset
+    manifest, another manifest into the same root). A clip skipped now as already finished keeps the timings
+    of the run that rendered it, not zeros."""
+    try:
+        earlier = {row["clip_id"]: row for row in read_results(ledger.root).to_dict("records")}
+    except FileNotFoundError:
+        earlier = {}
+    except Exception:  # noqa: BLE001 - an unreadable old table is replaced, never a reason to lose this run's
+        earlier = {}
+    rows = []
+    for row in results:
+        before = earlier.pop(row["clip_id"], None)
+        if (row["status"] == "skipped" and before is not None and before.get("fingerprint") == row.get("fingerprint")
+                and before.get("status") in ("done", "skipped")):
+            row = dict(row, **{name: before.get(name) for name in TIMING_COLUMNS})
+        rows.append(row)
+    rows += [{name: row.get(name) for name in RESULT_COLUMNS} for row in earlier.values()]
+    frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     storage.write_atomic(ledger.results_uri(), buffer.getvalue())

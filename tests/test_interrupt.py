@@ -1,0 +1,68 @@
+"""Results that remember (issue 12, fault 7): a rerun that skips finished clips keeps their timings, a subset
+manifest does not drop the other clips, and an interrupted run (SIGTERM) writes its results and exits 143
+with no stack dump, its committed clips kept."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+from conftest import image_bytes, wav_bytes, write_manifest
+
+from pipeline.job import RESULT_COLUMNS, read_results, write_results
+from pipeline.ledger import Ledger
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def result(clip_id: str, row: int, status: str, **values) -> dict:
+    return dict(dict.fromkeys(RESULT_COLUMNS), clip_id=clip_id, row=row, status=status, fingerprint=f"fp-{clip_id}",
+                **values)
+
+
+def test_results_keep_earlier_clips_and_the_timings_of_skipped_ones(tmp_path):
+    ledger = Ledger(str(tmp_path))
+    write_results(ledger, [result("a", 0, "done", render_seconds=12.5, assemble_seconds=1.5),
+                           result("b", 1, "done", render_seconds=7.0)])
+    write_results(ledger, [result("a", 0, "skipped", render_seconds=0.0)])  # a subset manifest, a no-op rerun
+    table = read_results(str(tmp_path)).set_index("clip_id")
+    assert list(table.index) == ["a", "b"]
+    assert table.loc["a", "status"] == "skipped" and table.loc["a", "render_seconds"] == 12.5
+    assert table.loc["a", "assemble_seconds"] == 1.5 and table.loc["b", "render_seconds"] == 7.0
+    write_results(ledger, [dict(result("a", 0, "skipped", render_seconds=0.0), fingerprint="edited")])
+    assert read_results(str(tmp_path)).set_index("clip_id").loc["a", "render_seconds"] == 0.0  # another render
+
+
+def test_sigterm_writes_results_and_exits_143(tmp_path):
+    rows = []
+    for index, clip_id in enumerate(("first", "second", "third")):
+        (tmp_path / f"{clip_id}.png").write_bytes(image_bytes(index))
+        (tmp_path / f"{clip_id}.wav").write_bytes(wav_bytes(2.0 + index, 200))
+        rows.append(dict(clip_id=clip_id, image=f"{clip_id}.png", audio=f"{clip_id}.wav", pose=None))
+    manifest, output = write_manifest(str(tmp_path), rows), tmp_path / "out"
+    job = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "run", manifest, "--output", str(output), "--gpus", "1",
+                            "--cpus", "1", "--segment-frames", "16", "--overlap-frames", "4"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, COLUMNS="200"))
+    lines = []
+    for line in job.stdout:  # wait for the first committed clip, then stop the job
+        lines.append(line)
+        if line.startswith("done"):
+            break
+    started = time.monotonic()
+    job.send_signal(signal.SIGTERM)
+    rest, _ = job.communicate(timeout=120)
+    printed = "".join(lines) + rest
+    assert job.returncode == 143, printed[-3000:]
+    assert time.monotonic() - started < 60
+    assert "Traceback" not in printed and "interrupted" in printed
+    table = read_results(str(output)).set_index("clip_id")
+    assert set(table.index) == {"first", "second", "third"}
+    done = table[table["status"] == "done"]
+    assert len(done) >= 1 and all((output / f"{clip_id}.mp4").is_file() for clip_id in done.index)
+    stopped = table[table["status"] == "failed"]
+    assert all("interrupted" in error for error in stopped["error"]), stopped["error"].to_dict()
+    assert isinstance(table, pd.DataFrame)
