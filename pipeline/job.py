@@ -22,6 +22,7 @@ import json
 import logging
 import queue
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ __all__ = ["JobError", "JobReport", "JobSettings", "Tracker", "load_specs", "rea
 
 
 POLL_SECONDS = 0.5
+LOG_PROGRESS_SECONDS = 30.0  # a plain progress line this often when the output is not a terminal
 STOP = threading.Event()  # set by a signal handler (commands.stop_on_signals): the job stops and writes results
 _stop_signal = [0]
 _END = object()
@@ -259,7 +261,12 @@ class Tracker:
         total_rows = len(specs) + len(self.refused)
         self.clip_task = self.progress.add_task(self._clip_description(), total=total_rows,
                                                 completed=len(self.refused))
-        self.segment_task = self.progress.add_task("segments", total=0)
+        # The segment total is known only once every clip is planned: until then the bar has no total
+        # (an ETA from the segments planned so far would say "0:00:00" with most clips still to plan).
+        self.planned_segments: dict[str, int] = {}
+        self.segments_done = 0
+        self.segment_task = self.progress.add_task("segments", total=None)
+        self.last_log = time.monotonic()  # non-terminal output (a log file) gets a plain progress line instead
         for refused in self.refused:
             console.print(f"[red]failed[/red] {escape(refused['error'])}")
 
@@ -280,6 +287,7 @@ class Tracker:
             except queue.Empty:
                 self.take_plans(board)
                 self.collect_assemblies(wait=False)
+                self._refresh()
                 continue
             if item is _END:
                 break
@@ -317,12 +325,13 @@ class Tracker:
         else:  # a preprocess task that was retried posts its plan again: the same plan
             clip.plan = plan
             clip.waiting = set(plan.pending) - clip.rendered
-            self.progress.update(self.segment_task, total=self.progress.tasks[self.segment_task].total + len(plan.pending))
+            self.planned_segments[plan.clip_id] = len(plan.pending)  # a retried plan replaces, not adds
             self._maybe_assemble(clip)
         self._refresh()
 
     def on_segment(self, result: SegmentResult) -> None:
         clip = self.clips[result.clip_id]
+        self.segments_done += 1
         self.progress.advance(self.segment_task)
         if clip.result is not None:
             return  # already failed: late segments of that clip are ignored
@@ -404,6 +413,14 @@ class Tracker:
 
     def _refresh(self) -> None:
         self.progress.update(self.clip_task, description=self._clip_description())
+        planned = sum(self.planned_segments.values())
+        all_planned = all(c.plan is not None or c.result is not None for c in self.clips.values())
+        self.progress.update(self.segment_task, total=planned if all_planned else None,
+                             description="segments" if all_planned else f"segments ({planned} planned so far)")
+        if not self.console.is_terminal and time.monotonic() - self.last_log >= LOG_PROGRESS_SECONDS:
+            self.last_log = time.monotonic()
+            self.console.print(f"progress: {self._clip_description()} of {len(self.clips) + len(self.refused)}; "
+                               f"segments {self.segments_done} rendered of {planned}{'' if all_planned else '+'}")
 
     def interrupt(self, reason: str) -> None:
         """Every clip without a result fails with `reason` (its finished segments stay for the rerun)."""

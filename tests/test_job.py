@@ -274,3 +274,30 @@ def test_segments_that_overtake_their_clip_plan_still_complete_it(tmp_path):
     assert tracker.started == []
     tracker.on_segment(SegmentResult(0, "a", "fp", 0, 16, seconds=1.0))
     assert tracker.started == ["a"]
+
+
+def test_segment_progress_has_no_total_until_every_clip_is_planned(tmp_path, monkeypatch):
+    """Issue 12 fault 8: the segments bar must not claim '7/7 ETA 0:00:00' while clips are still unplanned;
+    a retried plan must not count its segments twice; a log (no terminal) gets plain progress lines."""
+    from rich.console import Console
+
+    from pipeline import job
+    from pipeline.job import Tracker
+    from pipeline.manifest import ClipSpec
+    from pipeline.rows import ClipPlan, JobSettings
+
+    monkeypatch.setattr(job, "LOG_PROGRESS_SECONDS", 0.0)
+    settings = JobSettings(output=str(tmp_path), preset="tiny", weights=None, model_identity="m+w",
+                           segment_frames=16, overlap_frames=4)
+    log = io.StringIO()
+    tracker = Tracker(settings, [ClipSpec(row=i, clip_id=c, image="x.png", audio="x.wav") for i, c in enumerate("ab")], [],
+                      Console(file=log))
+    tracker.start_assembly = lambda clip: None
+    plan = ClipPlan(0, "a", "fp", frames=28, fps=12.0, seconds=2.3, segments=[(0, 16), (12, 28)], pending=[(0, 16), (12, 28)])
+    tracker.on_plan(plan)
+    tracker.on_plan(plan)  # a retried preprocess task posts it again
+    segments = tracker.progress.tasks[tracker.segment_task]
+    assert segments.total is None and "2 planned so far" in segments.description
+    tracker.on_plan(ClipPlan(1, "b", "fq", frames=10, fps=12.0, seconds=0.9, segments=[(0, 10)], pending=[(0, 10)]))
+    assert tracker.progress.tasks[tracker.segment_task].total == 3
+    assert "progress: clips: 0 done, 0 failed of 2; segments 0 rendered of 3" in log.getvalue()
