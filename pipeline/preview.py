@@ -1,6 +1,6 @@
 """`cli.py preview`: try one clip in the browser before a big run (Gradio 6).
 
-An image, an audio file and optionally poses (one `.npz`, or the official per-frame `.npy` files), a preset and
+An image, an audio file and optionally poses (a driving video, one `.npz`, or the official per-frame `.npy` files), a preset and
 the main parameters → the one-clip pipeline (`pipeline.EchoMimicV2Pipeline`, the same steps as the batch job)
 renders it with a progress bar per segment; the page shows the video and its QC flags, and "Add to manifest"
 appends the row (inputs copied beside the manifest, so the row stays valid after the preview closes).
@@ -33,14 +33,17 @@ _SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 
 
 def _input_files(pose_files: list[str] | None) -> str | None:
-    """The pose argument for uploaded files: one `.npz` as it is, `.npy` frames as a folder of them."""
+    """The pose argument for uploaded files: one `.npz` or one driving video as it is, `.npy` frames as a
+    folder of them."""
+    from pipeline.driving_video import is_video_name
+
     if not pose_files:
         return None
     paths = [Path(p) for p in pose_files]
-    if len(paths) == 1 and paths[0].suffix.lower() == ".npz":
+    if len(paths) == 1 and (paths[0].suffix.lower() == ".npz" or is_video_name(paths[0].name)):
         return str(paths[0])
     if not all(p.suffix.lower() == ".npy" for p in paths):
-        raise ValueError("poses: upload one .npz file or the per-frame .npy files (0.npy, 1.npy, …)")
+        raise ValueError("poses: upload one .npz file, one driving video or the per-frame .npy files (0.npy, 1.npy, …)")
     folder = Path(tempfile.mkdtemp(prefix="preview-poses-"))
     for path in paths:
         shutil.copyfile(path, folder / path.name)  # Gradio keeps an upload's own name (``…/<hash>/0.npy``)
@@ -67,7 +70,8 @@ def append_to_manifest(manifest: str, row: dict, *, assets: str = "assets") -> d
     for name in ("image", "audio"):
         written[name] = f"{assets}/{clip_id}/{name}{_suffix(row[name])}"
     if row.get("pose"):
-        written["pose"] = f"{assets}/{clip_id}/pose" + (".npz" if Path(row["pose"]).is_file() else "")
+        pose = Path(row["pose"])
+        written["pose"] = f"{assets}/{clip_id}/pose" + (pose.suffix.lower() if pose.is_file() else "")  # .npz or a video
     candidate = pd.concat([existing, pd.DataFrame([written], columns=list(ROW_COLUMNS))], ignore_index=True)
     candidate = _typed(candidate)
     _, problems = parse_manifest(candidate, base_uri=base)
@@ -224,8 +228,9 @@ def build_app(pipelines: Pipelines, *, manifest: str | None = None):
             with gr.Column():
                 image = gr.Image(type="filepath", label="Reference image", elem_id="image", height=300)
                 audio = gr.Audio(type="filepath", label="Speech audio", elem_id="audio")
-                poses = gr.File(file_count="multiple", file_types=[".npz", ".npy"], type="filepath",
-                                label="Poses (optional): one .npz or the per-frame .npy files", elem_id="poses")
+                poses = gr.File(file_count="multiple", file_types=[".npz", ".npy", ".mp4", ".mov", ".webm", ".mkv"],
+                                type="filepath", label="Poses (optional): a driving video, one .npz or the per-frame "
+                                ".npy files", elem_id="poses")
                 with gr.Row():
                     preset = gr.Dropdown(presets, value=presets[0], label="Preset", elem_id="preset")
                     size = gr.Dropdown([None, 128, 256, 512, 768], value=None, label="Size (default: preset's)",

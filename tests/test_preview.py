@@ -71,9 +71,12 @@ def test_uploaded_pose_files(tmp_path):
     frames = [REPO / "manifests" / "assets" / "pose_gesture" / f"{i}.npy" for i in range(3)]
     folder = Path(preview._input_files([str(f) for f in frames]))
     assert sorted(p.name for p in folder.iterdir()) == ["0.npy", "1.npy", "2.npy"]
-    with pytest.raises(ValueError, match="one .npz file or the per-frame .npy files"):
+    with pytest.raises(ValueError, match="one .npz file, one driving video or the per-frame .npy files"):
         preview._input_files([str(npz), str(frames[0])])
     assert preview._input_files(None) is None
+    video = tmp_path / "drive.mp4"
+    video.write_bytes(b"")
+    assert preview._input_files([str(video)]) == str(video)  # a driving video goes to the pipeline as it is
 
 
 def free_port() -> int:
