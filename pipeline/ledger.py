@@ -21,6 +21,19 @@ from typing import Any
 
 from pipeline import storage
 
+REPORT_FOLDER = "_report"  # the review page (cli.py report) and its contact strips
+STRIPS_FOLDER = "strips"
+
+
+def strip_name(clip_id: str, fingerprint: str | None) -> str:
+    """A strip per clip *version*: a re-rendered clip never shows the old render's frames."""
+    return f"{clip_id}.{(fingerprint or 'none')[:16]}.jpg"
+
+
+def strip_uri(root: str, clip_id: str, fingerprint: str | None) -> str:
+    """Where the assembler writes a clip's contact strip (``assemble_clip(..., strip_uri=...)``)."""
+    return storage.join(root, REPORT_FOLDER, STRIPS_FOLDER, strip_name(clip_id, fingerprint))
+
 
 class Ledger:
     def __init__(self, root: str):

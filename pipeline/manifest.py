@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import storage
+from pipeline.limits import Limits
 from pipeline.storage import InputError
 
 DEFAULT_FPS = 24.0  # the official model's frame rate
@@ -29,18 +30,6 @@ POSE_ALIGN_MODES = ("auto", "none")  # echomimic2.pose_align.ALIGN_MODES
 GESTURE_STYLES = ("calm", "lively", "none")  # echomimic2.gestures.GESTURE_STYLES
 _CLIP_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 _POSE_FRAME = re.compile(r"^(0|[1-9][0-9]*)\.npy$")
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_audio_seconds: float = 600.0
-    max_image_pixels: int = 40_000_000
-    min_image_side: int = 64
-    max_pose_frames: int = 20_000
-    max_audio_bytes: int = 200 * 1024 * 1024
-    max_image_bytes: int = 50 * 1024 * 1024
-    max_pose_file_bytes: int = 1024 * 1024
-    max_pose_npz_bytes: int = 200 * 1024 * 1024
 
 
 @dataclass(frozen=True)

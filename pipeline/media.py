@@ -22,7 +22,7 @@ import numpy as np
 import soundfile as sf
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.manifest import Limits
+from pipeline.limits import Limits
 from pipeline.storage import InputError, describe_error
 
 SAMPLE_RATE = 16_000

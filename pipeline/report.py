@@ -27,22 +27,11 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import qc, storage
+from pipeline.ledger import REPORT_FOLDER, STRIPS_FOLDER, strip_name
 from pipeline.media import FFMPEG
 
-REPORT_FOLDER = "_report"
-STRIPS_FOLDER = "strips"
 STRIP_WORKERS = 4  # ffmpeg processes making missing strips (each decodes one clip)
 MAX_STRIP_MP4_BYTES = 2 << 30
-
-
-def strip_name(clip_id: str, fingerprint: str | None) -> str:
-    """A strip per clip *version*: a re-rendered clip never shows the old render's frames."""
-    return f"{clip_id}.{(fingerprint or 'none')[:16]}.jpg"
-
-
-def strip_uri(root: str, clip_id: str, fingerprint: str | None) -> str:
-    """Where the assembler writes a clip's contact strip (``assemble_clip(..., strip_uri=...)``)."""
-    return storage.join(root, REPORT_FOLDER, STRIPS_FOLDER, strip_name(clip_id, fingerprint))
 
 
 @dataclass

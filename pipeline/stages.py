@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from pipeline import storage
 from pipeline.fingerprint import clip_fingerprint, content_hash
-from pipeline.ledger import Ledger
+from pipeline.ledger import Ledger, strip_uri
 from pipeline.manifest import ClipSpec, Problem, check_clip_inputs
 from pipeline.media import decode_audio, decode_reference
 from pipeline.preprocess import RowRefused, driving_video_poses, read_clip_inputs, refusing, render_params
@@ -304,7 +304,6 @@ class AssembleStage(Stage):
     def __call__(self, plan: ClipPlan) -> dict:
         from pipeline.assemble import assemble_clip
         from pipeline.qc import qc_columns
-        from pipeline.report import strip_uri
 
         started = time.perf_counter()
         settings, ledger = self.settings, Ledger(self.settings.output)

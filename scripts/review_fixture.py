@@ -19,6 +19,7 @@ import soundfile as sf
 from pipeline import qc, report, storage
 from pipeline.assemble import assemble_clip
 from pipeline.job import RESULT_COLUMNS
+from pipeline.ledger import REPORT_FOLDER, STRIPS_FOLDER, strip_name, strip_uri
 from pipeline.segment_store import write_segment
 
 FPS = 12.0
@@ -91,7 +92,7 @@ def build_output_root(root: str, kinds=KINDS, *, seconds: float = 3.0, strips_by
                 write_segment(np.ascontiguousarray(sources[len(segments)][start:stop]), uri)
                 segments.append((start, stop, uri))
             output = storage.join(root, f"{clip_id}.mp4")
-            strip = report.strip_uri(root, clip_id, fingerprint) if strips_by_assembler and i % 2 == 0 else None
+            strip = strip_uri(root, clip_id, fingerprint) if strips_by_assembler and i % 2 == 0 else None
             encoded = assemble_clip(segments, frames, FPS, speech(seconds), output, strip_uri=strip)
             rows.append(dict(row, status="done", output=output, frames=encoded["frames"], seconds=encoded["seconds"],
                              assemble_seconds=0.8, **qc.qc_columns(encoded["qc"])))
@@ -114,7 +115,7 @@ def build_large_output_root(root: str, n: int = 10_000, *, seed: int = 0) -> pd.
     report.write_report(root)  # makes the base clips' strips (the assembler's job in a real run)
     done = base[base["status"] == "done"].to_dict("records")
     failed = base[base["status"] == "failed"].to_dict("records")[0]
-    strips = Path(root) / report.REPORT_FOLDER / report.STRIPS_FOLDER
+    strips = Path(root) / REPORT_FOLDER / STRIPS_FOLDER
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
@@ -126,8 +127,8 @@ def build_large_output_root(root: str, n: int = 10_000, *, seed: int = 0) -> pd.
         source = done[i % len(done)]
         output = str(Path(root) / f"{clip_id}.mp4")
         os.link(source["output"], output)
-        os.link(strips / report.strip_name(source["clip_id"], source["fingerprint"]),
-                strips / report.strip_name(clip_id, fingerprint))
+        os.link(strips / strip_name(source["clip_id"], source["fingerprint"]),
+                strips / strip_name(clip_id, fingerprint))
         score = float(rng.gamma(1.2, 0.3)) if not source["qc_flagged"] else source["qc_score"]
         rows.append(dict(source, row=i, clip_id=clip_id, fingerprint=fingerprint, output=output, qc_score=score))
     results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))

@@ -1,0 +1,17 @@
+"""What one row's inputs may be at most: the one home of these numbers (the manifest checks, the media
+readers, preprocessing and the one-clip API all read them from here)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_audio_seconds: float = 600.0
+    max_image_pixels: int = 40_000_000
+    min_image_side: int = 64
+    max_pose_frames: int = 20_000
+    max_audio_bytes: int = 200 * 1024 * 1024
+    max_image_bytes: int = 50 * 1024 * 1024
+    max_pose_file_bytes: int = 1024 * 1024
+    max_pose_npz_bytes: int = 200 * 1024 * 1024
