@@ -182,7 +182,8 @@ class PreprocessStage(Stage):
         """(ClipPlan, reference image, AudioFeatures, poses); the plan alone when the clip is finished.
         Raises RowRefused naming the row and field."""
         settings = self.settings
-        problems = check_clip_inputs(spec, settings.limits, allow_http=settings.allow_http, input_root=settings.input_root)
+        problems = check_clip_inputs(spec, settings.limits, allow_http=settings.allow_http, input_root=settings.input_root,
+                                     fields=("image", "audio"))  # the poses are checked as they are read, once
         if problems:
             raise RowRefused(problems)
         inputs = read_clip_inputs(spec, settings)
