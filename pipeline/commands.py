@@ -47,8 +47,8 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
     from pipeline.job import JobError, JobInterrupted, load_specs, run_job
     from pipeline.manifest import process_local_problems
     from pipeline.multinode import refuse_node_local_paths, work_runs_off_this_node
-    from pipeline.preprocess import JobSettings
     from pipeline.render import model_identity
+    from pipeline.rows import JobSettings
 
     preset = preset or ("acc" if weights or random_weights else "tiny")
     if preset not in PRESETS:

@@ -40,11 +40,12 @@ def check_accelerator() -> Check:
         fix = ("install a CUDA build of torch and an NVIDIA driver to render the official presets" if built is None
                else f"torch is built for CUDA {built} but sees no device: check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES")
         return Check("accelerator", WARN, detail, fix)
-    names = []
+    names, low = [], []
     for index in range(torch.cuda.device_count()):
         free, total = torch.cuda.mem_get_info(index)
         names.append(f"cuda:{index} {torch.cuda.get_device_name(index)} ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free)")
-    low = [name for index, name in enumerate(names) if torch.cuda.mem_get_info(index)[0] < 9 * 2**30]
+        if free < 9 * 2**30:
+            low.append(names[-1])
     detail = f"torch {torch.__version__}, CUDA {torch.version.cuda}: " + "; ".join(names)
     if low:
         return Check("accelerator", FAIL, detail, "a 768² render needs ~8 GiB free per GPU: stop other processes on "

@@ -460,9 +460,7 @@ def write_results(ledger: Ledger, results: list[dict]) -> None:
     of the run that rendered it, not zeros."""
     try:
         earlier = {row["clip_id"]: row for row in read_results(ledger.root).to_dict("records")}
-    except FileNotFoundError:
-        earlier = {}
-    except Exception:  # noqa: BLE001 - an unreadable old table is replaced, never a reason to lose this run's
+    except Exception:  # noqa: BLE001 - none yet, or unreadable: replaced, never a reason to lose this run's
         earlier = {}
     rows = []
     for row in results:

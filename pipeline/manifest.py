@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from echomimic2.gestures import GESTURE_STYLES as GESTURE_STYLE_TABLE
+from echomimic2.pose_align import ALIGN_MODES
 from pipeline import storage
 from pipeline.limits import Limits
 from pipeline.storage import InputError
@@ -26,8 +28,8 @@ CHECK_THREADS = 8  # input checks are I/O-bound (object-store round trips)
 
 REQUIRED_COLUMNS = ("clip_id", "image", "audio")
 OPTIONAL_COLUMNS = ("pose", "seed", "steps", "guidance", "fps", "width", "height", "pose_align", "gesture")
-POSE_ALIGN_MODES = ("auto", "none")  # echomimic2.pose_align.ALIGN_MODES
-GESTURE_STYLES = ("calm", "lively", "none")  # echomimic2.gestures.GESTURE_STYLES
+POSE_ALIGN_MODES = ALIGN_MODES  # their home is the engine's; named here for the manifest's checks
+GESTURE_STYLES = tuple(GESTURE_STYLE_TABLE)
 _CLIP_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 _POSE_FRAME = re.compile(r"^(0|[1-9][0-9]*)\.npy$")
 

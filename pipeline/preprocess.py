@@ -12,10 +12,10 @@ from pipeline import storage
 from pipeline.driving_video import VideoLimits, is_video_name, poses_from_video
 from pipeline.fingerprint import content_hash
 from pipeline.manifest import ClipSpec, Limits, Problem, list_pose_files
-from pipeline.rows import JobSettings  # its home is rows.py; re-exported for callers of the old path (commands.py)
+from pipeline.rows import JobSettings
 from pipeline.steps import DEFAULT_SEED, resolve_params
 
-__all__ = ["DEFAULT_SEED", "ClipInputs", "JobSettings", "RowRefused", "driving_video_poses", "read_clip_inputs",
+__all__ = ["DEFAULT_SEED", "ClipInputs", "RowRefused", "driving_video_poses", "read_clip_inputs",
            "read_poses", "refusing", "render_params"]
 
 POSE_READ_THREADS = 8  # pose folders are many small objects: overlap the round trips
