@@ -59,11 +59,6 @@ def _open_image(source: BinaryIO, limits: Limits) -> Image.Image:
     return image
 
 
-def image_size(source: BinaryIO, limits: Limits) -> tuple[int, int]:
-    """(width, height) from the header, after the size checks; nothing is decoded."""
-    return _open_image(source, limits).size
-
-
 def decode_image(data: bytes, limits: Limits) -> Image.Image:
     """The image with every pixel decoded and EXIF orientation applied, after the header checks; the
     one decode that both `validate` and the job run, so a file validate passes the job can read.
