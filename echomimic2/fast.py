@@ -53,3 +53,11 @@ def compile_artifacts() -> bytes | None:
     """What this process compiled so far, as bytes for `load_compile_artifacts` (None: nothing compiled)."""
     saved = torch.compiler.save_cache_artifacts()
     return None if saved is None else saved[0]
+
+
+def generated_kernel_graphs() -> int:
+    """How many graphs this process compiled from scratch (inductor cache misses): when it grows, there is
+    something new worth saving; cache hits (a warm start) leave it unchanged."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"].get("fxgraph_cache_miss", 0))

@@ -1,17 +1,32 @@
-"""Which model the job renders with: loading it on a render worker (`stages.RenderStage.setup`) and the
-identity the driver fingerprints clips with before any worker has loaded it."""
+"""Which model the job renders with: loading it on a render worker (`stages.RenderStage.setup`), the
+compiled-kernel cache its workers share (warm starts), and the identity the driver fingerprints clips with
+before any worker has loaded it."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
+from pipeline import storage
 from pipeline.rows import JobSettings
+
+log = logging.getLogger(__name__)
 
 TINY_MODEL_SEED = 0  # also the seed of the full-size random networks of --random-weights
 # Render actors live for the whole job, so on CUDA they compile the networks (BENCHMARKS.md: ~1/3 less
 # time per segment, after ~2 minutes of compilation per actor); ECHOMIMIC2_COMPILE=0 turns that off.
 COMPILE_ENV = "ECHOMIMIC2_COMPILE"
+
+
+# Where render workers keep compiled kernels when the job names no --compile-cache: beside its outputs, so
+# every node of a cluster (and the next job into the same root) finds them.
+DEFAULT_COMPILE_CACHE = "_cache/compile"
+MAX_COMPILE_CACHE_BYTES = 2 << 30
+
+
+def compiles_networks(device: str) -> bool:
+    return device == "cuda" and os.environ.get(COMPILE_ENV, "1") != "0"
 
 
 def load_model(settings: JobSettings, device: str):
@@ -21,12 +36,63 @@ def load_model(settings: JobSettings, device: str):
 
     variant = PRESETS[settings.preset].variant
     dtype = torch.float16 if device == "cuda" else torch.float32
-    compile_networks = device == "cuda" and os.environ.get(COMPILE_ENV, "1") != "0"
+    compile_networks = compiles_networks(device)
     if settings.random_weights:
         return EchoMimicV2.random(settings.preset, seed=TINY_MODEL_SEED, device=device, dtype=dtype, compile=compile_networks)
     if settings.weights is None:
         return EchoMimicV2.tiny(seed=TINY_MODEL_SEED, device=device)
     return EchoMimicV2.from_official(settings.weights, variant=variant, device=device, dtype=dtype, compile=compile_networks)
+
+
+class CompileCache:
+    """Compiled kernels that render workers share across processes, nodes and jobs: one file per torch/CUDA/GPU
+    model and preset (`echomimic2.fast.compile_cache_key`) in a folder or storage URI. A worker loads it before
+    its first render (so `torch.compile` finds its kernels instead of generating them) and saves it again
+    whenever it generated new ones. Any problem with the cache (missing, corrupt, foreign, unwritable) costs a
+    cold compile and a log line, never a segment."""
+
+    def __init__(self, folder_uri: str, preset: str):
+        from echomimic2.fast import compile_cache_key
+
+        self.uri = storage.join(folder_uri, f"{compile_cache_key()}-{preset}.bin")
+        self.loaded = False
+        self.saved_at_graphs: int | None = None
+
+    def load(self) -> bool:
+        from echomimic2.fast import generated_kernel_graphs, load_compile_artifacts
+
+        try:
+            data = storage.read_bytes(self.uri, max_bytes=MAX_COMPILE_CACHE_BYTES) if storage.exists(self.uri) else None
+        except Exception as exc:  # noqa: BLE001 - an unreadable cache means compiling, not failing
+            log.warning("compile cache %s unreadable, compiling: %s", storage.redact(self.uri), storage.describe_error(exc))
+            data = None
+        self.loaded = data is not None and load_compile_artifacts(data)
+        if data is not None and not self.loaded:
+            log.warning("compile cache %s is not usable here (corrupt or from another torch), compiling",
+                        storage.redact(self.uri))
+        self.saved_at_graphs = generated_kernel_graphs()
+        return self.loaded
+
+    def save_if_new(self) -> bool:
+        """Save what this process compiled when it generated kernels since the last save; True if written."""
+        from echomimic2.fast import compile_artifacts, generated_kernel_graphs
+
+        graphs = generated_kernel_graphs()
+        if graphs == self.saved_at_graphs:
+            return False
+        try:
+            data = compile_artifacts()
+            if data:
+                storage.write_atomic(self.uri, data)
+        except Exception as exc:  # noqa: BLE001 - the next worker compiles again; this one renders on
+            log.warning("compile cache %s not saved: %s", storage.redact(self.uri), storage.describe_error(exc))
+            return False
+        self.saved_at_graphs = graphs
+        return bool(data)
+
+
+def compile_cache_folder(settings: JobSettings) -> str:
+    return settings.compile_cache or storage.join(settings.output, DEFAULT_COMPILE_CACHE)
 
 
 def model_identity(preset: str, weights: str | None, random_weights: bool = False) -> str:

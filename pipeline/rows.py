@@ -35,6 +35,7 @@ class JobSettings:
     limits: Limits = field(default_factory=Limits)
     render_threads: int = 0  # torch CPU threads per render actor when there is no GPU (0: torch's default)
     random_weights: bool = False  # benchmarks only: full-size networks with random weights (EchoMimicV2.random)
+    compile_cache: str | None = None  # folder or URI of the render workers' compiled kernels (None: under output)
 
 
 def row_label(spec_or_row: ClipSpec | int, clip_id: str | None = None) -> str:

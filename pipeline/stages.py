@@ -236,19 +236,24 @@ class RenderStage(Stage):
     def __init__(self, settings: JobSettings, board, gpus_per_worker: float = 1.0):
         self.settings, self.board = settings, board
         self.resources = Resources(num_cpus=0, num_gpus=gpus_per_worker)
-        self.restarted, self.node_id, self.model = False, None, None
+        self.restarted, self.node_id, self.model, self.compile_cache = False, None, None, None
+        self.segments_rendered = 0
 
     def setup(self) -> None:
         import torch
 
-        from pipeline.render import load_model
+        from pipeline.render import CompileCache, compile_cache_folder, compiles_networks, load_model
 
+        self.setup_started = time.perf_counter()  # the worker's start, for its first segment's record
         self.ledger = Ledger(self.settings.output)
         if self.board.render_worker_started(self.restarted):
             return  # the job gave up rendering: answer every segment at once, without loading a model
         device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES even with logical GPUs
         if device == "cpu" and self.settings.render_threads:
             torch.set_num_threads(self.settings.render_threads)
+        if compiles_networks(device):
+            self.compile_cache = CompileCache(compile_cache_folder(self.settings), self.settings.preset)
+            self.compile_cache.load()
         self.model = load_model(self.settings, device)
         if not self.settings.model_identity.startswith(self.model.identity + "+"):
             raise RuntimeError(f"weights changed since the job started: model is {self.model.identity}, "
@@ -271,12 +276,24 @@ class RenderStage(Stage):
                 seconds = time.perf_counter() - started
                 write_segment(frames, uri)
                 self.ledger.record_segment(*key, seconds=seconds, attempt=attempt.number, pid=os.getpid(),
-                                           node_id=self.node_id, model=self.model.identity)
+                                           node_id=self.node_id, model=self.model.identity, **self._worker_start())
             except Exception as exc:  # noqa: BLE001 - any failure of this segment is retried, then reported
                 self.board.end(key, storage.describe_error(exc))
                 continue
             self.board.end(key)
+            self.segments_rendered += 1
+            if self.compile_cache is not None:
+                self.compile_cache.save_if_new()  # kernels this worker generated, for the next worker to reuse
             return SegmentResult(work.row, *key, seconds=seconds, attempts=attempt.number)
+
+    def _worker_start(self) -> dict:
+        """On a worker's first segment: worker start → segment finished, and whether compiled kernels came
+        from the cache (the warm-start figures of BENCHMARKS.md)."""
+        if self.segments_rendered:
+            return {}
+        cache = self.compile_cache
+        return dict(worker_start_seconds=round(time.perf_counter() - self.setup_started, 3),
+                    compile_cache=None if cache is None else ("hit" if cache.loaded else "miss"))
 
 
 def _fault_kill(work: SegmentWork, attempt: int) -> None:

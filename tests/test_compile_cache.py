@@ -1,6 +1,7 @@
 """Warm starts: compiled kernels saved by one process are found by the next (a cache hit, not a second
 compilation), and a corrupt cache is ignored. Real torch.compile on the CPU (inductor's C++ backend):
-minutes on 2 cores, so `slow`."""
+minutes on 2 cores, so those are `slow`; what needs no compiler (the render workers' `CompileCache` with a
+missing or corrupt cache) runs in the default suite."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = """
 import json, sys, torch
@@ -35,6 +35,7 @@ def compile_in_fresh_process(tmp_path: Path, name: str, cache: Path, mode: str) 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_second_process_hits_the_saved_cache_and_a_corrupt_one_is_ignored(tmp_path):
     cache = tmp_path / "compile.bin"
     cold = compile_in_fresh_process(tmp_path, "a", cache, "save")
@@ -44,3 +45,49 @@ def test_second_process_hits_the_saved_cache_and_a_corrupt_one_is_ignored(tmp_pa
     cache.write_bytes(b"not a cache" * 10)
     corrupt = compile_in_fresh_process(tmp_path, "c", cache, "load")
     assert corrupt["loaded"] is False and corrupt.get("fxgraph_cache_miss", 0) >= 1
+
+
+WORKER_SCRIPT = """
+import json, sys, torch
+from torch._dynamo.utils import counters
+from pipeline.render import CompileCache
+cache = CompileCache(sys.argv[1], "acc")
+loaded = cache.load()
+f = torch.compile(lambda x: torch.sin(x) * 2 + x.cos(), dynamic=False)
+f(torch.randn(16))
+saved = cache.save_if_new()
+print(json.dumps(dict(loaded=loaded, saved=saved, **counters["inductor"])))
+"""
+
+
+@pytest.mark.slow
+def test_render_workers_share_kernels_through_the_cache_folder(tmp_path):
+    """What a render worker does (load before compiling, save when it generated kernels), in two processes
+    with their own inductor folders (two nodes) sharing one cache folder."""
+    def worker(name: str) -> dict:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / f"inductor-{name}"), PYTHONPATH=str(REPO))
+        done = subprocess.run([sys.executable, "-c", WORKER_SCRIPT, str(tmp_path / "cache")], env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    cold = worker("a")
+    assert (cold["loaded"], cold["saved"]) == (False, True) and cold["fxgraph_cache_miss"] >= 1
+    warm = worker("b")
+    assert (warm["loaded"], warm["saved"]) == (True, False)  # a hit generates nothing new: nothing rewritten
+    assert warm["fxgraph_cache_hit"] >= 1 and not warm.get("fxgraph_cache_miss")
+
+
+def test_a_missing_or_corrupt_cache_never_fails_a_worker(tmp_path, caplog):
+    from pipeline.render import CompileCache
+
+    cache = CompileCache(str(tmp_path / "cache"), "acc")
+    assert cache.load() is False and not caplog.records  # none yet: a cold start, nothing to say
+    assert cache.save_if_new() is False  # nothing compiled in this process: nothing written
+    assert not (tmp_path / "cache").exists()
+
+    Path(cache.uri).parent.mkdir(parents=True)
+    Path(cache.uri).write_bytes(b"\x00not a cache" * 100)
+    assert CompileCache(str(tmp_path / "cache"), "acc").load() is False
+    assert "not usable here" in caplog.text
+    assert Path(cache.uri).name.endswith("-acc.bin") and "cpu" in Path(cache.uri).name  # keyed by torch/device
