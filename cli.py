@@ -35,6 +35,8 @@ def run(
         False, help="Local paths are one filesystem mounted alike on every node (NFS, EFS): allow them on a multi-node cluster."),
     random_weights: bool = typer.Option(
         False, hidden=True, help="Benchmarks only: full-size acc/quality networks with random weights, no --weights."),
+    compile_cache: str | None = typer.Option(
+        None, help="Folder or URI where GPU render workers share compiled kernels (default: OUTPUT/_cache/compile)."),
 ) -> None:
     """Render one MP4 per manifest row into OUTPUT (resumable: finished clips are skipped)."""
     arguments = dict(locals())  # the parameters only, taken before the import adds a name
@@ -107,8 +109,19 @@ def bench(
     frames: int = typer.Option(120, help="Frames to render."),
     size: int = typer.Option(768, help="Square image side in pixels (multiple of 64)."),
     json_out: bool = typer.Option(False, "--json", help="Print one machine-readable JSON line."),
+    schedule: str | None = typer.Option(
+        None, help="Clip lengths in seconds, e.g. 5,20,120: time each clip as the job renders it (its planned "
+                   "segments) beside one whole-clip render, and print the ratio."),
+    steps: int | None = typer.Option(None, help="--schedule only: denoising steps instead of the preset's."),
+    compile_cache: str | None = typer.Option(None, help="--schedule only: compiled-kernel cache folder to load."),
+    compile_networks: bool = typer.Option(True, "--compile/--eager", help="--schedule only: torch.compile (GPU)."),
 ) -> None:
     """Measure the segment renderer with full-size random-weight networks (GPU; small CPU run otherwise)."""
+    if schedule is not None:
+        from pipeline.schedule_bench import schedule_command
+
+        seconds = [float(value) for value in schedule.split(",") if value.strip()]
+        raise typer.Exit(schedule_command(preset, seconds, size, steps, json_out, compile_cache, compile_networks))
     from echomimic2.bench import bench_command
 
     raise typer.Exit(bench_command(preset=preset, frames=frames, size=size, json_out=json_out))

@@ -40,14 +40,18 @@ console = Console(highlight=False, soft_wrap=True)  # soft wrap: one line per pr
 def run_command(manifest: str, output: str, weights: Path | None = None, preset: str | None = None,
                 address: str | None = None, gpus: int | None = None, cpus: int | None = None, force: bool = False,
                 segment_frames: int | None = None, overlap_frames: int | None = None, allow_http: bool = False,
-                input_root: Path | None = None, shared_fs: bool = False, random_weights: bool = False) -> int:
+                input_root: Path | None = None, shared_fs: bool = False, random_weights: bool = False,
+                compile_cache: str | None = None) -> int:
+    from dataclasses import replace
+
     import ray
 
     from echomimic2 import PRESETS
-    from pipeline.job import JobError, JobInterrupted, load_specs, run_job
+    from pipeline.job import JobError, JobInterrupted, load_specs, record_start, run_job
     from pipeline.manifest import process_local_problems
     from pipeline.multinode import refuse_node_local_paths, work_runs_off_this_node
     from pipeline.render import model_identity
+    from pipeline.rerun import RerunStamps
     from pipeline.rows import JobSettings
 
     preset = preset or ("acc" if weights or random_weights else "tiny")
@@ -72,62 +76,77 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
     if refused:
         console.print(f"[red]error[/red]: {escape(refused)}")
         return EXIT_JOB_FAILED
+    try:  # the manifest before the model: a misspelt path must not wait for torch to import
+        specs, problems = load_specs(manifest, allow_http=allow_http)
+    except JobError as exc:
+        console.print(f"[red]error[/red]: {escape(storage.redact(str(exc)))}")
+        return EXIT_JOB_FAILED
     try:
         identity = model_identity(preset, None if weights is None else str(weights), random_weights)
     except Exception as exc:
         console.print(f"[red]error[/red]: {escape(f'weights {weights}: {storage.describe_error(exc)}')}")
         return EXIT_JOB_FAILED
 
-    address = address or os.environ.get("RAY_ADDRESS")  # set for the driver of a `ray job submit`
+    # Everything that needs no Ray is checked first: a misspelt manifest or a finished rerun answers in seconds.
+    settings = JobSettings(
+        output=output, preset=preset, weights=None if weights is None else str(weights), model_identity=identity,
+        segment_frames=segment_frames or DEFAULT_SEGMENT_FRAMES,
+        overlap_frames=DEFAULT_OVERLAP_FRAMES if overlap_frames is None else overlap_frames,
+        force=force, allow_http=allow_http, input_root=None if input_root is None else str(input_root),
+        random_weights=random_weights, compile_cache=compile_cache)
+    restorers = [stop_on_signals()]  # undone in reverse order when the job ends
     started_ray = False
     try:
-        if not ray.is_initialized():
-            _init_ray(address, gpus)
-            started_ray = True
-        cluster = ray.cluster_resources()
-        restore_signals = stop_on_signals()  # after ray.init: Ray's own SIGTERM handler dumps stacks and aborts
-    except Exception as exc:
-        console.print("[red]error[/red]: " + escape(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
-                                                    f"{storage.describe_error(exc)}"))
-        return EXIT_JOB_FAILED
-    try:
-        cluster_gpus, cluster_cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 1))
-        if address and gpus and gpus > cluster_gpus:
-            # A joined cluster may autoscale: pending GPU actors are what makes it add GPU nodes.
-            render_actors, gpus_per_actor = gpus, 1.0
-            console.print(f"[yellow]note[/yellow]: --gpus {gpus} but the cluster has {cluster_gpus} GPU(s) now; "
-                          "rendering starts as its autoscaler adds GPU nodes")
-        elif cluster_gpus:
-            render_actors, gpus_per_actor = min(gpus or cluster_gpus, cluster_gpus), 1.0
-            if gpus and gpus > cluster_gpus:
-                console.print(f"[yellow]note[/yellow]: --gpus {gpus} but the cluster has {cluster_gpus}; using {cluster_gpus}")
-        else:
-            render_actors, gpus_per_actor = 1, 0.0
-            console.print("[yellow]note[/yellow]: the cluster has no GPU: one render actor runs on CPU")
-        # Leave one CPU for the assembly tasks, or no MP4 would be written before preprocessing ends.
-        preprocess_actors = cpus or max(1, cluster_cpus - 1)
-        settings = JobSettings(
-            output=output, preset=preset, weights=None if weights is None else str(weights), model_identity=identity,
-            segment_frames=segment_frames or DEFAULT_SEGMENT_FRAMES,
-            overlap_frames=DEFAULT_OVERLAP_FRAMES if overlap_frames is None else overlap_frames,
-            force=force, allow_http=allow_http, input_root=None if input_root is None else str(input_root),
-            render_threads=0 if cluster_gpus else max(1, cluster_cpus // 2), random_weights=random_weights)
         plan_segments(settings.segment_frames + 1, settings.segment_frames, settings.overlap_frames)  # checks the numbers
-        specs, problems = load_specs(manifest, settings)
         unreadable_by_workers = process_local_problems(specs)
         problems += unreadable_by_workers
         refused_rows = {p.row for p in unreadable_by_workers}
         specs = [spec for spec in specs if spec.row not in refused_rows]
-        if address and work_runs_off_this_node():
-            refused = refuse_node_local_paths(specs, settings, shared_fs=shared_fs)
-            for line in refused:
-                console.print(f"[red]error[/red]: {escape(storage.redact(line))}")
-            if refused:
+        record_start(manifest, settings)
+        stamps = RerunStamps(settings, specs)
+        finished = stamps.finished(specs)
+        to_run = len(specs) - len(finished)
+        if finished:
+            console.print(f"{len(finished)} of {len(specs)} clip(s) finished earlier with unchanged inputs: skipped")
+        render_actors, gpus_per_actor, preprocess_actors = 0, 0.0, 0
+        if to_run:
+            address = address or os.environ.get("RAY_ADDRESS")  # set for the driver of a `ray job submit`
+            try:
+                if not ray.is_initialized():
+                    _init_ray(address, gpus)
+                    started_ray = True
+                cluster = ray.cluster_resources()
+                restorers.append(stop_on_signals())  # again after ray.init: Ray's own SIGTERM handler dumps stacks and aborts
+            except Exception as exc:
+                console.print("[red]error[/red]: " + escape(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
+                                                            f"{storage.describe_error(exc)}"))
                 return EXIT_JOB_FAILED
-        console.print(f"job: preset {preset}, model {identity}, {render_actors} render actor(s), "
-                      f"up to {preprocess_actors} preprocessing actor(s), output {escape(storage.redact(output))}")
+            cluster_gpus, cluster_cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 1))
+            if address and gpus and gpus > cluster_gpus:
+                # A joined cluster may autoscale: pending GPU actors are what makes it add GPU nodes.
+                render_actors, gpus_per_actor = gpus, 1.0
+                console.print(f"[yellow]note[/yellow]: --gpus {gpus} but the cluster has {cluster_gpus} GPU(s) now; "
+                              "rendering starts as its autoscaler adds GPU nodes")
+            elif cluster_gpus:
+                render_actors, gpus_per_actor = min(gpus or cluster_gpus, cluster_gpus), 1.0
+                if gpus and gpus > cluster_gpus:
+                    console.print(f"[yellow]note[/yellow]: --gpus {gpus} but the cluster has {cluster_gpus}; using {cluster_gpus}")
+            else:
+                render_actors, gpus_per_actor = 1, 0.0
+                console.print("[yellow]note[/yellow]: the cluster has no GPU: one render actor runs on CPU")
+            # Leave one CPU for the assembly tasks, or no MP4 would be written before preprocessing ends.
+            preprocess_actors = cpus or max(1, cluster_cpus - 1)
+            settings = replace(settings, render_threads=0 if cluster_gpus else max(1, cluster_cpus // 2))
+            if address and work_runs_off_this_node():
+                refused = refuse_node_local_paths(specs, settings, shared_fs=shared_fs)
+                for line in refused:
+                    console.print(f"[red]error[/red]: {escape(storage.redact(line))}")
+                if refused:
+                    return EXIT_JOB_FAILED
+            console.print(f"job: preset {preset}, model {identity}, {render_actors} render actor(s), "
+                          f"up to {preprocess_actors} preprocessing actor(s), output {escape(storage.redact(output))}")
         report = run_job(manifest, specs, problems, settings, render_actors=render_actors, render_gpus_per_actor=gpus_per_actor,
-                         preprocess_actors=preprocess_actors, console=console)
+                         preprocess_actors=preprocess_actors, console=console, finished=finished, stamps=stamps)
     except JobInterrupted as stop:
         console.print(f"[yellow]interrupted[/yellow] (signal {stop.signal_number}): finished clips are kept, results "
                       f"written to {escape(storage.redact(storage.join(output, 'results.parquet')))}; rerun the same "
@@ -137,7 +156,8 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
         console.print(f"[red]error[/red]: {escape(storage.redact(str(exc)))}")
         return EXIT_JOB_FAILED
     finally:
-        restore_signals()
+        for restore in reversed(restorers):
+            restore()
         if started_ray:
             ray.shutdown()
     counts = {status: sum(r["status"] == status for r in report.results) for status in ("done", "skipped", "failed")}

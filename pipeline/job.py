@@ -37,6 +37,7 @@ from pipeline import storage
 from pipeline.ledger import Ledger
 from pipeline.manifest import ClipSpec, Problem, parse_manifest, read_manifest
 from pipeline.qc import QC_COLUMNS, qc_columns
+from pipeline.rerun import RerunStamps
 from pipeline.rows import ClipPlan, JobSettings, SegmentResult, SegmentWork, from_batch, row_label, to_batch
 from pipeline.stages import (
     RENDER_DEATHS_IN_A_ROW,
@@ -57,8 +58,8 @@ ACTOR_RESTARTS = 2  # a preprocess actor that dies is replaced this often; Ray's
 RENDER_TASK_RETRIES = RENDER_DEATHS_IN_A_ROW + SEGMENT_ATTEMPTS
 ASSEMBLY_RETRIES = 1  # re-run an assembly whose worker died (system failures only)
 
-__all__ = ["JobError", "JobReport", "JobSettings", "Tracker", "load_specs", "read_results", "row_label", "run_job",
-           "write_results"]
+__all__ = ["JobError", "JobReport", "JobSettings", "Tracker", "load_specs", "read_results", "record_start", "row_label",
+           "run_job", "write_results"]
 
 
 POLL_SECONDS = 0.5
@@ -126,9 +127,10 @@ def assemble_task(stage: AssembleStage, plan: ClipPlan) -> dict:
     return stage(plan)
 
 
-def load_specs(manifest: str, settings: JobSettings) -> tuple[list[ClipSpec], list[Problem]]:
+def load_specs(manifest: str, *, allow_http: bool = False) -> tuple[list[ClipSpec], list[Problem]]:
+    """The manifest's rows and its per-row problems; JobError for a manifest that cannot be used at all."""
     try:
-        df = read_manifest(storage.check_uri(manifest, allow_http=settings.allow_http))
+        df = read_manifest(storage.check_uri(manifest, allow_http=allow_http))
     except FileNotFoundError:
         raise JobError(f"manifest not found: {storage.redact(manifest)}") from None
     except Exception as exc:
@@ -140,24 +142,34 @@ def load_specs(manifest: str, settings: JobSettings) -> tuple[list[ClipSpec], li
     return specs, problems
 
 
-def run_job(manifest: str, specs: list[ClipSpec], problems: list[Problem], settings: JobSettings, *, render_actors: int,
-            render_gpus_per_actor: float, preprocess_actors: int, console: Console | None = None) -> JobReport:
-    """Run the whole job (the manifest's rows as `load_specs` gave them) on the connected Ray cluster.
-    Raises JobError if it cannot start."""
-    console = console or Console()
-    ledger = Ledger(settings.output)
+def record_start(manifest: str, settings: JobSettings) -> None:
+    """The job's first write (before Ray starts): it proves the output root is reachable and writable."""
     try:
-        ledger.record_job("start", manifest=storage.redact(manifest), preset=settings.preset,
-                          model=settings.model_identity, force=settings.force)
+        Ledger(settings.output).record_job("start", manifest=storage.redact(manifest), preset=settings.preset,
+                                           model=settings.model_identity, force=settings.force)
     except Exception as exc:
         raise JobError(f"output {storage.redact(settings.output)} is not writable: {storage.describe_error(exc)}") from None
+
+
+def run_job(manifest: str, specs: list[ClipSpec], problems: list[Problem], settings: JobSettings, *, render_actors: int,
+            render_gpus_per_actor: float, preprocess_actors: int, console: Console | None = None,
+            finished: list[ClipPlan] = (), stamps: RerunStamps | None = None) -> JobReport:
+    """Run the whole job (the manifest's rows as `load_specs` gave them) on the connected Ray cluster; rows
+    with a plan in `finished` (proven unchanged by `stamps`, `pipeline.rerun`) are skipped without Ray, which
+    is needed only when some row is left. Raises JobError if it cannot start."""
+    console = console or Console()
+    ledger = Ledger(settings.output)
     tracker = Tracker(settings, specs, problems, console)
-    if specs:
+    for plan in finished:
+        tracker.on_plan(plan)
+    skipped = {plan.clip_id for plan in finished}
+    to_run = [spec for spec in specs if spec.clip_id not in skipped]
+    if to_run:
         _configure_ray_data()
         board = RemoteObject(ray.remote(num_cpus=0)(JobBoard).remote())
-        dataset = ray.data.from_items([_row(spec) for spec in specs], override_num_blocks=len(specs))
+        dataset = ray.data.from_items([_row(spec) for spec in to_run], override_num_blocks=len(to_run))
         dataset = on_ray_data(dataset, PreprocessStage(settings, board), ClipSpec,
-                              workers=(1, max(1, min(preprocess_actors, len(specs)))),
+                              workers=(1, max(1, min(preprocess_actors, len(to_run)))),
                               max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
         dataset = on_ray_data(dataset, RenderStage(settings, board, gpus_per_worker=render_gpus_per_actor), SegmentWork,
                               workers=(render_actors, render_actors),
@@ -175,16 +187,29 @@ def run_job(manifest: str, specs: list[ClipSpec], problems: list[Problem], setti
                               "rerun the same command to finish it")
             results = tracker.results()
             write_results(ledger, results)
+            _record_stamps(stamps, results, skipped, console)
             ledger.record_job("end", interrupted=signal_number, done=sum(r["status"] == "done" for r in results))
             raise JobInterrupted(signal_number) from None
         except Exception as exc:  # e.g. actors that cannot start (bad weights): finished clips stay in the ledger
             raise JobError(f"the pipeline stopped: {storage.describe_error(exc)}") from exc
     results = tracker.results()
     write_results(ledger, results)
+    _record_stamps(stamps, results, skipped, console)
     ledger.record_job("end", done=sum(r["status"] == "done" for r in results),
                       skipped=sum(r["status"] == "skipped" for r in results),
                       failed=sum(r["status"] == "failed" for r in results))
     return JobReport(results)
+
+
+def _record_stamps(stamps: RerunStamps | None, results: list[dict], skipped: set[str], console: Console) -> None:
+    """After the results: a failure here costs the next rerun its shortcut, nothing else."""
+    if stamps is None:
+        return
+    try:
+        stamps.record([r["clip_id"] for r in results if r["status"] in ("done", "skipped") and r["clip_id"] not in skipped])
+    except Exception as exc:  # noqa: BLE001
+        console.print(f"[yellow]note[/yellow]: input stamps not saved ({escape(storage.describe_error(exc))}); "
+                      "the next rerun reads every input again")
 
 
 def on_ray_data(dataset, stage: Stage, row_type, *, workers: tuple[int, int], **ray_args):
