@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from echomimic2.presets import DEFAULT_WITH_WEIGHTS
 from pipeline.manifest import Limits
 from pipeline.media import SAMPLE_RATE, decode_audio, decode_reference
 from pipeline.segments import DEFAULT_OVERLAP_FRAMES, DEFAULT_SEGMENT_FRAMES
@@ -100,9 +101,9 @@ class EchoMimicV2Pipeline:
         return cls(EchoMimicV2.tiny(seed=seed, device=device), WhisperFeatures.tiny(seed=seed), **options)
 
     @classmethod
-    def from_official(cls, weights_dir: str | Path, preset: str = "acc", device: str = "cuda", dtype=None,
+    def from_official(cls, weights_dir: str | Path, preset: str = DEFAULT_WITH_WEIGHTS, device: str = "cuda", dtype=None,
                       compile: bool = False, **options) -> EchoMimicV2Pipeline:
-        """The official checkpoints of `preset` ("acc" or "quality") from `weights_dir` (layout in README);
+        """The official checkpoints of `preset` (a full-size one of `echomimic2.PRESETS`) from `weights_dir` (layout in README);
         dtype defaults to float16. The audio encoder runs on the CPU in float32, as in the job."""
         import torch
 
@@ -116,7 +117,7 @@ class EchoMimicV2Pipeline:
         return cls(model, whisper, **options)
 
     @classmethod
-    def random(cls, preset: str = "acc", device: str = "cuda", dtype=None, compile: bool = False, seed: int = 0,
+    def random(cls, preset: str = DEFAULT_WITH_WEIGHTS, device: str = "cuda", dtype=None, compile: bool = False, seed: int = 0,
                **options) -> EchoMimicV2Pipeline:
         """Full-size networks with random weights (benchmarks and GPU checks: frames are noise); the job's
         `--random-weights` uses the same networks for seed 0."""
