@@ -23,7 +23,7 @@ from pipeline.fingerprint import clip_fingerprint, content_hash
 from pipeline.ledger import Ledger, strip_uri
 from pipeline.manifest import ClipSpec, Problem, check_clip_inputs
 from pipeline.media import decode_audio, decode_reference
-from pipeline.preprocess import RowRefused, driving_video_poses, read_clip_inputs, refusing, render_params
+from pipeline.preprocess import RowRefused, read_clip_inputs, refusing, render_params
 from pipeline.rows import ClipPlan, JobSettings, SegmentResult, SegmentWork, row_label
 from pipeline.segment_store import write_segment
 from pipeline.steps import audio_features, plan_segments, reference_and_poses, render_frames, segment_inputs
@@ -201,13 +201,11 @@ class PreprocessStage(Stage):
             waveform = decode_audio(inputs.audio, settings.limits, _name(spec.audio))
             audio = audio_features(self.whisper, waveform, fps)
         with refusing(spec, "pose", spec.pose):
-            given, video_info = inputs.poses, None
-            if inputs.pose_video is not None:
-                given, video_info = driving_video_poses(spec, inputs.pose_video, fps, audio.frames, settings.limits)
+            given, source_info = (None, {}) if inputs.pose is None else inputs.pose.sequence(fps, audio.frames,
+                                                                                             settings.limits)
             reference, poses, poses_info = reference_and_poses(whole_reference, params, audio.frames, poses=given,
                                                                waveform=waveform)
-            if video_info is not None:
-                poses_info = dict(poses_info, pose_source="driving video", driving_video=video_info)
+            poses_info = dict(poses_info, **source_info)
         del waveform
         segments = plan_segments(audio.frames, settings.segment_frames, settings.overlap_frames)
         pending = [(start, stop) for start, stop in segments
