@@ -267,17 +267,14 @@ def _check_pose(uri: str, limits: Limits) -> None:
 
 
 def check_clip_inputs(spec: ClipSpec, limits: Limits = Limits(), *, allow_http: bool = False,
-                      input_root: Path | str | None = None, fields: tuple[str, ...] = ("image", "audio", "pose"),
-                      ) -> list[Problem]:
-    """One Problem per input of ``spec`` that is refused: bad URI, missing/unreadable file, over a limit
-    (checked from sizes and headers, before any decoding), an image that does not decode, undecodable or
-    empty audio, bad pose frames. ``fields``: the inputs to check (preprocessing leaves out the poses: it
-    parses every pose file, or probes and decodes the driving video, under the same limits as it reads them,
-    so checking them first would read each twice)."""
+                      input_root: Path | str | None = None) -> list[Problem]:
+    """`validate`'s check of one row: one Problem per input of ``spec`` that is refused: bad URI,
+    missing/unreadable file, over a limit (checked from sizes and headers, before any decoding), an image
+    that does not decode, undecodable or empty audio, bad pose frames. The job does not run it: its
+    preprocessing reads each input once and applies the same limits and decoders as it reads
+    (`preprocess.read_clip_inputs`, `media.decode_reference` / `decode_audio`, `pose_sources`)."""
     problems = []
-    checks = [(name, uri, check) for name, uri, check in (("image", spec.image, _check_image),
-                                                          ("audio", spec.audio, _check_audio),
-                                                          ("pose", spec.pose, _check_pose)) if name in fields]
+    checks = [("image", spec.image, _check_image), ("audio", spec.audio, _check_audio), ("pose", spec.pose, _check_pose)]
     for field, uri, check in checks:
         if uri is None:
             continue
