@@ -65,6 +65,8 @@ def read_clip_inputs(spec: ClipSpec, settings: JobSettings) -> ClipInputs:
 
     image = read("image", spec.image, limits.max_image_bytes)
     audio = read("audio", spec.audio, limits.max_audio_bytes)
+    if not audio:  # as validate says it (manifest._check_audio); the decoders check the rest from the headers
+        raise RowRefused([Problem(spec.row, spec.clip_id, "audio", "file is empty")])
     if spec.pose is None:
         return ClipInputs(image, audio, None)
     with refusing(spec, "pose", spec.pose):
