@@ -136,6 +136,30 @@ def test_preprocess_reads_a_pose_file_once_and_says_so(tmp_path, monkeypatch):
     assert sorted(uri.rsplit("/", 1)[-1] for uri in reads) == ["a.png", "a.wav", "p.npz"]  # each input once
 
 
+def test_preprocess_keeps_the_audio_for_the_assembler_also_on_a_resume(tmp_path):
+    """A clip whose segments were rendered by a release that did not keep the audio copy (or whose copy is
+    gone) gets it again from its next preprocessing: the assembler never needs the input."""
+    from pipeline.fingerprint import content_hash
+
+    settings = settings_for(tmp_path / "out")
+    spec = clip_spec(tmp_path)
+    board = JobBoard()
+    stage = PreprocessStage(settings, board)
+    stage.setup()
+    list(stage(spec))
+    [plan] = board.take_plans()
+    ledger = Ledger(settings.output)
+    assert plan.audio == clip_audio_uri(ledger, "a", plan.fingerprint)
+    copy = tmp_path / "out" / "_segments" / "a" / plan.fingerprint / "audio"
+    assert copy.read_bytes() == (tmp_path / "a.wav").read_bytes() and content_hash(copy.read_bytes()) == plan.audio_sha
+    for start, stop in plan.segments:  # as if rendered, then the audio copy lost
+        write_segment(np.zeros((stop - start, SIZE, SIZE, 3), np.uint8), ledger.segment_uri("a", plan.fingerprint, start, stop))
+    copy.unlink()
+    assert list(stage(spec)) == []  # nothing left to render
+    [again] = board.take_plans()
+    assert again.pending == [] and copy.read_bytes() == (tmp_path / "a.wav").read_bytes()
+
+
 def test_render_stage_writes_a_hand_made_segment(tmp_path):
     settings = settings_for(tmp_path / "out")
     render = RenderStage(settings, JobBoard(), gpus_per_worker=0)
