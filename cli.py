@@ -5,7 +5,8 @@ from pathlib import Path
 
 import typer
 
-from echomimic2.presets import PRESETS  # a plain table (no torch): the choices below come from it
+# a plain table (no torch): the choices below come from it
+from echomimic2.presets import DEFAULT_WITH_WEIGHTS, DEFAULT_WITHOUT_WEIGHTS, PRESETS
 
 FULL_SIZE_PRESETS = [name for name, preset in PRESETS.items() if preset.full_size]
 
@@ -21,7 +22,7 @@ def run(
     manifest: str = typer.Argument(..., help="Parquet manifest: local path or fsspec URL."),
     output: str = typer.Option(..., "--output", "-o", help="Output root: local path or fsspec URL."),
     weights: Path | None = typer.Option(None, help="Official weights folder; without it the random tiny model runs."),
-    preset: str | None = typer.Option(None, help=f"{' | '.join(PRESETS)} (default: acc with --weights, else tiny)."),
+    preset: str | None = typer.Option(None, help=f"{' | '.join(PRESETS)} (default: {DEFAULT_WITH_WEIGHTS} with --weights, else {DEFAULT_WITHOUT_WEIGHTS})."),
     address: str | None = typer.Option(
         None, help="Ray cluster to join: auto, or <head-ip>:6379 (default: RAY_ADDRESS if set, else start a local Ray)."),
     gpus: int | None = typer.Option(None, help="Render actors (GPUs) to use; default: all the cluster has."),
@@ -105,7 +106,7 @@ def plan(
 
 @app.command()
 def bench(
-    preset: str = typer.Option("acc", help=" | ".join(FULL_SIZE_PRESETS)),
+    preset: str = typer.Option(DEFAULT_WITH_WEIGHTS, help=" | ".join(FULL_SIZE_PRESETS)),
     frames: int = typer.Option(120, help="Frames to render."),
     size: int = typer.Option(768, help="Square image side in pixels (multiple of 64)."),
     json_out: bool = typer.Option(False, "--json", help="Print one machine-readable JSON line."),

@@ -1,7 +1,26 @@
-"""Named render settings: steps, guidance, default output size and which weights they need."""
+"""Named render settings, in one table: steps, guidance, default output size, which weights they need and
+what they cost. Everything that lists presets or a per-preset fact reads `PRESETS` (the CLI's choices, the
+model loader, `pipeline.steps.resolve_params`, `cli.py plan`, the bench); adding a preset is one entry.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class JobRenderCost:
+    """A preset's render time measured through the job (`cli.py run`, render actor seconds), and the run
+    it was measured on, so `cli.py plan` can turn the spec's FLOP counts of that very run (the ones
+    `cli.py bench` reports) into a throughput and scale it to any manifest."""
+
+    seconds_per_120_frames: float  # render seconds per 120 output frames, at `size`²
+    clip_frames: tuple[int, ...]  # the measured job's clips (frames at 24 fps)
+    segment_frames: int  # the job's --segment-frames
+    overlap_frames: int
+    size: int = 768
+    device: str = "NVIDIA H200"
+    compiled: bool = False  # False: ECHOMIMIC2_COMPILE=0 (eager); the job compiles on a GPU by default
+    source: str = 'BENCHMARKS.md, "The job on a GPU (issue 16)", 2026-12-01'
 
 
 @dataclass(frozen=True)
@@ -12,6 +31,7 @@ class Preset:
     width: int
     height: int
     variant: str  # "quality" | "acc": which official files; "tiny": random built-in networks
+    cost: JobRenderCost | None = None  # None: not measured (the tiny preset is for tests and demos)
 
     @property
     def full_size(self) -> bool:
@@ -22,11 +42,21 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in (
-        Preset("quality", steps=30, guidance=2.5, width=768, height=768, variant="quality"),
-        Preset("acc", steps=6, guidance=1.0, width=768, height=768, variant="acc"),
+        # Measured: quality 3 rows of 2.5 / 1 / 1 s cut into 48-frame segments (a shorter run: 6x acc's time
+        # per frame), acc 3 rows of 13 / 2 / 2 s with the default 288-frame segments.
+        Preset("quality", steps=30, guidance=2.5, width=768, height=768, variant="quality",
+               cost=JobRenderCost(171.2, clip_frames=(60, 24, 24), segment_frames=48, overlap_frames=6)),
+        Preset("acc", steps=6, guidance=1.0, width=768, height=768, variant="acc",
+               cost=JobRenderCost(24.04, clip_frames=(312, 48, 48), segment_frames=288, overlap_frames=6)),
         Preset("tiny", steps=3, guidance=1.0, width=256, height=256, variant="tiny"),
     )
 }
+DEFAULT_WITH_WEIGHTS = "acc"  # `cli.py run --weights DIR` without --preset
+DEFAULT_WITHOUT_WEIGHTS = "tiny"  # `cli.py run` without weights: the built-in random model
+
+
+def default_preset(with_weights: bool) -> str:
+    return DEFAULT_WITH_WEIGHTS if with_weights else DEFAULT_WITHOUT_WEIGHTS
 
 
 def full_size_preset(name: str) -> Preset:
@@ -35,3 +65,4 @@ def full_size_preset(name: str) -> Preset:
     if name not in choices:
         raise ValueError(f"preset must be one of {', '.join(map(repr, choices))}, got {name!r}")
     return PRESETS[name]
+

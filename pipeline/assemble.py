@@ -143,7 +143,7 @@ def assemble_clip(segments: list[tuple[int, int, str]], total_frames: int, fps: 
                   output_uri: str, *, scratch_dir: str | Path | None = None, read_segment=None,
                   strip_uri: str | None = None, joins: list[tuple[int, int]] | None = None,
                   thresholds: qc.Thresholds = qc.DEFAULT_THRESHOLDS) -> dict:
-    """Encode the stitched segments with ``audio`` (the row's original audio file) into ``output_uri``.
+    """Encode the stitched segments with ``audio`` (the bytes of the row's audio file, as read once by preprocessing) into ``output_uri``.
     The video is exactly ``total_frames / fps`` seconds; the audio is padded with silence or trimmed to
     that. Returns ``dict(frames=, seconds=, bytes=, qc=)``, ``qc`` being the clip's QC report
     (``pipeline.qc.run_checks``; ``qc.qc_columns`` turns it into results columns). With ``strip_uri``

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from echomimic2.presets import DEFAULT_WITH_WEIGHTS
 from pipeline.manifest import Limits
 from pipeline.media import SAMPLE_RATE, decode_audio, decode_reference
+from pipeline.pose_sources import PoseInput, read_pose_input
 from pipeline.segments import DEFAULT_OVERLAP_FRAMES, DEFAULT_SEGMENT_FRAMES
 from pipeline.steps import (
     AudioFeatures,
@@ -75,9 +77,9 @@ class ClipInputs:
     reference: np.ndarray  # uint8 RGB: the whole image, then (step 3) framed to (height, width, 3)
     waveform: np.ndarray  # float32 16 kHz mono
     audio_file: bytes
-    poses: list[dict] | None
+    poses: list[dict] | None  # given as dicts, or parsed from pose files; None: from a driving video or gestures
     params: dict  # steps.resolve_params: seed, steps, guidance, fps, width, height, segment plan, poses
-    pose_video: str | None = None  # a driving video's path: its poses are extracted in step 3
+    pose_input: PoseInput | None = None  # a pose file, folder or driving video as its source read it
 
 
 class EchoMimicV2Pipeline:
@@ -100,9 +102,9 @@ class EchoMimicV2Pipeline:
         return cls(EchoMimicV2.tiny(seed=seed, device=device), WhisperFeatures.tiny(seed=seed), **options)
 
     @classmethod
-    def from_official(cls, weights_dir: str | Path, preset: str = "acc", device: str = "cuda", dtype=None,
+    def from_official(cls, weights_dir: str | Path, preset: str = DEFAULT_WITH_WEIGHTS, device: str = "cuda", dtype=None,
                       compile: bool = False, **options) -> EchoMimicV2Pipeline:
-        """The official checkpoints of `preset` ("acc" or "quality") from `weights_dir` (layout in README);
+        """The official checkpoints of `preset` (a full-size one of `echomimic2.PRESETS`) from `weights_dir` (layout in README);
         dtype defaults to float16. The audio encoder runs on the CPU in float32, as in the job."""
         import torch
 
@@ -116,7 +118,7 @@ class EchoMimicV2Pipeline:
         return cls(model, whisper, **options)
 
     @classmethod
-    def random(cls, preset: str = "acc", device: str = "cuda", dtype=None, compile: bool = False, seed: int = 0,
+    def random(cls, preset: str = DEFAULT_WITH_WEIGHTS, device: str = "cuda", dtype=None, compile: bool = False, seed: int = 0,
                **options) -> EchoMimicV2Pipeline:
         """Full-size networks with random weights (benchmarks and GPU checks: frames are noise); the job's
         `--random-weights` uses the same networks for seed 0."""
@@ -155,18 +157,12 @@ class EchoMimicV2Pipeline:
         features = audio_features(self.whisper, clip.waveform, params["fps"])
         # 3. poses: one per frame (from the driving video if one was given), the reference framed around its
         #    person and the poses mapped onto it
-        given, video_info = clip.poses, None
-        if clip.pose_video is not None:
-            from pipeline.driving_video import VideoLimits, poses_from_video
-
-            given, video_info = poses_from_video(clip.pose_video, params["fps"], features.frames,
-                                                 VideoLimits(max_seconds=self.limits.max_audio_seconds,
-                                                             max_frames=self.limits.max_pose_frames),
-                                                 name=Path(clip.pose_video).name)
+        given, source_info = clip.poses, {}
+        if clip.pose_input is not None:
+            given, source_info = clip.pose_input.sequence(params["fps"], features.frames, self.limits)
         clip.reference, frame_poses, poses_info = reference_and_poses(clip.reference, params, features.frames,
                                                                       poses=given, waveform=clip.waveform)
-        if video_info is not None:
-            poses_info = dict(poses_info, pose_source="driving video", driving_video=video_info)
+        poses_info = dict(poses_info, **source_info)
         # 4. plan segments: overlapping frame ranges, each rendered on its own
         segments = plan_segments(features.frames, params["segment_frames"], params["overlap_frames"])
         # 5. render segments
@@ -208,9 +204,9 @@ class EchoMimicV2Pipeline:
         image_data, image_name = _image_file(image, self.limits)
         reference = decode_reference(image_data, self.limits, image_name)  # framed in step 3, with the poses
         waveform, audio_file = _audio(audio, self.limits)
-        pose_video = _driving_video(poses)
-        return ClipInputs(reference, waveform, audio_file, None if pose_video else _poses(poses, self.limits), params,
-                          pose_video)
+        pose_input = read_pose_input(str(poses), self.limits) if isinstance(poses, (str, Path)) else None
+        given = pose_input.poses if pose_input is not None else _given_poses(poses)
+        return ClipInputs(reference, waveform, audio_file, given, params, pose_input)
 
     def render_segments(self, clip: ClipInputs, features: AudioFeatures, poses: list[dict],
                         segments: list[tuple[int, int]], *, callback=None, progress: bool = True):
@@ -293,28 +289,15 @@ def _audio(audio, limits: Limits) -> tuple[np.ndarray, bytes]:
     raise ValueError(f"audio: expected a path, bytes or a float32 waveform array, got {type(audio).__name__}")
 
 
-def _driving_video(poses) -> str | None:
-    """A local driving video given as `poses` (decoded in step 3, once the frame count is known)."""
-    from pipeline.driving_video import is_video_name
-
-    if isinstance(poses, (str, Path)) and is_video_name(str(poses)):
-        if not Path(poses).is_file():
-            raise ValueError(f"poses: no such driving video: {poses}")
-        return str(poses)
-    return None
-
-
-def _poses(poses, limits: Limits) -> list[dict] | None:
-    """None, official pose dicts (checked), or a local folder / `.npz` read as the job reads them."""
+def _given_poses(poses) -> list[dict] | None:
+    """None, or official pose dicts (checked); paths are read by their pose source."""
     from echomimic2.pose import validate_pose
-    from pipeline.preprocess import read_poses
 
     if poses is None:
         return None
-    if isinstance(poses, (str, Path)):
-        return read_poses(str(poses), limits)[0]
     if isinstance(poses, (list, tuple)):
         if not poses:
             raise ValueError("poses: the list is empty")
         return [validate_pose(pose, f"poses[{i}]") for i, pose in enumerate(poses)]
-    raise ValueError(f"poses: expected None, a list of pose dicts, a folder or a .npz path, got {type(poses).__name__}")
+    raise ValueError(f"poses: expected None, a list of pose dicts, a folder, a .npz or a driving video path, got "
+                     f"{type(poses).__name__}")

@@ -12,6 +12,8 @@ cannot be read or has a problem as a whole (a missing or unknown column).
 """
 from __future__ import annotations
 
+import functools
+import math
 import os
 from pathlib import Path
 
@@ -27,12 +29,11 @@ EXIT_PROBLEMS = 1
 EXIT_JOB_FAILED = 2
 EXIT_ROWS_FAILED = 3
 
-# `plan` estimate: FLOPs per output frame at 768x768 (spec §12.3), the fixed cost per segment
-# (reference UNet + reference VAE encode, paid again by every segment), and the assumed speed.
-FLOPS_PER_FRAME = {"quality": 310e12 + 5.75e12, "acc": 28.1e12 + 5.75e12}
-FLOPS_PER_SEGMENT = 2.08e12 + 2.61e12
-# Spec-equivalent FLOP/s our renderer sustained on one H100 (BENCHMARKS.md, acc, compiled, 768x768).
-MEASURED_H100_FLOPS = 268e12
+# `plan`'s estimate: the spec §12 FLOPs of each row's segments, as `cli.py bench` counts them
+# (echomimic2.bench.spec_flops), over the throughput each preset reached through the job on a GPU: its
+# measured render time (echomimic2.presets, `Preset.cost`) over the FLOPs of the very clips it rendered.
+RENDER_FLOP_PARTS = ("reference", "denoise", "decode")  # the render actor's work; whisper runs in preprocessing
+
 
 console = Console(highlight=False, soft_wrap=True)  # soft wrap: one line per problem, even in logs
 
@@ -303,9 +304,10 @@ def plan_command(manifest: str, segment_frames: int | None = None, overlap_frame
     if whole_manifest:
         return EXIT_JOB_FAILED
     limits = Limits()
+    measured = [preset for preset in PRESETS.values() if preset.cost is not None]
     table = Table("row", "clip_id", "seconds", "fps", "frames", "segments", "size")
     total_frames = total_segments = 0
-    per_preset = {preset: 0.0 for preset in FLOPS_PER_FRAME}
+    per_preset = {preset.name: 0.0 for preset in measured}
     for spec in specs:
         try:
             with storage.open_input(storage.check_uri(spec.audio)) as f:
@@ -316,29 +318,52 @@ def plan_command(manifest: str, segment_frames: int | None = None, overlap_frame
             continue
         frames = round(seconds * spec.fps)
         segments = plan_segments(frames, segment_frames, overlap_frames)
-        rendered_frames = sum(stop - start for start, stop in segments)  # overlaps are rendered twice
         total_frames += frames
         total_segments += len(segments)
-        for preset, flops in FLOPS_PER_FRAME.items():  # rows without a size render at the preset's
-            scale = _pixel_scale(spec.width or PRESETS[preset].width, spec.height or PRESETS[preset].height)
-            per_preset[preset] += (rendered_frames * flops + len(segments) * FLOPS_PER_SEGMENT) * scale
+        for preset in measured:  # a row's own size, steps and guidance, else the preset's
+            per_preset[preset.name] += clip_render_flops(
+                frames, segment_frames, overlap_frames, spec.width or preset.width, spec.height or preset.height,
+                spec.steps or preset.steps, preset.guidance if spec.guidance is None else spec.guidance)
         size = f"{spec.width}x{spec.height}" if spec.width and spec.height else "preset's"
         table.add_row(str(spec.row), spec.clip_id, f"{seconds:.2f}", f"{spec.fps:g}", str(frames), str(len(segments)), size)
     console.print(table)
     console.print(f"total: {len(specs)} row(s), {total_frames} frames, {total_segments} segments "
                   f"({segment_frames} frames, overlap {overlap_frames})")
-    for preset, flops in per_preset.items():
-        gpu_seconds = flops / MEASURED_H100_FLOPS
-        console.print(f"preset {preset}: {flops / 1e15:,.1f} PFLOP ≈ {gpu_seconds / 3600:,.2f} H100-hours "
+    for preset in measured:
+        flops, device = per_preset[preset.name], preset.cost.device.removeprefix("NVIDIA ")
+        gpu_seconds = flops / measured_throughput(preset)
+        console.print(f"preset {preset.name}: {flops / 1e15:,.1f} PFLOP ≈ {gpu_seconds / 3600:,.2f} {device}-hours "
                       f"({gpu_seconds:,.0f} GPU-s)")
-    console.print(f"assumption: {MEASURED_H100_FLOPS / 1e12:.0f} TFLOP/s, what the compiled renderer sustained on an "
-                  "H100 (BENCHMARKS.md); FLOPs from spec §12 (768x768, scaled by pixel count for other sizes)")
+    for preset in measured:
+        cost = preset.cost
+        console.print(f"assumption ({preset.name}): {measured_throughput(preset) / 1e12:.0f} TFLOP/s, the job's measured "
+                      f"render time on one {cost.device}, {'compiled' if cost.compiled else 'eager'}, "
+                      f"{cost.seconds_per_120_frames:g} s per 120 frames at {cost.size}² ({cost.source})")
+    console.print("FLOPs from spec §12 as `cli.py bench` counts them, per segment (other sizes scale by pixel count)")
     for problem in problems:
         console.print(f"[yellow]not planned[/yellow]: {escape(str(problem))}")
     return EXIT_OK
 
 
-def _pixel_scale(width: int, height: int) -> float:
-    """Rough: compute per frame grows with the pixel count (attention grows faster; see spec §12.2)."""
-    return (width * height) / (768 * 768)
+def clip_render_flops(frames: int, segment_frames: int, overlap_frames: int, width: int, height: int, steps: int,
+                      guidance: float) -> float:
+    """Spec FLOPs the render actors spend on a clip of `frames` frames cut into the job's segments (each
+    segment pays its own reference pass, window grid and shared frames)."""
+    return sum(_segment_render_flops(stop - start, round(math.sqrt(width * height)), steps, guidance)
+               for start, stop in plan_segments(frames, segment_frames, overlap_frames))
 
+
+@functools.lru_cache(maxsize=4096)  # a manifest's segments come in a few lengths
+def _segment_render_flops(frames: int, size: int, steps: int, guidance: float) -> float:
+    from echomimic2.bench import spec_flops
+
+    counts = spec_flops(size, frames, steps, guidance)
+    return sum(counts[part] for part in RENDER_FLOP_PARTS)
+
+
+def measured_throughput(preset) -> float:
+    """Spec FLOP/s the render actors sustained in the preset's measured job run (`Preset.cost`)."""
+    cost = preset.cost
+    flops = sum(clip_render_flops(frames, cost.segment_frames, cost.overlap_frames, cost.size, cost.size, preset.steps,
+                                  preset.guidance) for frames in cost.clip_frames)
+    return flops / (cost.seconds_per_120_frames * sum(cost.clip_frames) / 120)

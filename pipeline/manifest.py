@@ -31,7 +31,6 @@ OPTIONAL_COLUMNS = ("pose", "seed", "steps", "guidance", "fps", "width", "height
 POSE_ALIGN_MODES = ALIGN_MODES  # their home is the engine's; named here for the manifest's checks
 GESTURE_STYLES = tuple(GESTURE_STYLE_TABLE)
 _CLIP_ID = re.compile(r"^[A-Za-z0-9._-]+$")
-_POSE_FRAME = re.compile(r"^(0|[1-9][0-9]*)\.npy$")
 
 
 @dataclass(frozen=True)
@@ -238,29 +237,6 @@ def parse_manifest(df: pd.DataFrame, *, base_uri: str | None = None) -> tuple[li
 # Input checks (headers, sizes, counts)
 
 
-def list_pose_files(uri: str, limits: Limits) -> list[str]:
-    """The pose frames of a clip, in frame order: ``[uri]`` for one ``.npz`` file, else the folder's
-    ``0.npy, 1.npy, …`` (numbered from 0 without gaps; dot-files ignored, anything else refused).
-    A folder with more than ``limits.max_pose_frames`` entries is refused without listing the rest."""
-    if uri.rstrip("/").lower().endswith(".npz"):
-        return [uri]
-    files = storage.list_files(uri, max_entries=limits.max_pose_frames)
-    frames = {}
-    for file_uri in files:
-        name = file_uri.rsplit("/", 1)[-1]
-        if name.startswith("."):
-            continue
-        if not _POSE_FRAME.match(name):
-            raise InputError(f"unexpected file {name!r} in the pose folder (expected 0.npy, 1.npy, …)")
-        frames[int(name[:-4])] = file_uri
-    if not frames:
-        raise InputError("pose folder holds no frames (expected 0.npy, 1.npy, …)")
-    gaps = sorted(set(range(len(frames))) - frames.keys())
-    if gaps:
-        raise InputError(f"pose frames must be numbered 0..{len(frames) - 1} without gaps; {gaps[0]}.npy is missing")
-    return [frames[i] for i in range(len(frames))]
-
-
 def _check_image(uri: str, limits: Limits) -> None:
     from pipeline.media import decode_image
 
@@ -285,49 +261,20 @@ def _check_audio(uri: str, limits: Limits) -> None:
 
 
 def _check_pose(uri: str, limits: Limits) -> None:
-    from pipeline.driving_video import DrivingVideoError, VideoLimits, check_driving_video, is_video_name
+    from pipeline.pose_sources import source_for
 
-    if is_video_name(uri):  # a driving video: header limits, then hands sought in a few sampled frames
-        video_limits = VideoLimits(max_seconds=limits.max_audio_seconds, max_frames=limits.max_pose_frames)
-        try:
-            check_driving_video(storage.read_bytes(uri, max_bytes=video_limits.max_bytes), video_limits,
-                                name=uri.rsplit("/", 1)[-1])
-        except DrivingVideoError as exc:
-            raise InputError(str(exc)) from None
-        return
-    files = list_pose_files(uri, limits)  # counted before anything is read
-    from echomimic2.pose import PoseFormatError, load_pose_npz, read_pose_npy
-
-    try:
-        if files == [uri] and uri.rstrip("/").lower().endswith(".npz"):
-            name = uri.rsplit("/", 1)[-1]
-            poses = load_pose_npz(storage.read_bytes(uri, max_bytes=limits.max_pose_npz_bytes), name=name)
-            if len(poses) > limits.max_pose_frames:
-                raise InputError(f"{name} holds {len(poses)} frames, over the limit of {limits.max_pose_frames}")
-            return
-        for file_uri in files:
-            name = file_uri.rsplit("/", 1)[-1]
-            try:
-                data = storage.read_bytes(file_uri, max_bytes=limits.max_pose_file_bytes)
-            except InputError as exc:
-                raise InputError(f"{name}: {exc}") from None
-            read_pose_npy(data, name=name)
-    except PoseFormatError as exc:  # names the file and the refused content
-        raise InputError(str(exc)) from None
+    source_for(uri).check(uri, limits)  # each source's own check: files parsed, a driving video sampled
 
 
 def check_clip_inputs(spec: ClipSpec, limits: Limits = Limits(), *, allow_http: bool = False,
-                      input_root: Path | str | None = None, fields: tuple[str, ...] = ("image", "audio", "pose"),
-                      ) -> list[Problem]:
-    """One Problem per input of ``spec`` that is refused: bad URI, missing/unreadable file, over a limit
-    (checked from sizes and headers, before any decoding), an image that does not decode, undecodable or
-    empty audio, bad pose frames. ``fields``: the inputs to check (preprocessing leaves out the poses: it
-    parses every pose file, or probes and decodes the driving video, under the same limits as it reads them,
-    so checking them first would read each twice)."""
+                      input_root: Path | str | None = None) -> list[Problem]:
+    """`validate`'s check of one row: one Problem per input of ``spec`` that is refused: bad URI,
+    missing/unreadable file, over a limit (checked from sizes and headers, before any decoding), an image
+    that does not decode, undecodable or empty audio, bad pose frames. The job does not run it: its
+    preprocessing reads each input once and applies the same limits and decoders as it reads
+    (`preprocess.read_clip_inputs`, `media.decode_reference` / `decode_audio`, `pose_sources`)."""
     problems = []
-    checks = [(name, uri, check) for name, uri, check in (("image", spec.image, _check_image),
-                                                          ("audio", spec.audio, _check_audio),
-                                                          ("pose", spec.pose, _check_pose)) if name in fields]
+    checks = [("image", spec.image, _check_image), ("audio", spec.audio, _check_audio), ("pose", spec.pose, _check_pose)]
     for field, uri, check in checks:
         if uri is None:
             continue

@@ -85,17 +85,6 @@ def decode_reference(data: bytes, limits: Limits, name: str) -> np.ndarray:
         raise InputError(f"{name}: cannot decode image: {describe_error(exc)}") from None
 
 
-def load_reference_image(data: bytes, width: int, height: int, limits: Limits, name: str) -> np.ndarray:
-    """uint8 (height, width, 3) RGB: `decode_reference`, centre-cropped to the target aspect ratio, then
-    resized with bicubic filtering (the framing used when no person detector is available)."""
-    return centre_fit(decode_reference(data, limits, name), width, height)
-
-
-def centre_fit(image_rgb: np.ndarray, width: int, height: int) -> np.ndarray:
-    fitted = ImageOps.fit(Image.fromarray(image_rgb), (width, height), method=Image.Resampling.BICUBIC)
-    return np.array(fitted, dtype=np.uint8)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Audio
 

@@ -1,5 +1,11 @@
-"""Rendered segments on storage: one ``.npy`` of uint8 frames ``(n, H, W, 3)`` per segment, written
-atomically and read back a few frames at a time, so the assembler's memory does not grow with the clip."""
+"""A clip's working files on storage, beside each other under ``_segments/<clip_id>/<fingerprint>/`` and
+freed together once its MP4 is committed (`Ledger.delete_segments`):
+
+- one ``.npy`` of uint8 frames ``(n, H, W, 3)`` per rendered segment, written atomically and read back a few
+  frames at a time, so the assembler's memory does not grow with the clip;
+- ``audio``: the row's audio file exactly as preprocessing read (and fingerprinted) it, which the assembler
+  muxes, so the input is read once per clip and a file edited mid-job cannot reach an MP4 of the old one.
+"""
 from __future__ import annotations
 
 import io
@@ -8,6 +14,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from pipeline import storage
+from pipeline.ledger import Ledger
+
+CLIP_AUDIO_NAME = "audio"  # cannot meet a segment's "<start>-<stop>.npy"
 
 
 def _check_frames(shape, dtype, where: str) -> None:
@@ -48,3 +57,25 @@ def iter_segment(uri: str, chunk_frames: int = 8) -> Iterator[np.ndarray]:
             count = min(chunk_frames, n - start)
             data = _read_exactly(f, count * frame_bytes, uri)
             yield np.frombuffer(data, dtype=np.uint8).reshape(count, height, width, 3)
+
+
+def clip_audio_uri(ledger: Ledger, clip_id: str, fingerprint: str) -> str:
+    """Where a clip's audio copy lives: in its segments' folder (the ledger's layout), so it is freed with them."""
+    segment = ledger.segment_uri(clip_id, fingerprint, 0, 0)
+    return f"{segment.rsplit('/', 1)[0]}/{CLIP_AUDIO_NAME}"
+
+
+def store_clip_audio(data: bytes, uri: str, *, overwrite: bool = False) -> None:
+    """Keep the audio for the assembler (once per fingerprint: the same fingerprint means the same bytes)."""
+    if overwrite or not storage.exists(uri):
+        storage.write_atomic(uri, data)
+
+
+def read_clip_audio(uri: str, *, max_bytes: int, sha: str) -> bytes:
+    """The stored audio, checked against the content hash its clip was fingerprinted with."""
+    from pipeline.fingerprint import content_hash
+
+    data = storage.read_bytes(uri, max_bytes=max_bytes)
+    if content_hash(data) != sha:
+        raise ValueError(f"{storage.redact(uri)}: the stored audio is not the audio this clip was planned with; rerun")
+    return data

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pipeline import storage
 from pipeline.fingerprint import clip_fingerprint, content_hash
 from pipeline.ledger import Ledger, strip_uri
-from pipeline.manifest import ClipSpec, Problem, check_clip_inputs
+from pipeline.manifest import ClipSpec, Problem
 from pipeline.media import decode_audio, decode_reference
-from pipeline.preprocess import RowRefused, driving_video_poses, read_clip_inputs, refusing, render_params
+from pipeline.preprocess import RowRefused, read_clip_inputs, refusing, render_params
 from pipeline.rows import ClipPlan, JobSettings, SegmentResult, SegmentWork, row_label
-from pipeline.segment_store import write_segment
+from pipeline.segment_store import clip_audio_uri, read_clip_audio, store_clip_audio, write_segment
 from pipeline.steps import audio_features, plan_segments, reference_and_poses, render_frames, segment_inputs
 
 SEGMENT_ATTEMPTS = 3  # tries per segment, whether the renderer raised or its worker died
@@ -182,10 +182,8 @@ class PreprocessStage(Stage):
         """(ClipPlan, reference image, AudioFeatures, poses); the plan alone when the clip is finished.
         Raises RowRefused naming the row and field."""
         settings = self.settings
-        problems = check_clip_inputs(spec, settings.limits, allow_http=settings.allow_http, input_root=settings.input_root,
-                                     fields=("image", "audio"))  # the poses are checked as they are read, once
-        if problems:
-            raise RowRefused(problems)
+        # Each input is read once: sizes are bounded as it is read, headers checked by its decoder before any
+        # pixel or sample is decoded, poses by their source (what `validate` checks, without a second read).
         inputs = read_clip_inputs(spec, settings)
         params = render_params(spec, settings)
         audio_sha = content_hash(inputs.audio)
@@ -201,19 +199,19 @@ class PreprocessStage(Stage):
             waveform = decode_audio(inputs.audio, settings.limits, _name(spec.audio))
             audio = audio_features(self.whisper, waveform, fps)
         with refusing(spec, "pose", spec.pose):
-            given, video_info = inputs.poses, None
-            if inputs.pose_video is not None:
-                given, video_info = driving_video_poses(spec, inputs.pose_video, fps, audio.frames, settings.limits)
+            given, source_info = (None, {}) if inputs.pose is None else inputs.pose.sequence(fps, audio.frames,
+                                                                                             settings.limits)
             reference, poses, poses_info = reference_and_poses(whole_reference, params, audio.frames, poses=given,
                                                                waveform=waveform)
-            if video_info is not None:
-                poses_info = dict(poses_info, pose_source="driving video", driving_video=video_info)
+            poses_info = dict(poses_info, **source_info)
         del waveform
         segments = plan_segments(audio.frames, settings.segment_frames, settings.overlap_frames)
         pending = [(start, stop) for start, stop in segments
                    if settings.force or not storage.exists(self.ledger.segment_uri(spec.clip_id, fingerprint, start, stop))]
+        audio_copy = clip_audio_uri(self.ledger, spec.clip_id, fingerprint)  # what the assembler muxes
+        store_clip_audio(inputs.audio, audio_copy, overwrite=settings.force)
         plan = ClipPlan(spec.row, spec.clip_id, fingerprint, frames=audio.frames, fps=fps, seconds=audio.seconds,
-                        width=width, height=height, audio=spec.audio, audio_sha=audio_sha, params=params,
+                        width=width, height=height, audio=audio_copy, audio_sha=audio_sha, params=params,
                         segments=segments, pending=pending, poses_info=poses_info)
         return plan, reference, audio, poses
 
@@ -311,7 +309,8 @@ def _fault_kill(work: SegmentWork, attempt: int) -> None:
 
 class AssembleStage(Stage):
     """A planned clip whose segments are all in storage → cross-faded, encoded, committed MP4 and its ledger
-    record; then its segment files are freed."""
+    record; then its segment files are freed. The audio muxed is the copy preprocessing stored beside the
+    segments (`segment_store.clip_audio_uri`), not the row's input read a second time."""
 
     name = "assemble"
     resources = Resources(num_cpus=1)
@@ -325,11 +324,7 @@ class AssembleStage(Stage):
 
         started = time.perf_counter()
         settings, ledger = self.settings, Ledger(self.settings.output)
-        audio = storage.read_bytes(storage.check_uri(plan.audio, allow_http=settings.allow_http,
-                                                     input_root=settings.input_root),
-                                   max_bytes=settings.limits.max_audio_bytes)
-        if content_hash(audio) != plan.audio_sha:
-            raise RuntimeError("audio: the file changed while the job ran; rerun to render the new audio")
+        audio = read_clip_audio(plan.audio, max_bytes=settings.limits.max_audio_bytes, sha=plan.audio_sha)
         segments = [(start, stop, ledger.segment_uri(plan.clip_id, plan.fingerprint, start, stop))
                     for start, stop in plan.segments]
         output = ledger.output_uri(plan.clip_id)

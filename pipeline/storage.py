@@ -41,12 +41,16 @@ _BOTOCORE_TRANSIENT = frozenset({"EndpointConnectionError", "ConnectTimeoutError
 _AIOHTTP_TRANSIENT = frozenset({"ClientConnectionError", "ClientConnectorError", "ServerDisconnectedError",
                                 "ClientPayloadError", "ServerTimeoutError"})
 _AZURE_TRANSIENT = frozenset({"ServiceRequestError", "ServiceResponseError"})
+# Error codes in a response (beside HTTP 5xx/429, retried on every scheme) that mean "try again".
+_S3_TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+                                 "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequests"})
 
 
 @dataclass(frozen=True)
 class SchemeQuirks:
     listing: str  # how list_files stays bounded: "scandir" and "paged" stop at the limit; "full" counts after
     transient: frozenset[str] = frozenset()  # exception names (anywhere in the chain) that are retried
+    transient_codes: frozenset[str] = frozenset()  # service error codes that are retried
     process_local: bool = False  # the data lives inside one process: Ray workers never see the driver's
     needs_flag: str | None = None  # allowed only with this command-line flag
     container_at_host: bool = False  # "container@account.host" names a container, not a user
@@ -54,7 +58,7 @@ class SchemeQuirks:
 
 SCHEMES = {
     "file": SchemeQuirks(listing="scandir"),
-    "s3": SchemeQuirks(listing="paged", transient=_BOTOCORE_TRANSIENT | _AIOHTTP_TRANSIENT),
+    "s3": SchemeQuirks(listing="paged", transient=_BOTOCORE_TRANSIENT | _AIOHTTP_TRANSIENT, transient_codes=_S3_TRANSIENT_CODES),
     "gs": SchemeQuirks(listing="full", transient=_AIOHTTP_TRANSIENT),
     "az": SchemeQuirks(listing="full", transient=_AZURE_TRANSIENT | _AIOHTTP_TRANSIENT, container_at_host=True),
     "memory": SchemeQuirks(listing="full", process_local=True),
@@ -156,8 +160,8 @@ def refused_credentials(exc: BaseException) -> bool:
 
 
 _TRANSIENT_NAMES = frozenset().union(*(quirks.transient for quirks in SCHEMES.values()))
-_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
-                    "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequests"}
+# An exception does not say which scheme raised it: every scheme's retried names and codes count.
+_TRANSIENT_CODES = frozenset().union(*(quirks.transient_codes for quirks in SCHEMES.values()))
 
 
 def _is_transient(exc: BaseException) -> bool:

@@ -212,7 +212,7 @@ def test_plan_counts_frames_segments_and_gpu_time_without_rendering(tmp_path, ca
     assert plan_command(manifest, segment_frames=16, overlap_frames=4) == 0
     report = capsys.readouterr().out
     assert "2 row(s), 144 frames, 12 segments" in report  # 24 + 120 frames at 12 fps: 2 + 10 segments
-    assert "preset quality:" in report and "preset acc:" in report and "H100" in report
+    assert "preset quality:" in report and "preset acc:" in report and "H200-hours" in report
     assert not list(tmp_path.glob("**/*.mp4"))
 
 

@@ -10,7 +10,8 @@ from conftest import S3_SECRET, png_declaring, write_wav
 from PIL import Image
 
 from pipeline import storage
-from pipeline.manifest import ClipSpec, Limits, Problem, check_clip_inputs, list_pose_files, parse_manifest, validate_manifest
+from pipeline.manifest import ClipSpec, Limits, Problem, check_clip_inputs, parse_manifest, validate_manifest
+from pipeline.pose_sources import NpzSequence, list_pose_files, source_for
 from pipeline.storage import InputError
 
 
@@ -216,7 +217,7 @@ def test_pose_folder_naming(tmp_path):
     (folder / "notes.txt").write_text("x")
     with pytest.raises(InputError, match="unexpected file 'notes.txt'"):
         list_pose_files(str(folder), Limits())
-    assert list_pose_files("s3://b/clip.npz", Limits()) == ["s3://b/clip.npz"]
+    assert isinstance(source_for("s3://b/clip.NPZ"), NpzSequence)  # one file, not a folder to list
 
 
 def test_uri_policy_per_row(assets, tmp_path):

@@ -1,4 +1,4 @@
-"""pipeline.media: reference image framing (EXIF, alpha, centre crop, bomb guard) and audio decoding to
+"""pipeline.media: reference image decoding (EXIF, alpha, bomb guard; framing is echomimic2.clip_poses) and audio decoding to
 16 kHz mono from several formats, with limits checked from headers."""
 import io
 import subprocess
@@ -10,7 +10,7 @@ from conftest import png_declaring
 from PIL import Image
 
 from pipeline.manifest import Limits
-from pipeline.media import FFMPEG, SAMPLE_RATE, audio_duration_seconds, decode_audio, decode_image, load_reference_image
+from pipeline.media import FFMPEG, SAMPLE_RATE, audio_duration_seconds, decode_audio, decode_image, decode_reference
 from pipeline.storage import InputError
 
 
@@ -20,14 +20,14 @@ def png_bytes(image: Image.Image, **save_args) -> bytes:
     return buffer.getvalue()
 
 
-def test_centre_crop_then_resize():
-    image = Image.new("RGB", (300, 100), (255, 0, 0))  # red | green | blue thirds
+def test_the_whole_reference_is_kept():
+    """Nothing is cropped here: framing around the person (or the centre-crop fallback) is a later step
+    (echomimic2.clip_poses), with the poses."""
+    image = Image.new("RGB", (300, 100), (255, 0, 0))
     image.paste((0, 255, 0), (100, 0, 200, 100))
-    image.paste((0, 0, 255), (200, 0, 300, 100))
-    out = load_reference_image(png_bytes(image), 64, 64, Limits(), "wide.png")
-    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
-    # only the centre square survives (the outermost columns see the neighbours through the bicubic kernel)
-    assert (np.abs(out[:, 1:-1].astype(int) - [0, 255, 0]) <= 2).all()
+    out = decode_reference(png_bytes(image), Limits(), "wide.png")
+    assert out.shape == (100, 300, 3) and out.dtype == np.uint8
+    assert tuple(out[50, 0]) == (255, 0, 0) and tuple(out[50, 150]) == (0, 255, 0)
 
 
 def test_exif_orientation_is_applied():
@@ -35,14 +35,14 @@ def test_exif_orientation_is_applied():
     image.paste((0, 0, 255), (64, 0, 128, 64))
     exif = Image.Exif()
     exif[0x0112] = 6  # displayed rotated 90° clockwise: left half on top
-    out = load_reference_image(png_bytes(image, format="JPEG", exif=exif, quality=95), 64, 128, Limits(), "r.jpg")
+    out = decode_reference(png_bytes(image, format="JPEG", exif=exif, quality=95), Limits(), "r.jpg")
     assert out.shape == (128, 64, 3)
     assert out[10, 32, 0] > 200 and out[10, 32, 2] < 50  # top red
     assert out[118, 32, 2] > 200 and out[118, 32, 0] < 50  # bottom blue
 
 
 def test_transparency_goes_over_white():
-    out = load_reference_image(png_bytes(Image.new("RGBA", (64, 64), (0, 0, 0, 0))), 64, 64, Limits(), "a.png")
+    out = decode_reference(png_bytes(Image.new("RGBA", (64, 64), (0, 0, 0, 0))), Limits(), "a.png")
     assert (out == 255).all()
 
 
@@ -52,21 +52,21 @@ def test_image_refusals(monkeypatch):
     icon = png_bytes(Image.new("RGB", (64, 64)), format="ICO")
     monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("pixels decoded"))
     with pytest.raises(InputError, match="bomb.png: image is over the limit of 40000000 pixels"):
-        load_reference_image(png_declaring(100_000, 100_000), 64, 64, Limits(), "bomb.png")
+        decode_reference(png_declaring(100_000, 100_000), Limits(), "bomb.png")
     with pytest.raises(InputError, match=r"big.png: image is 1200x1000 = 1200000 pixels, over the limit of 1000000"):
-        load_reference_image(png_declaring(1200, 1000), 64, 64, Limits(max_image_pixels=1_000_000), "big.png")
+        decode_reference(png_declaring(1200, 1000), Limits(max_image_pixels=1_000_000), "big.png")
     with pytest.raises(InputError, match=r"thin.png: image is 4000x40, under the minimum of 64 pixels on a side"):
-        load_reference_image(png_declaring(4000, 40), 64, 64, Limits(), "thin.png")
+        decode_reference(png_declaring(4000, 40), Limits(), "thin.png")
     with pytest.raises(InputError, match="junk.png: not a readable image"):
-        load_reference_image(b"not an image", 64, 64, Limits(), "junk.png")
+        decode_reference(b"not an image", Limits(), "junk.png")
     with pytest.raises(InputError, match="x.ico: not a readable image"):  # formats outside IMAGE_FORMATS
-        load_reference_image(icon, 64, 64, Limits(), "x.ico")
+        decode_reference(icon, Limits(), "x.ico")
 
 
 def test_truncated_image_is_a_clear_error():
     data = png_bytes(Image.effect_noise((128, 128), 50).convert("RGB"))
     with pytest.raises(InputError, match="cut.png: cannot decode image"):
-        load_reference_image(data[: len(data) // 2], 64, 64, Limits(), "cut.png")
+        decode_reference(data[: len(data) // 2], Limits(), "cut.png")
     with pytest.raises(InputError, match="^cannot decode image: .*truncated"):  # what validate runs
         decode_image(data[: len(data) // 2], Limits())
 

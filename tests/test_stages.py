@@ -9,7 +9,7 @@ from conftest import image_bytes, wav_bytes
 from pipeline.ledger import Ledger
 from pipeline.manifest import ClipSpec
 from pipeline.rows import ClipPlan, JobSettings, SegmentResult, SegmentWork, from_batch, to_batch
-from pipeline.segment_store import iter_segment
+from pipeline.segment_store import clip_audio_uri, iter_segment, store_clip_audio, write_segment
 from pipeline.stages import SEGMENT_ATTEMPTS, AssembleStage, JobBoard, PreprocessStage, RenderStage
 
 SIZE, FPS = 64, 12.0
@@ -29,6 +29,15 @@ def clip_spec(tmp_path, seconds=1.0, **fields) -> ClipSpec:
     values = dict(row=4, clip_id="a", image=str(tmp_path / "a.png"), audio=str(tmp_path / "a.wav"), fps=FPS,
                   width=SIZE, height=SIZE)
     return ClipSpec(**{**values, **fields})
+
+
+def check_video(uri: str, audio_seconds: float) -> None:
+    """An H.264 + AAC MP4 of SIZE x SIZE at FPS, as long as the audio (within a frame)."""
+    from pipeline.assemble import probe_video
+
+    probe = probe_video(uri)
+    assert (probe["vcodec"], probe["acodec"], probe["width"], probe["height"]) == ("h264", "aac", SIZE, SIZE)
+    assert abs(probe["duration"] - audio_seconds) <= 1 / FPS + 1e-3 and probe["frames"] == round(audio_seconds * FPS)
 
 
 def test_preprocess_posts_the_plan_and_yields_one_work_row_per_segment(tmp_path):
@@ -88,9 +97,108 @@ def test_stages_render_and_assemble_exactly_the_one_clip_frames(tmp_path):
     np.testing.assert_array_equal(stitch(stored, plan.frames), out.frames)
     assert not np.array_equal(stored[0][2][-1], stored[1][2][stored[0][1] - stored[1][0] - 1])  # a real cross-fade
 
+    (tmp_path / "a.wav").unlink()  # the input is read once, by preprocessing: the assembler muxes its copy
     assembled = AssembleStage(settings)(plan)
     assert assembled["frames"] == 12 and (tmp_path / "out" / "a.mp4").stat().st_size > 0
+    check_video(str(tmp_path / "out" / "a.mp4"), 1.0)
     assert ledger.finished_clip("a", plan.fingerprint) is not None
+    assert not (tmp_path / "out" / "_segments" / "a").exists()  # segments and the audio copy freed together
+
+
+def test_preprocess_of_a_finished_clip_posts_it_skipped(tmp_path):
+    settings = settings_for(tmp_path / "out")
+    spec = clip_spec(tmp_path)
+    board = JobBoard()
+    stage = PreprocessStage(settings, board)
+    stage.setup()
+    [plan] = [board.take_plans(), list(stage(spec)), board.take_plans()][-1]
+    Ledger(settings.output).record_clip("a", plan.fingerprint, bytes=3)
+    (tmp_path / "out" / "a.mp4").write_bytes(b"mp4")
+    assert list(stage(spec)) == []
+    [again] = board.take_plans()
+    assert again.skipped and again.fingerprint == plan.fingerprint and again.finished["bytes"] == 3
+
+
+def test_preprocess_reads_a_pose_file_once_and_says_so(tmp_path, monkeypatch):
+    from echomimic2.pose import default_pose_sequence, save_pose_npz
+    from pipeline import storage
+
+    save_pose_npz(default_pose_sequence(5, FPS), tmp_path / "p.npz")
+    reads = []
+    read_bytes = storage.read_bytes
+    monkeypatch.setattr(storage, "read_bytes", lambda uri, **kw: reads.append(uri) or read_bytes(uri, **kw))
+    board = JobBoard()
+    stage = PreprocessStage(settings_for(tmp_path / "out"), board)
+    stage.setup()
+    works = list(stage(clip_spec(tmp_path, pose=str(tmp_path / "p.npz"))))
+    [plan] = board.take_plans()
+    assert len(works) == 2 and plan.poses_info["pose_source"] == "given"
+    assert sorted(uri.rsplit("/", 1)[-1] for uri in reads) == ["a.png", "a.wav", "p.npz"]  # each input once
+
+
+def test_preprocess_keeps_the_audio_for_the_assembler_also_on_a_resume(tmp_path):
+    """A clip whose segments were rendered by a release that did not keep the audio copy (or whose copy is
+    gone) gets it again from its next preprocessing: the assembler never needs the input."""
+    from pipeline.fingerprint import content_hash
+
+    settings = settings_for(tmp_path / "out")
+    spec = clip_spec(tmp_path)
+    board = JobBoard()
+    stage = PreprocessStage(settings, board)
+    stage.setup()
+    list(stage(spec))
+    [plan] = board.take_plans()
+    ledger = Ledger(settings.output)
+    assert plan.audio == clip_audio_uri(ledger, "a", plan.fingerprint)
+    copy = tmp_path / "out" / "_segments" / "a" / plan.fingerprint / "audio"
+    assert copy.read_bytes() == (tmp_path / "a.wav").read_bytes() and content_hash(copy.read_bytes()) == plan.audio_sha
+    for start, stop in plan.segments:  # as if rendered, then the audio copy lost
+        write_segment(np.zeros((stop - start, SIZE, SIZE, 3), np.uint8), ledger.segment_uri("a", plan.fingerprint, start, stop))
+    copy.unlink()
+    assert list(stage(spec)) == []  # nothing left to render
+    [again] = board.take_plans()
+    assert again.pending == [] and copy.read_bytes() == (tmp_path / "a.wav").read_bytes()
+
+
+def test_render_stage_writes_a_hand_made_segment(tmp_path):
+    settings = settings_for(tmp_path / "out")
+    render = RenderStage(settings, JobBoard(), gpus_per_worker=0)
+    render.on_worker_start(restarted=False, node_id=None)
+    render.setup()
+    work = SegmentWork(row=7, clip_id="x", fingerprint="f", start=10, stop=14, seed=0, steps=1, guidance=1.0,
+                       reference=np.full((SIZE, SIZE, 3), 128, np.uint8), audio=np.zeros((4, 50, 384), np.float32),
+                       poses=np.zeros((4, SIZE, SIZE, 3), np.uint8))
+    result = render(work)
+    assert (result.error, result.attempts, result.start, result.stop) == (None, 1, 10, 14)
+    ledger = Ledger(settings.output)
+    frames = np.concatenate(list(iter_segment(ledger.segment_uri("x", "f", 10, 14))))
+    assert frames.shape == (4, SIZE, SIZE, 3) and frames.dtype == np.uint8
+    [record] = ledger.segment_records("x")
+    assert (record["start"], record["stop"], record["attempt"]) == (10, 14, 1)
+
+
+def test_assemble_stage_on_a_hand_made_plan(tmp_path):
+    """Two stored segments and the stored audio copy → one MP4 of the audio's length; nothing else is read."""
+    from pipeline.fingerprint import content_hash
+
+    settings = settings_for(tmp_path / "out")
+    ledger = Ledger(settings.output)
+    ramp = np.linspace(0, 255, 12).astype(np.uint8)
+    frames = np.broadcast_to(ramp[:, None, None, None], (12, SIZE, SIZE, 3))
+    for start, stop in [(0, 7), (5, 12)]:
+        write_segment(frames[start:stop], ledger.segment_uri("c", "fp", start, stop))
+    audio = wav_bytes(1.0)
+    audio_uri = clip_audio_uri(ledger, "c", "fp")
+    store_clip_audio(audio, audio_uri)
+    plan = ClipPlan(1, "c", "fp", frames=12, fps=FPS, seconds=1.0, width=SIZE, height=SIZE, audio=audio_uri,
+                    audio_sha=content_hash(audio), segments=[(0, 7), (5, 12)], pending=[])
+    out = AssembleStage(settings)(plan)
+    check_video(out["output"], 1.0)
+    assert out["frames"] == 12 and "qc_score" in out  # its QC columns (the ramp starts black: it may flag)
+    store_clip_audio(b"other", audio_uri, overwrite=True)
+    write_segment(frames[:7], ledger.segment_uri("c", "fp", 0, 7))
+    with pytest.raises(ValueError, match="not the audio this clip was planned with"):
+        AssembleStage(settings)(plan)
 
 
 def test_render_failure_names_the_row_and_segment(tmp_path):
