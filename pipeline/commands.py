@@ -48,6 +48,7 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
     import ray
 
     from echomimic2 import PRESETS
+    from echomimic2.presets import default_preset
     from pipeline.job import JobError, JobInterrupted, load_specs, record_start, run_job
     from pipeline.manifest import process_local_problems
     from pipeline.multinode import refuse_node_local_paths, work_runs_off_this_node
@@ -55,18 +56,18 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
     from pipeline.rerun import RerunStamps
     from pipeline.rows import JobSettings
 
-    preset = preset or ("acc" if weights or random_weights else "tiny")
+    preset = preset or default_preset(with_weights=bool(weights or random_weights))
     if preset not in PRESETS:
         console.print(f"[red]error[/red]: unknown preset {escape(repr(preset))} (choose from {', '.join(PRESETS)})")
         return EXIT_JOB_FAILED
     if random_weights:
-        if weights is not None or preset == "tiny":
+        if weights is not None or not PRESETS[preset].full_size:
             console.print("[red]error[/red]: --random-weights builds the full-size acc/quality networks with random "
                           "weights: use it with --preset acc or quality and without --weights")
             return EXIT_JOB_FAILED
         console.print("[yellow]note[/yellow]: --random-weights: full-size networks with RANDOM weights, for "
                       "benchmarks only (the videos are noise)")
-    elif (preset == "tiny") != (weights is None):
+    elif PRESETS[preset].full_size == (weights is None):
         console.print(f"[red]error[/red]: preset {escape(repr(preset))} " + (
             "needs --weights (the official checkpoints)" if weights is None else "runs the built-in random model; drop --weights"))
         return EXIT_JOB_FAILED

@@ -60,7 +60,7 @@ class ClipPlan:
     seconds: float = 0.0
     width: int = 0
     height: int = 0
-    audio: str = ""  # the audio's URI: the assembler muxes the original file
+    audio: str = ""  # the clip's audio copy beside its segments (preprocess stored it), which the assembler muxes
     audio_sha: str = ""
     params: dict = field(default_factory=dict)
     segments: list[tuple[int, int]] = field(default_factory=list)
