@@ -145,7 +145,9 @@ def check_render(weights: Path | None, preset: str) -> Check:
 
 
 def run_checks(weights: Path | None, output: str | None, preset: str | None, render: bool = True) -> list[Check]:
-    preset = preset or ("acc" if weights else "tiny")
+    from echomimic2.presets import default_preset
+
+    preset = preset or default_preset(with_weights=weights is not None)
     checks: list[Callable[[], Check]] = [check_accelerator, check_ffmpeg, lambda: check_weights(weights, preset),
                                          lambda: check_output(output)]
     results = [check() for check in checks]

@@ -129,14 +129,17 @@ class Pipelines:
 
     @property
     def presets(self) -> list[str]:
-        return ["acc", "quality"] if self.weights else ["tiny"]
+        from echomimic2.presets import PRESETS
+
+        return [name for name, preset in PRESETS.items() if preset.full_size == bool(self.weights)]
 
     def get(self, preset: str):
+        from echomimic2.presets import PRESETS
         from pipeline import EchoMimicV2Pipeline
 
         with self._lock:
             if preset not in self._loaded:
-                if preset == "tiny":
+                if not PRESETS[preset].full_size:
                     self._loaded[preset] = EchoMimicV2Pipeline.tiny(seed=0)
                 else:
                     import torch
