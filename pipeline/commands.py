@@ -104,7 +104,6 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
         problems += unreadable_by_workers
         refused_rows = {p.row for p in unreadable_by_workers}
         specs = [spec for spec in specs if spec.row not in refused_rows]
-        record_start(manifest, settings)
         stamps = RerunStamps(settings, specs)
         finished = stamps.finished(specs)
         to_run = len(specs) - len(finished)
@@ -147,6 +146,8 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
                     return EXIT_JOB_FAILED
             console.print(f"job: preset {preset}, model {identity}, {render_actors} render actor(s), "
                           f"up to {preprocess_actors} preprocessing actor(s), output {escape(storage.redact(output))}")
+        # The job's first write, once nothing refuses it any more (a multi-node refusal leaves the root untouched).
+        record_start(manifest, settings)
         report = run_job(manifest, specs, problems, settings, render_actors=render_actors, render_gpus_per_actor=gpus_per_actor,
                          preprocess_actors=preprocess_actors, console=console, finished=finished, stamps=stamps)
     except JobInterrupted as stop:
