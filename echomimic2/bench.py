@@ -23,9 +23,10 @@ import torch
 from .audio import N_MELS, SLICE_MEL_FRAMES, WhisperFeatures
 from .config import official_unet_config, official_vae_config, tiny_unet_config, tiny_vae_config
 from .fast import prepare_for_gpu
+from .flops import spec_flops
 from .networks import OfficialNetworks, random_networks
 from .presets import PRESETS, full_size_preset
-from .sampler import render_segment, segment_windows
+from .sampler import render_segment
 
 FPS = 24
 REPORT_FRAMES = 120  # figures are given per 120 frames (5 s of video), as in issue 5
@@ -37,36 +38,6 @@ WARMUP_MAX_FRAMES = 120  # longer segments reuse the same batch shapes
 OFFICIAL_SECONDS_PER_120 = {"acc": 23.7, "quality": 189.0}
 TARGET_SECONDS_PER_120 = {"acc": 8.0, "quality": 60.0}
 TARGET_PEAK_GIB = 8.0
-
-# Spec §12.2 FLOP counts. Per denoising window of 12 frames: alpha·P + beta·P², P = latent pixels per frame.
-WINDOW_FIT = {True: (6.066e9, 4.371e5), False: (2.958e9, 1.748e5)}  # keyed by "CFG on"
-REFERENCE_UNET_FLOPS = {256: 1.699e11, 384: 4.036e11, 512: 7.711e11, 640: 1.312e12, 768: 2.079e12}
-VAE_DECODE_FLOPS_PER_FRAME = {256: 6.222e11, 384: 1.406e12, 512: 2.515e12, 640: 3.959e12, 768: 5.754e12}
-VAE_ENCODE_FLOPS = {256: 2.727e11, 384: 6.197e11, 512: 1.117e12, 640: 1.775e12, 768: 2.609e12}
-POSE_ENCODER_FLOPS_PER_12_FRAMES = {256: 4.417e10, 384: 9.937e10, 512: 1.767e11, 640: 2.760e11, 768: 3.975e11}
-WHISPER_FLOPS_PER_SLICE = 3.694e10
-
-
-def _sized(table: dict[int, float], size: int) -> float:
-    """The spec's figure at `size`; other sizes scale with the pixel count from the nearest listed size."""
-    if size in table:
-        return table[size]
-    nearest = min(table, key=lambda listed: abs(listed - size))
-    return table[nearest] * (size / nearest) ** 2
-
-
-def spec_flops(size: int, frames: int, steps: int, guidance: float) -> dict[str, float]:
-    """Official FLOPs of rendering `frames` frames at size² with our window schedule."""
-    pixels = (size // 8) ** 2
-    alpha, beta = WINDOW_FIT[guidance > 1.0]
-    windows = sum(len(segment_windows(frames, step)) for step in range(steps))
-    return {
-        "audio": WHISPER_FLOPS_PER_SLICE * math.ceil(frames / FPS / 30),
-        "reference": _sized(VAE_ENCODE_FLOPS, size) + _sized(REFERENCE_UNET_FLOPS, size),
-        "denoise": windows * (alpha * pixels + beta * pixels**2),
-        "decode": frames * _sized(VAE_DECODE_FLOPS_PER_FRAME, size),
-    }
-
 
 # --------------------------------------------------------------------------------------------------
 # Stage timing

@@ -1,6 +1,6 @@
 """Render one segment of a clip: initial noise, context windows, CFG, DDIM steps, batched VAE decode.
 
-Two window schedules exist:
+Two window schedules exist (`echomimic2.windows`, torch-free so that `plan` can count them):
 
 * **segment** (default): frames [0, n) of the segment are denoised in 12-frame windows overlapping by 3
   (stride 9) *without* wrap-around, so a segment never mixes its last frames into its first. The
@@ -29,11 +29,8 @@ import torch
 
 from .config import VAE_SCALING_FACTOR
 from .scheduler import official_scheduler
+from .windows import CONTEXT_FRAMES, official_windows, segment_windows
 
-CONTEXT_FRAMES = 12
-CONTEXT_OVERLAP = 3
-CONTEXT_STRIDE = CONTEXT_FRAMES - CONTEXT_OVERLAP
-WINDOW_SHIFT_PER_STEP = 3
 NOISE_CLAMP = 1.5  # spec §10.2.4: the official pipeline clamps its initial Gaussian draw
 LATENT_CHANNELS = 4
 VAE_DOWNSCALE = 8
@@ -82,36 +79,6 @@ def official_noise(seed: int, frames: int, latent_height: int, latent_width: int
 
 # --------------------------------------------------------------------------------------------------
 # Context windows
-
-
-def segment_windows(frames: int, step: int) -> list[list[int]]:
-    """Windows of one step inside a segment, without wrap-around (rule in the module docstring)."""
-    if frames <= CONTEXT_FRAMES:
-        return [list(range(frames))]
-    offset = (WINDOW_SHIFT_PER_STEP * step) % CONTEXT_STRIDE
-    last_start = frames - CONTEXT_FRAMES
-    starts: list[int] = []
-    for candidate in range(offset - CONTEXT_STRIDE, frames, CONTEXT_STRIDE):
-        start = min(max(candidate, 0), last_start)
-        if not starts or starts[-1] != start:
-            starts.append(start)
-    return [list(range(start, start + CONTEXT_FRAMES)) for start in starts]
-
-
-def window_frames_per_step(frames: int, steps: int) -> float:
-    """UNet window-frames per denoising step that a segment of `frames` costs (12 per window; a
-    segment of ≤ 12 frames is one window of its own length): what segment plans are compared by."""
-    return sum(len(segment_windows(frames, step)) * min(frames, CONTEXT_FRAMES) for step in range(steps)) / steps
-
-
-def official_windows(frames: int, step: int) -> list[list[int]]:
-    """The official closed-loop "uniform" windows of one step, with wrap-around (spec §10.2.5–6)."""
-    if frames <= CONTEXT_FRAMES:
-        base = [list(range(frames))]
-    else:
-        base = [[(start + k) % frames for k in range(CONTEXT_FRAMES)] for start in range(0, frames, CONTEXT_STRIDE)]
-    shift = WINDOW_SHIFT_PER_STEP * step
-    return [[(index + shift) % frames for index in window] for window in base]
 
 
 # --------------------------------------------------------------------------------------------------

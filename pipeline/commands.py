@@ -357,7 +357,7 @@ def clip_render_flops(frames: int, segment_frames: int, overlap_frames: int, wid
 
 @functools.lru_cache(maxsize=4096)  # a manifest's segments come in a few lengths
 def _segment_render_flops(frames: int, size: int, steps: int, guidance: float) -> float:
-    from echomimic2.bench import spec_flops
+    from echomimic2.flops import spec_flops
 
     counts = spec_flops(size, frames, steps, guidance)
     return sum(counts[part] for part in RENDER_FLOP_PARTS)

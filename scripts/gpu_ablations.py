@@ -22,7 +22,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from echomimic2.bench import random_networks  # noqa: E402
 from echomimic2.config import official_unet_config, official_vae_config  # noqa: E402
-from echomimic2.sampler import _batched, decode_latents, render_segment, segment_windows  # noqa: E402
+from echomimic2.sampler import _batched, decode_latents, render_segment  # noqa: E402
+from echomimic2.windows import segment_windows  # noqa: E402
 
 SIZE, FRAMES = 768, 120
 LATENT = SIZE // 8

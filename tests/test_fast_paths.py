@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from echomimic2 import EchoMimicV2
-from echomimic2.bench import random_networks, spec_flops
 from echomimic2.config import tiny_unet_config, tiny_vae_config
+from echomimic2.flops import spec_flops
+from echomimic2.networks import random_networks
 from echomimic2.pose_encoder import PoseEncoder
 from echomimic2.sampler import (
-    CONTEXT_FRAMES,
     _batched,
     accumulator_frames,
     completed_frames,
@@ -26,11 +26,10 @@ from echomimic2.sampler import (
     denoise,
     encode_window_poses,
     host_pose_images,
-    official_windows,
     segment_noise,
-    segment_windows,
 )
 from echomimic2.scheduler import official_scheduler
+from echomimic2.windows import CONTEXT_FRAMES, official_windows, segment_windows
 
 
 @pytest.mark.parametrize("items, size", [(14, 4), (13, 4), (14, 2), (5, 7), (1, 3)])

@@ -2,16 +2,9 @@
 import pytest
 import torch
 
-from echomimic2.sampler import (
-    CONTEXT_FRAMES,
-    NOISE_CLAMP,
-    frame_noise,
-    official_noise,
-    official_windows,
-    segment_noise,
-    segment_windows,
-)
+from echomimic2.sampler import NOISE_CLAMP, frame_noise, official_noise, segment_noise
 from echomimic2.scheduler import official_scheduler
+from echomimic2.windows import CONTEXT_FRAMES, official_windows, segment_windows
 
 TIMESTEPS_30 = [999, 966, 932, 899, 866, 832, 799, 766, 732, 699, 666, 632, 599, 566, 532,
                 499, 466, 432, 399, 366, 332, 299, 266, 232, 199, 166, 132, 99, 66, 32]

@@ -31,7 +31,7 @@ def test_bad_plan_arguments_are_refused(args):
 
 
 def _schedule_ratio(n: int, steps: int = 6) -> float:
-    from echomimic2.sampler import window_frames_per_step
+    from echomimic2.windows import window_frames_per_step
 
     plan = plan_segments(n)
     return sum(window_frames_per_step(stop - start, steps) for start, stop in plan) / window_frames_per_step(n, steps)
@@ -46,7 +46,7 @@ def test_default_plan_costs_at_most_5_percent_more_unet_work_than_one_segment(se
 
 
 def test_old_short_segments_cost_more_than_5_percent():
-    from echomimic2.sampler import window_frames_per_step
+    from echomimic2.windows import window_frames_per_step
 
     plan = plan_segments(480, 48, 6)
     ratio = sum(window_frames_per_step(b - a, 6) for a, b in plan) / window_frames_per_step(480, 6)
