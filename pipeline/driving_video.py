@@ -18,6 +18,8 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 
+from pipeline.limits import Limits
+
 FFMPEG = shutil.which("ffmpeg") or imageio_ffmpeg.get_ffmpeg_exe()
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".m4v", ".avi")
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
@@ -33,11 +35,13 @@ class DrivingVideoError(ValueError):
 
 @dataclass(frozen=True)
 class VideoLimits:
-    max_bytes: int = 500 * 1024 * 1024
-    max_seconds: float = 600.0  # the audio limit (pipeline.manifest.Limits.max_audio_seconds)
-    max_pixels: int = 4096 * 2160  # of one source frame, from the header
-    max_frames: int = 20_000  # pipeline.manifest.Limits.max_pose_frames
-    max_side: int = 960  # frames are decoded at most this long (MediaPipe works at ~256 px inside)
+    """The reader's bounds, from the row limits (`pipeline.limits.Limits`, their one home)."""
+
+    max_bytes: int = Limits.max_video_bytes
+    max_seconds: float = Limits.max_audio_seconds
+    max_pixels: int = Limits.max_video_frame_pixels
+    max_frames: int = Limits.max_pose_frames
+    max_side: int = 960  # frames are decoded at most this long (MediaPipe works at ~256 px inside): not a limit
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
     <root>/<clip_id>.mp4                                            the clip (atomic write)
     <root>/_segments/<clip_id>/<fp>/<start>-<stop>.npy              rendered segment frames (atomic write)
+    <root>/_segments/<clip_id>/<fp>/audio                           the audio bytes preprocessing fingerprinted (muxed)
     <root>/_ledger/segments/<clip_id>/<fp>/<start>-<stop>.<uuid>.json  one record per segment render (append-only)
     <root>/_ledger/clips/<clip_id>.json                             the record of the MP4 now at <clip_id>.mp4
     <root>/_ledger/jobs/<utc time>-<uuid>.json                      one record per job start and end
@@ -43,8 +44,12 @@ class Ledger:
     def output_uri(self, clip_id: str) -> str:
         return storage.join(self.root, f"{clip_id}.mp4")
 
+    def clip_work_folder(self, clip_id: str, fingerprint: str) -> str:
+        """A clip version's rendered segments and audio copy: deleted together once its MP4 is committed."""
+        return storage.join(self.root, "_segments", clip_id, fingerprint)
+
     def segment_uri(self, clip_id: str, fingerprint: str, start: int, stop: int) -> str:
-        return storage.join(self.root, "_segments", clip_id, fingerprint, f"{start}-{stop}.npy")
+        return storage.join(self.clip_work_folder(clip_id, fingerprint), f"{start}-{stop}.npy")
 
     def results_uri(self) -> str:
         return storage.join(self.root, "results.parquet")

@@ -15,3 +15,5 @@ class Limits:
     max_image_bytes: int = 50 * 1024 * 1024
     max_pose_file_bytes: int = 1024 * 1024
     max_pose_npz_bytes: int = 200 * 1024 * 1024
+    max_video_bytes: int = 500 * 1024 * 1024  # a driving video (pose input)
+    max_video_frame_pixels: int = 4096 * 2160  # of one driving-video frame, from its header

@@ -128,7 +128,8 @@ class DrivingVideo:
     def video_limits(limits: Limits):
         from pipeline.driving_video import VideoLimits
 
-        return VideoLimits(max_seconds=limits.max_audio_seconds, max_frames=limits.max_pose_frames)
+        return VideoLimits(max_bytes=limits.max_video_bytes, max_seconds=limits.max_audio_seconds,
+                           max_pixels=limits.max_video_frame_pixels, max_frames=limits.max_pose_frames)
 
     def read(self, uri: str, limits: Limits) -> PoseInput:
         name, data = _name(uri), _read(uri, self.video_limits(limits).max_bytes)

@@ -61,8 +61,7 @@ def iter_segment(uri: str, chunk_frames: int = 8) -> Iterator[np.ndarray]:
 
 def clip_audio_uri(ledger: Ledger, clip_id: str, fingerprint: str) -> str:
     """Where a clip's audio copy lives: in its segments' folder (the ledger's layout), so it is freed with them."""
-    segment = ledger.segment_uri(clip_id, fingerprint, 0, 0)
-    return f"{segment.rsplit('/', 1)[0]}/{CLIP_AUDIO_NAME}"
+    return storage.join(ledger.clip_work_folder(clip_id, fingerprint), CLIP_AUDIO_NAME)
 
 
 def store_clip_audio(data: bytes, uri: str, *, overwrite: bool = False) -> None:
