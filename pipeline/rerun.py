@@ -28,14 +28,6 @@ STAT_THREADS = 16  # remote stores answer `info` in tens of milliseconds: overla
 STAMPS_VERSION = 1
 
 
-def _stamp_of(info: dict) -> str | None:
-    """What changes when a file's content may have changed: local mtime, S3/GCS/Azure ETag or generation."""
-    for key in ("ETag", "etag", "generation", "mtime", "LastModified", "last_modified", "updated"):
-        if info.get(key) is not None:
-            return str(info[key])
-    return None  # e.g. plain HTTP without validators: never skipped from stamps
-
-
 def _file_stamps(uri: str) -> list | None:
     """[[uri, size, stamp], ...] of a file, or of each file of a folder (a pose folder); None: not stampable."""
     fs, path = storage.url_to_fs(uri)
@@ -46,7 +38,7 @@ def _file_stamps(uri: str) -> list | None:
         infos = [info]
     stamps = []
     for entry in infos:
-        stamp = _stamp_of(entry)
+        stamp = storage.change_stamp(uri, entry)
         if stamp is None or entry.get("type") == "directory":
             return None
         stamps.append([entry["name"], int(entry.get("size") or 0), stamp])
@@ -82,7 +74,7 @@ def _output_stamps(ledger: Ledger) -> dict[str, list]:
     for entry in entries:
         name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
         if entry.get("type") != "directory" and name.endswith(".mp4"):
-            found[name[: -len(".mp4")]] = [int(entry.get("size") or 0), _stamp_of(entry)]
+            found[name[: -len(".mp4")]] = [int(entry.get("size") or 0), storage.change_stamp(ledger.root, entry)]
     return found
 
 

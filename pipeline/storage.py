@@ -54,13 +54,18 @@ class SchemeQuirks:
     process_local: bool = False  # the data lives inside one process: Ray workers never see the driver's
     needs_flag: str | None = None  # allowed only with this command-line flag
     container_at_host: bool = False  # "container@account.host" names a container, not a user
+    # Fields of fsspec's `info()` that change whenever the content may have (first present wins); none: a file
+    # of this scheme is never trusted unread (`pipeline.rerun`).
+    change_stamps: tuple[str, ...] = ()
 
 
 SCHEMES = {
-    "file": SchemeQuirks(listing="scandir"),
-    "s3": SchemeQuirks(listing="paged", transient=_BOTOCORE_TRANSIENT | _AIOHTTP_TRANSIENT, transient_codes=_S3_TRANSIENT_CODES),
-    "gs": SchemeQuirks(listing="full", transient=_AIOHTTP_TRANSIENT),
-    "az": SchemeQuirks(listing="full", transient=_AZURE_TRANSIENT | _AIOHTTP_TRANSIENT, container_at_host=True),
+    "file": SchemeQuirks(listing="scandir", change_stamps=("mtime",)),
+    "s3": SchemeQuirks(listing="paged", transient=_BOTOCORE_TRANSIENT | _AIOHTTP_TRANSIENT, transient_codes=_S3_TRANSIENT_CODES,
+                       change_stamps=("ETag", "LastModified")),
+    "gs": SchemeQuirks(listing="full", transient=_AIOHTTP_TRANSIENT, change_stamps=("generation", "etag", "updated")),
+    "az": SchemeQuirks(listing="full", transient=_AZURE_TRANSIENT | _AIOHTTP_TRANSIENT, container_at_host=True,
+                       change_stamps=("etag", "last_modified")),
     "memory": SchemeQuirks(listing="full", process_local=True),
     "http": SchemeQuirks(listing="full", transient=_AIOHTTP_TRANSIENT, needs_flag="--allow-http"),
     "https": SchemeQuirks(listing="full", transient=_AIOHTTP_TRANSIENT, needs_flag="--allow-http"),
@@ -305,6 +310,16 @@ def probe_writable(root: str) -> None:
         delete(probe)
     except Exception as exc:
         raise InputError(f"output {redact(root)} is not writable: {describe_error(exc)}") from None
+
+
+def change_stamp(uri: str, info: dict) -> str | None:
+    """What changes when the content of the file `info` describes may have changed (mtime, ETag, generation),
+    or None where this scheme offers nothing to trust."""
+    quirks = SCHEMES.get(scheme_of(uri))
+    for key in quirks.change_stamps if quirks else ():
+        if info.get(key) is not None:
+            return str(info[key])
+    return None
 
 
 def url_to_fs(uri: str):

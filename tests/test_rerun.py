@@ -95,3 +95,20 @@ def test_a_corrupt_stamps_file_only_costs_the_shortcut(finished, capsys):
     assert SKIPPED_WITHOUT_RAY not in printed and RAY_STARTED in printed
     assert json.loads(stamps.read_text())["version"] == 1  # rewritten by the run
     assert Ledger(output).clip_record("a") is not None
+
+
+def test_rerun_on_s3_is_skipped_from_etags(s3_bucket, capsys):
+    """Inputs and outputs on a real S3 API: the stamps are the store's ETags."""
+    from pipeline import storage
+
+    root = s3_bucket + "/in"
+    storage.write_atomic(f"{root}/c.png", image_bytes(3))
+    storage.write_atomic(f"{root}/c.wav", wav_bytes(0.5, 260))
+    manifest = write_manifest(root, [dict(clip_id="c", image="c.png", audio="c.wav", steps=1)])
+    output = s3_bucket + "/out"
+    assert run_command(manifest, output, **JOB) == EXIT_OK
+    stamps = json.loads(storage.read_bytes(f"{output}/_ledger/input_stamps.json", max_bytes=1 << 20))["clips"]
+    assert stamps["c"]["output"][1]  # the MP4's ETag
+    printed = rerun(capsys, manifest, output)
+    assert f"1 of 1 clip(s) {SKIPPED_WITHOUT_RAY}" in printed and RAY_STARTED not in printed
+    assert list(read_results(output)["status"]) == ["skipped"]
