@@ -23,6 +23,9 @@ run stopped early still leaves usable weights):
 Output in OUT: `tiny_demo.safetensors` (fp16, the four networks under `reference_unet.`, `denoising_unet.`,
 `pose_encoder.`, `vae.`; training facts in its metadata), `loss.csv`, `loss.png`, `preview.png` (reference,
 rendered frames, drawn truth of held-out clips) and `train.json`.
+
+`--profile-steps N` trains no VAE and saves nothing: it times N UNet steps per phase (CUDA synchronised), prints
+a torch.profiler table of 3 more and exits; run it first on a new machine.
 """
 from __future__ import annotations
 
@@ -193,14 +196,15 @@ class EMA:
         self.shadow = {name: copy.deepcopy(module).requires_grad_(False) for name, module in modules.items()}
         self.modules = modules
         self.updates = 0
+        # One fused call for all ~1,800 tensors (a Python loop of lerp_ was ~1,800 kernel launches per step).
+        self._shadow = [s for name in modules for s in self.shadow[name].parameters()]
+        self._params = [p for module in modules.values() for p in module.parameters()]
 
     @torch.no_grad()
     def update(self) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for name, module in self.modules.items():
-            for shadow, param in zip(self.shadow[name].parameters(), module.parameters()):
-                shadow.lerp_(param, 1 - decay)
+        torch._foreach_lerp_(self._shadow, self._params, 1 - decay)
 
 
 def load_weights(nets, path: str | Path) -> None:
@@ -266,8 +270,60 @@ def encode_all(vae, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
     return torch.cat(out).float()
 
 
+class LazyLatents:
+    """Latents (VAE mean × 0.18215) of uint8 frames (N, H, W, 3), encoded on first use in no_grad batches
+    (`halved`: of the 2×2 box-filtered frames). Indexing gives what `encode_all(...)[index]` gives; on the
+    CPU this saves encoding every frame of every clip before the first step."""
+
+    def __init__(self, vae, frames: torch.Tensor, halved: bool = False, batch: int = 256):
+        self.vae, self.frames, self.halved, self.batch = vae, frames, halved, batch
+        side = frames.shape[1] // (2 if halved else 1) // 8
+        self.latents = torch.zeros((len(frames), vae.config.latent_channels, side, side), device=frames.device)
+        self.done = torch.zeros(len(frames), dtype=torch.bool)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.latents.shape
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        wanted = index.flatten().cpu()
+        missing = wanted[~self.done[wanted]].unique()
+        if len(missing):
+            images = self.frames[missing.to(self.frames.device)]
+            self.latents[missing.to(self.latents.device)] = encode_all(self.vae, halve(images) if self.halved else images, self.batch)
+            self.done[missing] = True
+        return self.latents[index]
+
+
+class PhaseTimer:
+    """Wall time per named phase (synchronising CUDA at each boundary when enabled; off: no cost)."""
+
+    def __init__(self, device: torch.device, enabled: bool):
+        self.sync = enabled and device.type == "cuda"
+        self.enabled = enabled
+        self.totals: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        if not self.enabled:
+            return
+        if self.sync:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.totals[phase] = self.totals.get(phase, 0.0) + now - self.last
+        self.last = now
+
+    def start(self) -> None:
+        if self.sync:
+            torch.cuda.synchronize()
+        self.last = time.perf_counter()
+
+
 def train_unets(nets, data: dict, sizes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]],
-                tokens: torch.Tensor, deadline: float, batch: int, lr: float, log, losses: list, save) -> int:
+                tokens: torch.Tensor, deadline: float, batch: int, lr: float, log, losses: list, save,
+                profile_steps: int = 0) -> int:
+    """The UNet phase until `deadline`; with `profile_steps` N: 3 warm-up steps, then N timed steps (per phase,
+    per resolution, CUDA synchronised at each phase boundary) and a torch.profiler table of 3 more; no saving."""
     device = tokens.device
     trained = {name: getattr(nets, name) for name in ("reference_unet", "denoising_unet", "pose_encoder")}
     params = [p for module in trained.values() for p in module.parameters()]
@@ -287,9 +343,32 @@ def train_unets(nets, data: dict, sizes: list[tuple[torch.Tensor, torch.Tensor, 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     step, start, last_save = 0, time.time(), time.time()
     total = max(deadline - start, 1.0)
-    while time.time() < deadline:
+    warmup = 3
+    timers = {size: PhaseTimer(device, profile_steps > 0) for size in (0, 1)}
+    counted = {0: 0, 1: 0}
+    profiler = None
+    while time.time() < deadline or profile_steps:
+        if profile_steps and step == warmup + profile_steps:
+            report_profile(timers, counted, batch, log)
+            from torch.profiler import ProfilerActivity, profile
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            profiler = profile(activities=activities, record_shapes=True)
+            profiler.__enter__()
+        if profile_steps and step == warmup + profile_steps + 3:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            profiler.__exit__(None, None, None)
+            key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            log("profile of 3 steps (2 full size, 1 small):\n" + profiler.key_averages(group_by_input_shape=True).table(
+                sort_by=key, row_limit=25, max_name_column_width=60, max_shapes_column_width=80))
+            for module in trained.values():
+                module.eval().requires_grad_(False)
+            return step
         elapsed = time.time() - start
-        latents, reference_latents, poses, cell = sizes[1 if step % 3 == 2 else 0]  # cell: pixels per latent cell of the mouth box
+        size = 1 if step % 3 == 2 else 0
+        timer = timers[size]
+        timer.start()
+        latents, reference_latents, poses, cell = sizes[size]  # cell: pixels per latent cell of the mouth box
         h, w = latents.shape[-2:]
         rows = torch.arange(h, device=device).view(1, h, 1)
         cols = torch.arange(w, device=device).view(1, 1, w)
@@ -312,19 +391,33 @@ def train_unets(nets, data: dict, sizes: list[tuple[torch.Tensor, torch.Tensor, 
         hands = F.max_pool2d(pose_pixels.amax(dim=3, keepdim=True).permute(0, 3, 1, 2).float(), 8) > 0  # (B·f, 1, h, w)
         hands = F.max_pool2d(hands.float(), 3, stride=1, padding=1).view(batch, WINDOW, h, w).transpose(0, 1)
         weight = (1 + 3 * mouth[None] + hands).transpose(0, 1).unsqueeze(1)  # (B, 1, f, h, w)
+        audio = tokens[index]
+        timer("data (+ lazy encoding)" if isinstance(latents, LazyLatents) else "data")
         with autocast:
             banks = nets.reference_unet(reference_latents[clip])
             kv = reference_kv_with_grad(nets.denoising_unet, banks, WINDOW)
+            timer("reference unet fwd")
             pose_features = nets.pose_encoder(pose_pixels.permute(0, 3, 1, 2).float() / 255.0)
             pose_features = pose_features.view(batch, WINDOW, *pose_features.shape[1:]).transpose(1, 2)
-            v = nets.denoising_unet(x_t, t, tokens[index], pose_features, kv)
+            timer("pose encoder fwd")
+            v = nets.denoising_unet(x_t, t, audio, pose_features, kv)
+            timer("denoising unet fwd")
         loss = (weight * (v.float() - target) ** 2).mean() / weight.mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        timer("backward (all)")
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimiser.step()
+        timer("clip + AdamW")
         ema.update()
+        timer("EMA")
+        if step >= warmup:
+            counted[size] += 1
+        else:
+            timer.totals.clear()
         step += 1
+        if profile_steps:
+            continue
         if step % 10 == 0 or step == 1:
             losses.append(("unet", step, round(time.time() - start, 1), loss.item()))
         if step % 100 == 0:
@@ -336,6 +429,17 @@ def train_unets(nets, data: dict, sizes: list[tuple[torch.Tensor, torch.Tensor, 
         module.eval().requires_grad_(False)
     save(ema.shadow, step)
     return step
+
+
+def report_profile(timers: dict, counted: dict, batch: int, log) -> None:
+    for size, timer in timers.items():
+        n = counted[size]
+        if not n:
+            continue
+        total = sum(timer.totals.values()) / n
+        phases = ", ".join(f"{name} {seconds / n:.3f}" for name, seconds in timer.totals.items())
+        log(f"profile, {'small (128²)' if size else 'full (256²)'} steps: {n} timed, {total:.3f} s/step "
+            f"(batch {batch} × {WINDOW} frames): {phases}")
 
 
 def plot_losses(losses: list, path: Path) -> None:
@@ -396,7 +500,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--init", help="start from this tiny_demo.safetensors (e.g. an earlier run) instead of fresh weights")
     parser.add_argument("--reserve", type=float, default=45.0, help="seconds kept for saving and the preview")
+    parser.add_argument("--profile-steps", type=int, default=0, metavar="N",
+                        help="no VAE training: time N UNet steps per phase (after 3 warm-up steps), print a "
+                             "torch.profiler table of 3 more, and exit without saving")
+    parser.add_argument("--lazy-latents", choices=("auto", "yes", "no"), default="auto",
+                        help="encode frames to latents on first use (auto: on the CPU)")
     args = parser.parse_args(argv)
+    if args.profile_steps:
+        args.vae_minutes = 0.0
     started = time.time()
     deadline = started + 60 * args.minutes - args.reserve
     out = Path(args.out)
@@ -441,13 +552,20 @@ def main(argv: list[str] | None = None) -> None:
         facts["latent_factor"] = normalise_vae_latents(nets.vae, to_pixels(frames[torch.randperm(len(frames), device=device)[:512]]))
     else:  # the VAE of --init, already normalised
         facts.update(vae_steps=0, vae_loss=None, latent_factor=1.0)
-    latents = encode_all(nets.vae, frames)
+    encoding = time.time()
     reference_latents = encode_all(nets.vae, references)
-    small_latents = encode_all(nets.vae, halve(frames))
     small_reference_latents = encode_all(nets.vae, halve(references))
+    lazy = args.lazy_latents == "yes" or (args.lazy_latents == "auto" and device.type == "cpu")
+    if lazy:
+        latents, small_latents = LazyLatents(nets.vae, frames), LazyLatents(nets.vae, frames, halved=True)
+        spread = f"reference latents std {reference_latents.std().item():.3f} mean {reference_latents.mean().item():.3f}"
+    else:
+        latents = encode_all(nets.vae, frames)
+        small_latents = encode_all(nets.vae, halve(frames))
+        spread = f"latents std {latents.std().item():.3f} mean {latents.mean().item():.3f}"
     del frames
-    log(f"vae: {facts['vae_steps']} steps, loss {facts['vae_loss']}; latents std {latents.std().item():.3f} "
-        f"mean {latents.mean().item():.3f} (factor {facts['latent_factor']:.3f})")
+    log(f"vae: {facts['vae_steps']} steps, loss {facts['vae_loss']}; {spread} (factor {facts['latent_factor']:.3f}); "
+        f"encoded {'references (frames lazily)' if lazy else 'all frames'} in {time.time() - encoding:.1f} s")
     poses = torch.from_numpy(data["poses"]).to(device)
     small_poses = torch.from_numpy(data["small_poses"]).to(device)
     tokens = torch.from_numpy(data["tokens"]).to(device)
@@ -458,6 +576,9 @@ def main(argv: list[str] | None = None) -> None:
                      "seconds": round(time.time() - started, 1)})
 
     sizes = [(latents, reference_latents, poses, 8), (small_latents, small_reference_latents, small_poses, 16)]
+    if args.profile_steps:
+        train_unets(nets, data, sizes, tokens, deadline, args.batch, args.lr, log, losses, save, args.profile_steps)
+        return
     facts["unet_steps"] = train_unets(nets, data, sizes, tokens, deadline, args.batch,
                                       args.lr, log, losses, save)
     unet_losses = [loss for p, _, _, loss in losses if p == "unet"]
