@@ -5,7 +5,9 @@
 
 A clip's refusal or skip is a field of its `ClipPlan` (`error`, `finished`), a segment's failure a field of
 its `SegmentResult` (`error`): there is no separate protocol for errors. Inside Ray Data a row is a batch of
-one with flat columns (`to_batch` / `from_batch`); arrays travel as one pickle-free `.npz` bytes column.
+one with flat columns (`to_batch` / `from_batch`); arrays travel as one pickle-free `.npz` bytes column,
+image stacks that are mostly black (rendered poses: ~1% of their pixels drawn) as a packed mask and the drawn
+pixels only, ~20x smaller (a 288-frame segment's poses at 768²: 510 MB → ~26 MB in the object store).
 """
 from __future__ import annotations
 
@@ -134,7 +136,7 @@ def to_batch(item) -> dict[str, np.ndarray]:
             batch[item_field.name] = np.array([json.dumps(value)])
     if arrays:
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
+        np.savez(buffer, **{key: array for name, value in arrays.items() for key, array in _packed(name, value)})
         batch[_ARRAYS] = np.array([buffer.getvalue()], dtype=object)
     return batch
 
@@ -144,7 +146,7 @@ def from_batch(cls, batch: dict[str, np.ndarray], index: int = 0):
     arrays = {}
     if _ARRAYS in batch:
         with np.load(io.BytesIO(batch[_ARRAYS][index]), allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
+            arrays = _unpacked({name: archive[name] for name in archive.files})
     values = {}
     for item_field in dataclasses.fields(cls):
         if item_field.type == "np.ndarray":
@@ -154,6 +156,34 @@ def from_batch(cls, batch: dict[str, np.ndarray], index: int = 0):
         value = value.item() if isinstance(value, np.generic) else value
         values[item_field.name] = value if item_field.type in _SCALARS else _from_json(json.loads(value))
     return cls(**values)
+
+
+# An image stack (n, H, W, 3) uint8 with at most this share of non-black pixels travels sparse.
+SPARSE_IMAGES_MAX_DENSITY = 0.25
+_MASK, _VALUES, _SHAPE = ".mask", ".values", ".shape"
+
+
+def _packed(name: str, array: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(archive name, array) pairs for one array field: itself, or a sparse image stack's three parts."""
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3 or not array.size:
+        return [(name, array)]
+    drawn = array.any(axis=-1)
+    if drawn.mean() > SPARSE_IMAGES_MAX_DENSITY:
+        return [(name, array)]
+    return [(name + _MASK, np.packbits(drawn)), (name + _VALUES, array[drawn]),
+            (name + _SHAPE, np.array(array.shape, dtype=np.int64))]
+
+
+def _unpacked(archive: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    arrays = {name: array for name, array in archive.items() if not name.endswith((_MASK, _VALUES, _SHAPE))}
+    for mask_name in (name for name in archive if name.endswith(_MASK)):
+        name = mask_name[: -len(_MASK)]
+        shape = tuple(int(side) for side in archive[name + _SHAPE])
+        drawn = np.unpackbits(archive[mask_name], count=int(np.prod(shape[:-1]))).reshape(shape[:-1]).astype(bool)
+        images = np.zeros(shape, dtype=np.uint8)
+        images[drawn] = archive[name + _VALUES]
+        arrays[name] = images
+    return arrays
 
 
 def _from_json(value):
