@@ -1,12 +1,6 @@
 """Safe, strict loading of the official EchoMimic V2 checkpoints (spec §1, §11).
 
-Layout of a weights folder:
-
-    reference_unet.pth  pose_encoder.pth
-    denoising_unet.pth  motion_module.pth          (variant "quality")
-    denoising_unet_acc.pth  motion_module_acc.pth  (variant "acc")
-    sd-vae-ft-mse/config.json + diffusion_pytorch_model.safetensors (or .bin)
-    audio_processor/tiny.pt                        (read by echomimic2.audio, checked here too)
+The layout of a weights folder is `echomimic2.weights_layout`.
 
 Every file is read without executing pickled code (`torch.load(weights_only=True)` or safetensors).
 Every parameter of every network must come from the files: the denoising UNet from
@@ -28,27 +22,23 @@ from .denoising_unet import DenoisingUNet3D
 from .motion_module import sinusoidal_position_table
 from .networks import OfficialNetworks, build_networks
 from .weights_io import CheckpointError, FileReport, read_into, read_state_dict  # noqa: F401 - read_state_dict: part of this module's API
+from .weights_layout import (  # noqa: F401 - the layout's names are part of this module's API
+    POSE_ENCODER_FILE,
+    REFERENCE_UNET_FILE,
+    VAE_DIR,
+    VARIANTS,
+    WHISPER_FILE,
+    denoising_files,
+    official_weight_files,
+    vae_weight_file,
+)
 
-VARIANTS = ("quality", "acc")
-REFERENCE_UNET_FILE = "reference_unet.pth"
-POSE_ENCODER_FILE = "pose_encoder.pth"
-VAE_DIR = "sd-vae-ft-mse"
-VAE_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-WHISPER_FILE = "audio_processor/tiny.pt"
 POSITION_TABLE_SUFFIX = ".pos_encoder.pe"
 # AutoencoderKL arguments that fix the architecture; the folder's config.json must agree.
 VAE_ARCHITECTURE_FIELDS = (
     "in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
     "layers_per_block", "latent_channels", "norm_num_groups",
 )
-
-
-def denoising_files(variant: str) -> tuple[str, str]:
-    """(2D part, motion modules) file names of a variant."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    suffix = "" if variant == "quality" else "_acc"
-    return f"denoising_unet{suffix}.pth", f"motion_module{suffix}.pth"
 
 
 def _meta_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -100,13 +90,6 @@ def _check_denoising(weights_dir: Path, variant: str, unet: DenoisingUNet3D) -> 
     return [unet_report, motion_report], merged
 
 
-def _vae_weight_file(vae_dir: Path) -> Path:
-    for name in VAE_WEIGHT_FILES:
-        if (vae_dir / name).is_file():
-            return vae_dir / name
-    return vae_dir / VAE_WEIGHT_FILES[0]
-
-
 def _check_vae(weights_dir: Path, vae: AutoencoderKL) -> tuple[list[FileReport], dict[str, torch.Tensor] | None]:
     """The diffusers sd-vae-ft-mse folder: config.json must describe the official architecture."""
     vae_dir = weights_dir / VAE_DIR
@@ -123,7 +106,7 @@ def _check_vae(weights_dir: Path, vae: AutoencoderKL) -> tuple[list[FileReport],
                 config_report.found.append(name)
     except (OSError, ValueError) as error:
         config_report.problems.append(f"unreadable: {type(error).__name__}: {error}")
-    report = FileReport(_vae_weight_file(vae_dir))
+    report = FileReport(vae_weight_file(vae_dir))
     state = read_into(report)
     if state is not None:
         # diffusers' own renaming of pre-0.14 attention names (query/key/value/proj_attn -> to_q/to_k/to_v/to_out.0).
@@ -151,19 +134,6 @@ def check_official_files(weights_dir: Path, variant: str, networks: OfficialNetw
     }
     reports = [report for file_reports, _ in checks.values() for report in file_reports]
     return reports, {name: state for name, (_, state) in checks.items()}
-
-
-def official_weight_files(weights_dir: str | Path, variant: str) -> list[Path]:
-    """The files `load_official_networks` reads for `variant` (what the rendered frames depend on)."""
-    weights_dir = Path(weights_dir)
-    vae_dir = weights_dir / VAE_DIR
-    return [
-        weights_dir / REFERENCE_UNET_FILE,
-        *(weights_dir / name for name in denoising_files(variant)),
-        weights_dir / POSE_ENCODER_FILE,
-        vae_dir / "config.json",
-        _vae_weight_file(vae_dir),
-    ]
 
 
 def _materialise(module: nn.Module, state: dict[str, torch.Tensor], device, dtype: torch.dtype) -> None:

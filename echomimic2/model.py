@@ -1,25 +1,22 @@
 """`EchoMimicV2`: the networks of one preset plus `render`, the only call the batch system makes."""
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoints import load_official_networks, official_weight_files
+from .checkpoints import load_official_networks
 from .config import official_unet_config, official_vae_config, tiny_unet_config, tiny_vae_config
 from .fast import prepare_for_gpu
+from .identity import official_identity, random_identity, tiny_identity
 from .networks import OfficialNetworks, build_networks, random_networks
 from .presets import PRESETS, Preset, full_size_preset
 from .sampler import VAE_DOWNSCALE, render_segment
 
 AUDIO_TOKENS, AUDIO_WIDTH = 50, 384
 SIZE_MULTIPLE = 64  # latent sides must be multiples of 8 (spec §4.2)
-TINY_VERSION = "v1"  # bump when the tiny architecture or its initialisation changes
-RANDOM_VERSION = "v1"  # bump when random() changes its initialisation
-IDENTITY_HASH_BYTES = 4 << 20  # hash the first and last 4 MiB of each file: cheap, yet any other checkpoint differs there
 
 
 class EchoMimicV2:
@@ -74,7 +71,7 @@ class EchoMimicV2:
             module.to(device=device).eval().requires_grad_(False)
             if dtype != torch.float32:  # diffusers warns on any dtype move, even a no-op one
                 module.to(dtype=dtype)
-        return cls(networks, PRESETS["tiny"], f"tiny-seed{seed}-{TINY_VERSION}")
+        return cls(networks, PRESETS["tiny"], tiny_identity(seed))
 
     @classmethod
     def random(cls, preset: str = "acc", seed: int = 0, device: str | torch.device = "cuda",
@@ -182,28 +179,3 @@ def _validate_render_inputs(reference_image, frame_audio, pose_images, seed, fir
             "steps", f"expected an int in [1, 1000], got {steps!r}")
     require(isinstance(guidance, (int, float, np.floating)) and not isinstance(guidance, bool) and math.isfinite(guidance)
             and guidance >= 0, "guidance", f"expected a finite number ≥ 0, got {guidance!r}")
-
-
-def random_identity(preset: str, seed: int) -> str:
-    """The identity `EchoMimicV2.random(preset, seed)` reports, without building it."""
-    return f"random-{preset}-seed{seed}-{RANDOM_VERSION}"
-
-
-def official_identity(weights_dir: str | Path, variant: str) -> str:
-    """The identity `from_official(weights_dir, variant)` reports, without loading any network
-    (the batch job fingerprints clips with it before its render actors load the model)."""
-    return f"official-{variant}-" + _files_digest(official_weight_files(weights_dir, variant), Path(weights_dir))
-
-
-def _files_digest(paths: list[Path], root: Path) -> str:
-    """A short hash of each file's relative name, size, and first and last bytes."""
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        size = path.stat().st_size
-        digest.update(f"{path.relative_to(root).as_posix()}:{size}\n".encode())
-        with path.open("rb") as handle:
-            digest.update(handle.read(IDENTITY_HASH_BYTES))
-            if size > IDENTITY_HASH_BYTES:
-                handle.seek(max(size - IDENTITY_HASH_BYTES, IDENTITY_HASH_BYTES))
-                digest.update(handle.read())
-    return digest.hexdigest()[:16]

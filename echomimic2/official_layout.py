@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import save_file
 
 from .audio import TINY_DIMS, WhisperFeatures
-from .bench import random_networks
-from .checkpoints import POSE_ENCODER_FILE, REFERENCE_UNET_FILE, VAE_DIR, VARIANTS, WHISPER_FILE, denoising_files
 from .config import official_unet_config, official_vae_config
+from .networks import random_networks
+from .weights_layout import POSE_ENCODER_FILE, REFERENCE_UNET_FILE, VAE_DIR, VARIANTS, WHISPER_FILE, denoising_files
 
 MOTION_KEY = ".motion_modules."  # the denoising UNet's temporal part lives in motion_module*.pth
 

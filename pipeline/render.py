@@ -96,16 +96,17 @@ def compile_cache_folder(settings: JobSettings) -> str:
 
 
 def model_identity(preset: str, weights: str | None, random_weights: bool = False) -> str:
-    """What the frames depend on besides the inputs: the renderer's weights and the audio encoder's."""
-    from echomimic2 import PRESETS, EchoMimicV2
-    from echomimic2.model import official_identity, random_identity
+    """What the frames depend on besides the inputs: the renderer's weights and the audio encoder's. Torch-free
+    (`echomimic2.identity`): the driver decides skips and refuses bad weights before importing any network."""
+    from echomimic2.identity import official_identity, random_identity, tiny_identity
+    from echomimic2.presets import PRESETS
+    from echomimic2.weights_layout import WHISPER_FILE
 
     if random_weights:
         return f"{random_identity(preset, TINY_MODEL_SEED)}+whisper-random-seed{TINY_MODEL_SEED}"
     if weights is None:
-        # Building the tiny networks takes ~0.1 s; their identity is the same string the actors will report.
-        return f"{EchoMimicV2.tiny(seed=TINY_MODEL_SEED).identity}+whisper-random-seed{TINY_MODEL_SEED}"
-    whisper = Path(weights) / "audio_processor" / "tiny.pt"
+        return f"{tiny_identity(TINY_MODEL_SEED)}+whisper-random-seed{TINY_MODEL_SEED}"
+    whisper = Path(weights) / WHISPER_FILE
     return f"{official_identity(Path(weights), PRESETS[preset].variant)}+whisper-{_file_sha256(whisper)[:16]}"
 
 

@@ -45,7 +45,7 @@ def segment_inputs():
 @pytest.mark.parametrize("variant", ["acc", "quality"])
 def test_from_official_loads_and_renders_on_cuda(official_weights, segment_inputs, variant):
     from echomimic2 import EchoMimicV2
-    from echomimic2.model import official_identity
+    from echomimic2.identity import official_identity
 
     model = EchoMimicV2.from_official(official_weights, variant, device="cuda", dtype=torch.float16)
     assert (model.device.type, model.dtype) == ("cuda", torch.float16)

@@ -122,7 +122,7 @@ def test_from_official_names_the_missing_files(tmp_path):
 
 
 def test_weights_identity_follows_file_content(tmp_path):
-    from echomimic2.model import _files_digest
+    from echomimic2.identity import _files_digest
 
     files = [tmp_path / "a.pth", tmp_path / "sub" / "b.pth"]
     files[1].parent.mkdir()
