@@ -109,6 +109,10 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
         to_run = len(specs) - len(finished)
         if finished:
             console.print(f"{len(finished)} of {len(specs)} clip(s) finished earlier with unchanged inputs: skipped")
+        for reason, clip_ids in stamps.rendered_again.items():  # e.g. a release that changed the segment plan
+            shown = ", ".join(clip_ids[:3]) + (f" and {len(clip_ids) - 3} more" if len(clip_ids) > 3 else "")
+            console.print(f"[yellow]note[/yellow]: {len(clip_ids)} finished clip(s) will be rendered again: "
+                          f"{escape(reason)}: {escape(shown)}")
         render_actors, gpus_per_actor, preprocess_actors = 0, 0.0, 0
         if to_run:
             address = address or os.environ.get("RAY_ADDRESS")  # set for the driver of a `ray job submit`

@@ -99,6 +99,7 @@ class RerunStamps:
         from pipeline.preprocess import render_params
 
         self.settings, self.ledger = settings, Ledger(settings.output)
+        self.rendered_again: dict[str, list[str]] = {}  # reason -> finished clips whose fingerprint changed
         self.params = {spec.clip_id: render_params(spec, settings) for spec in specs}
         with ThreadPoolExecutor(STAT_THREADS) as pool:
             self.inputs = dict(zip((spec.clip_id for spec in specs),
@@ -112,6 +113,9 @@ class RerunStamps:
         plans = []
         for spec in specs:
             entry = recorded.get(spec.clip_id)
+            reason = None if entry is None else self._rendered_again_because(entry, self.params[spec.clip_id])
+            if reason:
+                self.rendered_again.setdefault(reason, []).append(spec.clip_id)
             if (entry is not None and self.inputs[spec.clip_id] is not None
                     and entry["inputs"] == self.inputs[spec.clip_id]
                     and entry["params"] == self.params[spec.clip_id]
@@ -120,6 +124,15 @@ class RerunStamps:
                     and entry["output"][1] is not None):
                 plans.append(ClipPlan(spec.row, spec.clip_id, entry["fingerprint"], finished=entry["record"]))
         return plans
+
+    def _rendered_again_because(self, entry: dict, params: dict) -> str | None:
+        """Why a clip finished earlier cannot be skipped whatever its inputs: its parameters (the segment plan
+        and pose version included) or the model changed, so its fingerprint did."""
+        if entry["model"] != self.settings.model_identity:
+            return f"the model changed ({entry['model']} → {self.settings.model_identity})"
+        changed = [f"{name} {entry['params'].get(name)!r} → {params.get(name)!r}"
+                   for name in sorted(set(params) | set(entry["params"])) if entry["params"].get(name) != params.get(name)]
+        return f"parameters changed ({', '.join(changed)})" if changed else None
 
     def record(self, clip_ids: list[str]) -> None:
         """Entries for these finished clips (their ledger record as committed now), merged into the file."""

@@ -75,6 +75,8 @@ def test_changed_parameters_deleted_outputs_and_force_are_not_skipped(finished, 
     frame.to_parquet(edited, index=False)
     printed = rerun(capsys, edited, output)
     assert f"1 of 2 clip(s) {SKIPPED_WITHOUT_RAY}" in printed
+    said = " ".join(printed.split())  # rich wraps long lines
+    assert "1 finished clip(s) will be rendered again: parameters changed (seed 0 → 7): a" in said
     results = read_results(output).set_index("clip_id")
     assert (results.loc["a", "status"], results.loc["b", "status"]) == ("done", "skipped")
 
