@@ -23,6 +23,14 @@ def settings_for(output, **overrides) -> JobSettings:
     return JobSettings(**{**values, **overrides})
 
 
+def ready_render_stage(settings: JobSettings) -> RenderStage:
+    """A render stage as a fresh worker has it after `setup()` (the tiny model on the CPU)."""
+    render = RenderStage(settings, JobBoard(), gpus_per_worker=0)
+    render.on_worker_start(restarted=False, node_id=None)
+    render.setup()
+    return render
+
+
 def clip_spec(tmp_path, seconds=1.0, **fields) -> ClipSpec:
     (tmp_path / "a.png").write_bytes(image_bytes(0))
     (tmp_path / "a.wav").write_bytes(wav_bytes(seconds))
@@ -162,9 +170,7 @@ def test_preprocess_keeps_the_audio_for_the_assembler_also_on_a_resume(tmp_path)
 
 def test_render_stage_writes_a_hand_made_segment(tmp_path):
     settings = settings_for(tmp_path / "out")
-    render = RenderStage(settings, JobBoard(), gpus_per_worker=0)
-    render.on_worker_start(restarted=False, node_id=None)
-    render.setup()
+    render = ready_render_stage(settings)
     work = SegmentWork(row=7, clip_id="x", fingerprint="f", start=10, stop=14, seed=0, steps=1, guidance=1.0,
                        reference=np.full((SIZE, SIZE, 3), 128, np.uint8), audio=np.zeros((4, 50, 384), np.float32),
                        poses=np.zeros((4, SIZE, SIZE, 3), np.uint8))
@@ -203,9 +209,7 @@ def test_assemble_stage_on_a_hand_made_plan(tmp_path):
 
 def test_render_failure_names_the_row_and_segment(tmp_path):
     settings = settings_for(tmp_path / "out")
-    render = RenderStage(settings, JobBoard(), gpus_per_worker=0)
-    render.on_worker_start(restarted=False, node_id=None)
-    render.setup()
+    render = ready_render_stage(settings)
     work = SegmentWork(row=7, clip_id="x", fingerprint="f", start=117, stop=121, seed=0, steps=1, guidance=1.0,
                        reference=np.zeros((SIZE, SIZE, 3), np.uint8), audio=np.zeros((4, 50, 384), np.float32),
                        poses=np.zeros((3, SIZE, SIZE, 3), np.uint8))  # one pose image short
