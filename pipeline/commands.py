@@ -126,22 +126,8 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
                 console.print("[red]error[/red]: " + escape(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
                                                             f"{storage.describe_error(exc)}"))
                 return EXIT_JOB_FAILED
-            cluster_gpus, cluster_cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 1))
-            if address and gpus and gpus > cluster_gpus:
-                # A joined cluster may autoscale: pending GPU actors are what makes it add GPU nodes.
-                render_actors, gpus_per_actor = gpus, 1.0
-                console.print(f"[yellow]note[/yellow]: --gpus {gpus} but the cluster has {cluster_gpus} GPU(s) now; "
-                              "rendering starts as its autoscaler adds GPU nodes")
-            elif cluster_gpus:
-                render_actors, gpus_per_actor = min(gpus or cluster_gpus, cluster_gpus), 1.0
-                if gpus and gpus > cluster_gpus:
-                    console.print(f"[yellow]note[/yellow]: --gpus {gpus} but the cluster has {cluster_gpus}; using {cluster_gpus}")
-            else:
-                render_actors, gpus_per_actor = 1, 0.0
-                console.print("[yellow]note[/yellow]: the cluster has no GPU: one render actor runs on CPU")
-            # Leave one CPU for the assembly tasks, or no MP4 would be written before preprocessing ends.
-            preprocess_actors = cpus or max(1, cluster_cpus - 1)
-            settings = replace(settings, render_threads=0 if cluster_gpus else max(1, cluster_cpus // 2))
+            render_actors, gpus_per_actor, preprocess_actors, render_threads = _worker_counts(cluster, address, gpus, cpus)
+            settings = replace(settings, render_threads=render_threads)
             if address and work_runs_off_this_node():
                 refused = refuse_node_local_paths(specs, settings, shared_fs=shared_fs)
                 for line in refused:
@@ -171,6 +157,27 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
     console.print(f"finished: {counts['done']} rendered, {counts['skipped']} already done, {counts['failed']} failed; "
                   f"results in {escape(storage.redact(storage.join(output, 'results.parquet')))}")
     return EXIT_ROWS_FAILED if counts["failed"] else EXIT_OK
+
+
+def _worker_counts(cluster: dict, address: str | None, gpus: int | None, cpus: int | None) -> tuple[int, float, int, int]:
+    """(render actors, GPUs per render actor, preprocessing actors, CPU threads per render actor) for the
+    connected cluster's resources and the --gpus / --cpus options; notes where the cluster differs from them."""
+    cluster_gpus, cluster_cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 1))
+    if address and gpus and gpus > cluster_gpus:
+        # A joined cluster may autoscale: pending GPU actors are what makes it add GPU nodes.
+        render_actors, gpus_per_actor = gpus, 1.0
+        console.print(f"[yellow]note[/yellow]: --gpus {gpus} but the cluster has {cluster_gpus} GPU(s) now; "
+                      "rendering starts as its autoscaler adds GPU nodes")
+    elif cluster_gpus:
+        render_actors, gpus_per_actor = min(gpus or cluster_gpus, cluster_gpus), 1.0
+        if gpus and gpus > cluster_gpus:
+            console.print(f"[yellow]note[/yellow]: --gpus {gpus} but the cluster has {cluster_gpus}; using {cluster_gpus}")
+    else:
+        render_actors, gpus_per_actor = 1, 0.0
+        console.print("[yellow]note[/yellow]: the cluster has no GPU: one render actor runs on CPU")
+    # Leave one CPU for the assembly tasks, or no MP4 would be written before preprocessing ends.
+    preprocess_actors = cpus or max(1, cluster_cpus - 1)
+    return render_actors, gpus_per_actor, preprocess_actors, 0 if cluster_gpus else max(1, cluster_cpus // 2)
 
 
 def refuse_before_starting(output: str, weights: Path | None, input_root: Path | None) -> str | None:
