@@ -21,7 +21,7 @@ app.add_typer(poses_app, name="poses")
 def run(
     manifest: str = typer.Argument(..., help="Parquet manifest: local path or fsspec URL."),
     output: str = typer.Option(..., "--output", "-o", help="Output root: local path or fsspec URL."),
-    weights: Path | None = typer.Option(None, help="Official weights folder; without it the random tiny model runs."),
+    weights: Path | None = typer.Option(None, help="Official weights folder; without it the tiny demo model runs (trained on drawn figures)."),
     preset: str | None = typer.Option(None, help=f"{' | '.join(PRESETS)} (default: {DEFAULT_WITH_WEIGHTS} with --weights, else {DEFAULT_WITHOUT_WEIGHTS})."),
     address: str | None = typer.Option(
         None, help="Ray cluster to join: auto, or <head-ip>:6379 (default: RAY_ADDRESS if set, else start a local Ray)."),

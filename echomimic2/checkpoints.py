@@ -23,6 +23,7 @@ from .motion_module import sinusoidal_position_table
 from .networks import OfficialNetworks, build_networks
 from .weights_io import CheckpointError, FileReport, read_into, read_state_dict  # noqa: F401 - read_state_dict: part of this module's API
 from .weights_layout import (  # noqa: F401 - the layout's names are part of this module's API
+    NETWORK_PREFIXES,
     POSE_ENCODER_FILE,
     REFERENCE_UNET_FILE,
     VAE_DIR,
@@ -166,6 +167,31 @@ def load_official_networks(
         )
     for name, module in zip(("reference_unet", "denoising_unet", "pose_encoder", "vae"), networks):
         _materialise(module, states[name], device, dtype)
+    return networks
+
+
+def load_prefixed_networks(networks: OfficialNetworks, path: str | Path) -> OfficialNetworks:
+    """Fill `networks` in place (on their device and dtype) from one safetensors file holding all four state dicts,
+    each key prefixed with its network's name (`NETWORK_PREFIXES`): the tiny preset's shipped weights and what
+    `training/train_tiny.py` writes. Raises CheckpointError listing any key that does not match."""
+    path = Path(path)
+    state = read_state_dict(path)
+    report = FileReport(path)
+    prefixes = tuple(name + "." for name in NETWORK_PREFIXES)
+    report.unexpected = [key for key in state if not key.startswith(prefixes)]
+    parts = {}
+    for name, module in zip(NETWORK_PREFIXES, networks):
+        expected = {f"{name}.{key}": shape for key, shape in _meta_shapes(module).items()}
+        own = {key: tensor for key, tensor in state.items() if key.startswith(name + ".")}
+        _compare(report, own, expected, set(expected))
+        report.missing += [key for key in expected if key not in own]
+        parts[name] = {key.removeprefix(name + "."): tensor for key, tensor in own.items()}
+    if not report.ok:
+        raise CheckpointError(f"{path} does not match the networks:\n{report.summary()}")
+    for name, module in zip(NETWORK_PREFIXES, networks):
+        target = next(module.parameters())
+        module.load_state_dict({key: tensor.to(device=target.device, dtype=target.dtype if tensor.is_floating_point() else tensor.dtype)
+                                for key, tensor in parts[name].items()}, strict=True)
     return networks
 
 

@@ -3,18 +3,24 @@ weights files (or the seed of random networks) without importing torch or buildi
 string the loaded `EchoMimicV2` reports."""
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
-from .weights_layout import official_weight_files
+from .weights_layout import TINY_DEMO_WEIGHTS, official_weight_files
 
 TINY_VERSION = "v1"  # bump when the tiny architecture or its initialisation changes
 RANDOM_VERSION = "v1"  # bump when random() changes its initialisation
 IDENTITY_HASH_BYTES = 4 << 20  # hash the first and last 4 MiB of each file: cheap, yet any other checkpoint differs there
 
 
-def tiny_identity(seed: int) -> str:
-    """The identity `EchoMimicV2.tiny(seed)` reports."""
+def tiny_identity() -> str:
+    """The identity `EchoMimicV2.tiny()` reports: the trained demo weights' file hash."""
+    return f"tiny-demo-{_whole_file_digest(TINY_DEMO_WEIGHTS)}"
+
+
+def tiny_random_identity(seed: int) -> str:
+    """The identity `EchoMimicV2.tiny_random(seed)` reports."""
     return f"tiny-seed{seed}-{TINY_VERSION}"
 
 
@@ -27,6 +33,11 @@ def official_identity(weights_dir: str | Path, variant: str) -> str:
     """The identity `from_official(weights_dir, variant)` reports, without loading any network
     (the batch job fingerprints clips with it before its render actors load the model)."""
     return f"official-{variant}-" + _files_digest(official_weight_files(weights_dir, variant), Path(weights_dir))
+
+
+@functools.cache
+def _whole_file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def _files_digest(paths: list[Path], root: Path) -> str:

@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoints import load_official_networks
+from .checkpoints import load_official_networks, load_prefixed_networks
 from .config import official_unet_config, official_vae_config, tiny_unet_config, tiny_vae_config
 from .fast import prepare_for_gpu
-from .identity import official_identity, random_identity, tiny_identity
+from .identity import official_identity, random_identity, tiny_identity, tiny_random_identity
 from .networks import OfficialNetworks, build_networks, random_networks
 from .presets import PRESETS, Preset, full_size_preset
 from .sampler import VAE_DOWNSCALE, render_segment
+from .weights_layout import TINY_DEMO_WEIGHTS
 
 AUDIO_TOKENS, AUDIO_WIDTH = 50, 384
 SIZE_MULTIPLE = 64  # latent sides must be multiples of 8 (spec §4.2)
@@ -52,26 +53,31 @@ class EchoMimicV2:
         return cls(networks, PRESETS[variant], official_identity(weights_dir, variant))
 
     @classmethod
-    def tiny(cls, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> EchoMimicV2:
-        """The same classes with tiny widths, randomly initialised from `seed` (tests and the demo).
+    def tiny(cls, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> EchoMimicV2:
+        """The tiny preset: the same classes with tiny widths (`tiny_unet_config`, `tiny_vae_config`), trained by
+        the project on drawn talking figures (`training/train_tiny.py`; not people), weights shipped in the
+        package (`TINY_DEMO_WEIGHTS`, 14 MB). It reads audio features of `WhisperFeatures.tiny(seed=0)`, the
+        encoder it was trained with. For the demo and tests that look at the frames."""
+        networks = load_prefixed_networks(build_networks(tiny_unet_config(), tiny_vae_config()), TINY_DEMO_WEIGHTS)
+        return cls(_placed(networks, device, dtype), PRESETS["tiny"], tiny_identity())
+
+    @classmethod
+    def tiny_random(cls, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> EchoMimicV2:
+        """The tiny preset's networks randomly initialised from `seed` (tests of the engine's structure and
+        numerics; the trainer's starting point). Frames are noise.
 
         Built on the CPU in float32 inside a forked RNG, so the weights depend on `seed` only.
         Layers that upstream zero-initialises (the pose encoder's conv_out) get PyTorch's default
         initialisation instead, otherwise the tiny model would ignore the pose entirely.
         """
-        unet_config = tiny_unet_config()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            networks = build_networks(unet_config, tiny_vae_config())
+            networks = build_networks(tiny_unet_config(), tiny_vae_config())
             for layer in (layer for network in networks for layer in network.modules()):
                 weight = getattr(layer, "weight", None)
                 if isinstance(weight, torch.Tensor) and hasattr(layer, "reset_parameters") and not weight.any():
                     layer.reset_parameters()
-        for module in networks:
-            module.to(device=device).eval().requires_grad_(False)
-            if dtype != torch.float32:  # diffusers warns on any dtype move, even a no-op one
-                module.to(dtype=dtype)
-        return cls(networks, PRESETS["tiny"], tiny_identity(seed))
+        return cls(_placed(networks, device, dtype), PRESETS["tiny"], tiny_random_identity(seed))
 
     @classmethod
     def random(cls, preset: str = "acc", seed: int = 0, device: str | torch.device = "cuda",
@@ -127,6 +133,14 @@ class EchoMimicV2:
             reference_compatible=reference_compatible, initial_latents=initial_latents,
             windows_per_batch=windows_per_batch,
         )
+
+
+def _placed(networks: OfficialNetworks, device: str | torch.device, dtype: torch.dtype) -> OfficialNetworks:
+    for module in networks:
+        module.to(device=device).eval().requires_grad_(False)
+        if dtype != torch.float32:  # diffusers warns on any dtype move, even a no-op one
+            module.to(dtype=dtype)
+    return networks
 
 
 def _check_compile(compile: bool, device: str | torch.device) -> None:

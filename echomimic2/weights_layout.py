@@ -20,6 +20,11 @@ VAE_DIR = "sd-vae-ft-mse"
 VAE_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 WHISPER_FILE = "audio_processor/tiny.pt"
 
+# The tiny preset's trained networks, shipped in the package (training/, issue 15): the four networks' state
+# dicts in one safetensors file, each key prefixed with its network's name.
+TINY_DEMO_WEIGHTS = Path(__file__).resolve().parent / "weights" / "tiny_demo.safetensors"
+NETWORK_PREFIXES = ("reference_unet", "denoising_unet", "pose_encoder", "vae")
+
 
 def denoising_files(variant: str) -> tuple[str, str]:
     """(2D part, motion modules) file names of a variant."""

@@ -1,7 +1,7 @@
 """The batch system, and the one-clip API on top of the same steps:
 
     from pipeline import EchoMimicV2Pipeline
-    out = EchoMimicV2Pipeline.tiny(seed=0)("person.png", "speech.wav")
+    out = EchoMimicV2Pipeline.tiny()("person.png", "speech.wav")
 
 Names are imported on first use, so `import pipeline` loads neither torch nor Ray.
 """

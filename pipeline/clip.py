@@ -1,6 +1,6 @@
 """One clip in Python: image + audio (+ poses) → frames, with no Ray and no manifest.
 
-    pipe = EchoMimicV2Pipeline.tiny(seed=0)                    # or .from_official(weights_dir, preset="acc")
+    pipe = EchoMimicV2Pipeline.tiny()                    # or .from_official(weights_dir, preset="acc")
     out = pipe("person.png", "speech.wav")                      # EchoMimicV2Output
     out.save("clip.mp4")                                        # H.264 + AAC, the job's encoder
 
@@ -93,13 +93,13 @@ class EchoMimicV2Pipeline:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def tiny(cls, seed: int = 0, device: str = "cpu", **options) -> EchoMimicV2Pipeline:
-        """The tiny random model and a random whisper-tiny encoder (tests and demos: its frames are noise).
-        With seed 0 these are the networks the job's tiny preset uses."""
+    def tiny(cls, device: str = "cpu", **options) -> EchoMimicV2Pipeline:
+        """The job's tiny preset: the demo model trained on drawn talking figures (not people) and the random
+        whisper-tiny encoder it was trained with (`EchoMimicV2.tiny`)."""
         from echomimic2 import EchoMimicV2
         from echomimic2.audio import WhisperFeatures
 
-        return cls(EchoMimicV2.tiny(seed=seed, device=device), WhisperFeatures.tiny(seed=seed), **options)
+        return cls(EchoMimicV2.tiny(device=device), WhisperFeatures.tiny(seed=0), **options)
 
     @classmethod
     def from_official(cls, weights_dir: str | Path, preset: str = DEFAULT_WITH_WEIGHTS, device: str = "cuda", dtype=None,

@@ -71,7 +71,7 @@ def check_ffmpeg() -> Check:
 
 def check_weights(weights: Path | None, preset: str) -> Check:
     if weights is None:
-        return Check("weights", WARN, "no --weights: only the tiny random preset can run (noise-like videos)",
+        return Check("weights", WARN, "no --weights: only the tiny demo preset can run (drawn figures, no lip sync)",
                      "download the official weights (README, 'Official weights') and pass --weights DIR")
     import contextlib
     import io
@@ -123,7 +123,7 @@ def check_render(weights: Path | None, preset: str) -> Check:
     started = time.perf_counter()
     try:
         if weights is None:
-            model = EchoMimicV2.tiny(seed=0)
+            model = EchoMimicV2.tiny()
         else:
             model = EchoMimicV2.from_official(weights, PRESETS[preset].variant, device=device,
                                               dtype=torch.float16 if device == "cuda" else torch.float32)

@@ -13,7 +13,7 @@ from pipeline.rows import JobSettings
 
 log = logging.getLogger(__name__)
 
-TINY_MODEL_SEED = 0  # also the seed of the full-size random networks of --random-weights
+TINY_MODEL_SEED = 0  # the tiny preset's audio encoder (it was trained with it) and the --random-weights networks
 # Render actors live for the whole job, so on CUDA they compile the networks (BENCHMARKS.md: ~1/3 less
 # time per segment, after ~2 minutes of compilation per actor); ECHOMIMIC2_COMPILE=0 turns that off.
 COMPILE_ENV = "ECHOMIMIC2_COMPILE"
@@ -40,7 +40,7 @@ def load_model(settings: JobSettings, device: str):
     if settings.random_weights:
         return EchoMimicV2.random(settings.preset, seed=TINY_MODEL_SEED, device=device, dtype=dtype, compile=compile_networks)
     if settings.weights is None:
-        return EchoMimicV2.tiny(seed=TINY_MODEL_SEED, device=device)
+        return EchoMimicV2.tiny(device=device)
     return EchoMimicV2.from_official(settings.weights, variant=variant, device=device, dtype=dtype, compile=compile_networks)
 
 
@@ -105,7 +105,7 @@ def model_identity(preset: str, weights: str | None, random_weights: bool = Fals
     if random_weights:
         return f"{random_identity(preset, TINY_MODEL_SEED)}+whisper-random-seed{TINY_MODEL_SEED}"
     if weights is None:
-        return f"{tiny_identity(TINY_MODEL_SEED)}+whisper-random-seed{TINY_MODEL_SEED}"
+        return f"{tiny_identity()}+whisper-random-seed{TINY_MODEL_SEED}"
     whisper = Path(weights) / WHISPER_FILE
     return f"{official_identity(Path(weights), PRESETS[preset].variant)}+whisper-{_file_sha256(whisper)[:16]}"
 

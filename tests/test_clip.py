@@ -19,7 +19,7 @@ from pipeline.job import read_results
 def pipe():
     from pipeline import EchoMimicV2Pipeline
 
-    return EchoMimicV2Pipeline.tiny(seed=0)
+    return EchoMimicV2Pipeline.tiny()
 
 
 def decoded(path: str) -> np.ndarray:

@@ -1,11 +1,14 @@
-"""The tiny preset's training code (issue 15): the synthetic talking-figure data set and the trainer's
-match with inference. CPU, a few seconds.
+"""The tiny preset's training code and its trained model (issue 15). CPU.
 
-The checks on a *trained* tiny model (frames like the reference, mouth with the audio, hands with the poses,
-no seams, same seed same video) wait for weights from a full training run: the first run (2026-12-02,
-training/runs/) was too short to give recognisable frames, so the tiny preset still builds random networks.
+First the synthetic talking-figure data set and the trainer's match with inference (seconds); then what the
+trained demo model's frames show (`EchoMimicV2.tiny()`, `echomimic2/weights/tiny_demo.safetensors`), on
+figures it never saw (seeds from 1000; training used 0-239) over the demo's own speech, at 128² (trained there
+every third step; seconds per render) unless the mouth needs 256²: frames like their reference, two references
+two different videos, hands where the poses put them, no seam where segments join, same seed same video. The
+mouth does not follow the speech yet (a strict xfail with the measured figures: it fails once it does).
 """
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ from training import talking_figures as tf  # noqa: E402
 from training.train_tiny import halve, noised_and_velocity, normalise_vae_latents, reference_kv_with_grad  # noqa: E402
 
 FRAMES = 24
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _speech_then_silence() -> np.ndarray:
@@ -135,3 +139,123 @@ def test_vae_latent_normalisation_keeps_decoding_and_gives_unit_spread(networks)
         after = vae.decode(mean).sample
     assert torch.allclose(before, after, atol=1e-4)
     assert abs((mean * VAE_SCALING_FACTOR).std().item() - 1.0) < 1e-3
+
+
+# --------------------------------------------------------------------------------------------------
+# What the trained demo model shows
+
+SEE, SEE_FRAMES = 128, 36
+HELD_OUT = (1000, 1001, 1002)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    from echomimic2 import EchoMimicV2
+    from echomimic2.audio import WhisperFeatures
+
+    return EchoMimicV2.tiny(), WhisperFeatures.tiny(seed=0)
+
+
+@pytest.fixture(scope="module")
+def speech():
+    import soundfile
+
+    wave, rate = soundfile.read(REPO / "manifests" / "assets" / "welcome.wav", dtype="float32")
+    assert rate == tf.SAMPLE_RATE
+    return wave
+
+
+def _at(size: int, images: np.ndarray) -> np.ndarray:
+    """Frames (n, 256, 256, 3) or one image at `size` (2×2 box filter, as the trainer's small steps)."""
+    batch = torch.from_numpy(np.array(images if images.ndim == 4 else images[None]))
+    while batch.shape[1] > size:
+        batch = halve(batch)
+    return batch.numpy() if images.ndim == 4 else batch.numpy()[0]
+
+
+def _render(trained, speech, reference: np.ndarray, poses: list[dict], size: int = SEE, seed: int = 0) -> np.ndarray:
+    from echomimic2.audio import frame_windows
+    from echomimic2.pose import render_pose
+
+    model, whisper = trained
+    tokens = frame_windows(whisper(speech), tf.FPS, 0, len(poses))
+    pose_images = np.stack([render_pose(pose, size, size) for pose in poses])
+    return model.render(_at(size, reference), tokens, pose_images, seed=seed, first_frame=0).astype(int)
+
+
+@pytest.fixture(scope="module")
+def two_figures(trained, speech):
+    clips = {seed: tf.make_clip(seed, speech, SEE_FRAMES) for seed in HELD_OUT[:2]}
+    return {seed: (clip, _render(trained, speech, clip.reference, clip.poses)) for seed, clip in clips.items()}
+
+
+def test_frames_resemble_their_reference_and_two_references_give_two_videos(two_figures):
+    (a, (clip_a, video_a)), (b, (clip_b, video_b)) = two_figures.items()
+    for clip, video, other in ((clip_a, video_a, clip_b), (clip_b, video_b, clip_a)):
+        own = np.abs(video - _at(SEE, clip.reference)).mean()
+        wrong = np.abs(video - _at(SEE, other.reference)).mean()
+        assert own < 25 and wrong > 2.5 * own, (own, wrong)  # measured 2026-12-02: own 15-19, wrong ~64
+        assert np.abs(video - _at(SEE, clip.frames)).mean() < 25  # close to the drawn truth of the clip too
+    assert np.abs(video_a - video_b).mean() > 40
+
+
+def test_hands_follow_the_poses(trained, speech):
+    from echomimic2.pose import default_pose_sequence
+
+    figure = tf.random_figure(HELD_OUT[2])
+    low = default_pose_sequence(24, tf.FPS)
+    raised = [dict(pose, hands=np.asarray(pose["hands"]) - np.array([0.0, 0.14])) for pose in low]  # hands ~36 px higher
+    reference = tf.draw_frame(figure, tf.rest_hands(figure), 0.0)
+    truths, videos = {}, {}
+    for name, canonical in (("low", low), ("raised", raised)):
+        poses = [tf.pose_on_figure(figure, pose) for pose in canonical]
+        truths[name] = np.stack([tf.draw_frame(figure, tf.hand_pixels(pose), 0.0) for pose in poses]).astype(int)
+        videos[name] = _render(trained, speech, reference, poses, size=tf.SIZE)  # at 128² hands are a few pixels
+    differs = np.abs(truths["low"] - truths["raised"]).sum(axis=3) > 60  # where the two poses' drawings differ
+    for name, other in (("low", "raised"), ("raised", "low")):
+        own = np.array([np.abs(videos[name][i] - truths[name][i])[differs[i]].mean() for i in range(len(low))])
+        wrong = np.array([np.abs(videos[name][i] - truths[other][i])[differs[i]].mean() for i in range(len(low))])
+        assert (own < wrong).mean() >= 0.9, (name, own.round(1), wrong.round(1))
+
+
+def _frame_changes(frames: np.ndarray) -> np.ndarray:
+    """Mean absolute change from each frame to the next, levels."""
+    return np.abs(np.diff(frames.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
+
+
+def test_no_seam_where_segments_join_and_same_seed_same_video():
+    """The one-clip API (the job's steps) with 24-frame segments sharing 6: at each join the frame-to-frame
+    change stays within what it is inside the segments. A hard cut to another seed's frames, the seam a wrong
+    noise or stitch offset would leave, is caught by the same measure."""
+    from pipeline import EchoMimicV2Pipeline
+
+    pipe = EchoMimicV2Pipeline.tiny(segment_frames=24, overlap_frames=6)
+    image, audio = REPO / "manifests" / "assets" / "figure.png", REPO / "manifests" / "assets" / "welcome.wav"
+    out = pipe(image, audio, seed=0, progress=False, width=SEE, height=SEE)
+    assert len(out.segments) >= 3
+    change = _frame_changes(out.frames)
+    joins = sorted({i for (_, stop), (start, _) in zip(out.segments, out.segments[1:]) for i in range(start - 1, stop)})
+    inside = np.delete(change, joins)
+    assert change[joins].max() <= 1.15 * inside.max(), (change[joins].round(2), inside.max())
+    other_seed = pipe(image, audio, seed=1, progress=False, width=SEE, height=SEE).frames
+    cut = out.segments[1][0]
+    spliced = np.concatenate([out.frames[:cut], other_seed[cut:]])
+    assert _frame_changes(spliced)[cut - 1] > 1.15 * inside.max()
+    again = pipe(image, audio, seed=0, progress=False, width=SEE, height=SEE).frames
+    assert np.array_equal(again, out.frames) and not np.array_equal(other_seed, out.frames)
+
+
+@pytest.mark.xfail(strict=True, reason="the demo model of 2026-12-02 (~15 min of H200 training) learned the figure, "
+                   "its colours and the hands, not yet the mouth: here r = -0.06 and 0.55 on the two figures, and the mouth "
+                   "box moves 0.99 and 0.79 as much in silence as in speech; more training is issue 15's next step")
+def test_mouth_follows_the_speech_and_rests_in_silence(trained, speech):
+    for seed in HELD_OUT[:2]:
+        figure = tf.random_figure(seed)
+        clip = tf.make_clip(seed, speech, 2 * SEE_FRAMES, figure)
+        video = _render(trained, speech, clip.reference, clip.poses, size=tf.SIZE)
+        left, top, right, bottom = figure.mouth_box
+        closed = tf.draw_frame(figure, tf.rest_hands(figure), 0.0)[top:bottom, left:right].astype(int)
+        opened = np.abs(video[:, top:bottom, left:right] - closed).mean(axis=(1, 2, 3))  # how far from a shut mouth
+        silent = clip.mouth < tf.MOUTH_CLOSED
+        assert np.corrcoef(opened, clip.mouth)[0, 1] > 0.5
+        assert silent.sum() >= 6 and opened[silent].mean() < 0.5 * opened[~silent].mean()

@@ -125,7 +125,7 @@ def _whole_segment_denoise(unet, reference_kv, latents, audio, pose_encoder, pos
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    return EchoMimicV2.tiny(seed=0)
+    return EchoMimicV2.tiny()
 
 
 @torch.no_grad()
@@ -207,6 +207,6 @@ def test_half_precision_frames_stay_within_the_stated_tolerance(tiny_model, tiny
     """The fast path's dtype against fp32, same weights and inputs. Measured on the CPU (tiny, 3 steps):
     fp16 max 1 level / mean 0.07, bf16 max 8 / mean 0.56; on an H100 at full size BENCHMARKS.md has 2 / 13."""
     reference = tiny_model.render(*tiny_inputs, seed=1, first_frame=0, steps=3).astype(int)
-    half = EchoMimicV2.tiny(seed=0, dtype=dtype).render(*tiny_inputs, seed=1, first_frame=0, steps=3).astype(int)
+    half = EchoMimicV2.tiny(dtype=dtype).render(*tiny_inputs, seed=1, first_frame=0, steps=3).astype(int)
     diff = np.abs(half - reference)
     assert 0 < diff.max() <= max_levels and diff.mean() <= mean_levels

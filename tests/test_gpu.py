@@ -77,9 +77,9 @@ def test_compiled_networks_match_eager(segment_inputs):
     from echomimic2 import EchoMimicV2
     from echomimic2.model import _gpu_settings
 
-    eager = EchoMimicV2.tiny(seed=0, device="cuda", dtype=torch.float16)
+    eager = EchoMimicV2.tiny(device="cuda", dtype=torch.float16)
     reference = eager.render(*segment_inputs, seed=1, first_frame=0, steps=2).astype(int)
-    compiled = EchoMimicV2.tiny(seed=0, device="cuda", dtype=torch.float16)
+    compiled = EchoMimicV2.tiny(device="cuda", dtype=torch.float16)
     compiled.networks = _gpu_settings(compiled.networks, compile=True)
     assert "forward" in vars(compiled.networks.denoising_unet)  # replaced by the compiled function
     diff = np.abs(compiled.render(*segment_inputs, seed=1, first_frame=0, steps=2).astype(int) - reference)

@@ -12,7 +12,7 @@ FRAMES = 14  # > 12: two context windows per step
 
 @pytest.fixture(scope="module")
 def model():
-    return EchoMimicV2.tiny(seed=0)
+    return EchoMimicV2.tiny()
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +38,38 @@ def test_presets():
     assert settings(PRESETS["tiny"]) == ("tiny", 3, 1.0, 256, 256, "tiny")  # its cost: tests/test_presets.py
 
 
-def test_tiny_weights_depend_on_the_seed_only(model):
-    again = EchoMimicV2.tiny(seed=0).networks.denoising_unet.state_dict()
-    other = EchoMimicV2.tiny(seed=1).networks.denoising_unet.state_dict()
+def test_tiny_loads_the_shipped_demo_weights_and_tiny_random_depends_on_the_seed_only(model):
+    import hashlib
+
+    from echomimic2.weights_layout import TINY_DEMO_WEIGHTS
+
+    again = EchoMimicV2.tiny().networks.denoising_unet.state_dict()
     mine = model.networks.denoising_unet.state_dict()
     assert all(torch.equal(mine[key], again[key]) for key in mine)
-    assert not all(torch.equal(mine[key], other[key]) for key in mine)
-    assert model.identity == "tiny-seed0-v1" and model.preset is PRESETS["tiny"]
+    assert model.identity == "tiny-demo-" + hashlib.sha256(TINY_DEMO_WEIGHTS.read_bytes()).hexdigest()[:16]
+    assert model.preset is PRESETS["tiny"]
+    random0, random0_again, random1 = (EchoMimicV2.tiny_random(seed=s) for s in (0, 0, 1))
+    first, second, other = (m.networks.denoising_unet.state_dict() for m in (random0, random0_again, random1))
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    assert not all(torch.equal(first[key], other[key]) for key in first)
+    assert not all(torch.equal(first[key], mine[key]) for key in first)  # trained, not the seed-0 draw
+    assert (random0.identity, random1.identity) == ("tiny-seed0-v1", "tiny-seed1-v1")
+
+
+def test_a_weights_file_for_other_networks_is_refused_with_its_keys(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from echomimic2.checkpoints import CheckpointError, load_prefixed_networks
+    from echomimic2.config import tiny_unet_config, tiny_vae_config
+    from echomimic2.networks import build_networks
+    from echomimic2.weights_layout import TINY_DEMO_WEIGHTS
+
+    state = load_file(str(TINY_DEMO_WEIGHTS))
+    key = next(k for k in state if k.startswith("pose_encoder."))
+    state["extra.weight"] = state.pop(key)
+    save_file(state, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(CheckpointError, match=r"(?s)missing.*" + key.replace(".", r"\.")):
+        load_prefixed_networks(build_networks(tiny_unet_config(), tiny_vae_config()), tmp_path / "bad.safetensors")
 
 
 def test_same_seed_same_frames_other_seed_other_frames(model, inputs, baseline):
@@ -142,7 +167,7 @@ def test_cuda_settings_branch_runs_on_cpu_networks(compile_networks):
     fault on those lines fails here instead of in a user's first GPU job (issue 16)."""
     from echomimic2.model import _gpu_settings
 
-    networks = EchoMimicV2.tiny(seed=0).networks
+    networks = EchoMimicV2.tiny().networks
     unet_forward, decoder_forward = networks.denoising_unet.forward, networks.vae.decoder.forward
     benchmark = torch.backends.cudnn.benchmark
     try:
@@ -153,7 +178,7 @@ def test_cuda_settings_branch_runs_on_cpu_networks(compile_networks):
     # torch.compile only wraps here (it compiles on the first call), so the CPU test stays fast.
     assert (prepared.denoising_unet.forward != unet_forward) is compile_networks
     assert (prepared.vae.decoder.forward != decoder_forward) is compile_networks
-    untouched = EchoMimicV2.tiny(seed=0).networks
+    untouched = EchoMimicV2.tiny().networks
     assert _gpu_settings(untouched, compile=True).denoising_unet.forward == untouched.denoising_unet.forward
 
 

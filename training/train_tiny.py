@@ -43,15 +43,16 @@ import torch
 import torch.nn.functional as F
 
 from echomimic2.audio import FEATURE_RATE, WhisperFeatures, frame_windows, video_frame_count
+from echomimic2.checkpoints import load_prefixed_networks
 from echomimic2.config import VAE_SCALING_FACTOR, tiny_unet_config, tiny_vae_config
 from echomimic2.networks import build_networks
 from echomimic2.scheduler import official_scheduler
+from echomimic2.weights_layout import NETWORK_PREFIXES
 from training import talking_figures as tf
 
 WINDOW = 12  # frames per training clip: one context window of the sampler
 NOISE_CLAMP = 1.5
 PRESET_STEPS = 3
-NETWORK_NAMES = ("reference_unet", "denoising_unet", "pose_encoder", "vae")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,23 +208,11 @@ class EMA:
         torch._foreach_lerp_(self._shadow, self._params, 1 - decay)
 
 
-def load_weights(nets, path: str | Path) -> None:
-    """`save_weights`' file into the four networks (float32, strict keys), on their current device."""
-    from safetensors.torch import load_file
-
-    state = load_file(str(path))
-    for name in NETWORK_NAMES:
-        module = getattr(nets, name)
-        device = next(module.parameters()).device
-        module.load_state_dict({k.removeprefix(name + "."): v.to(device, torch.float32) for k, v in state.items()
-                                if k.startswith(name + ".")}, strict=True)
-
-
 def save_weights(path: Path, networks: dict[str, torch.nn.Module], metadata: dict) -> None:
     from safetensors.torch import save_file
 
     tensors = {f"{name}.{key}": value.detach().to("cpu", torch.float16).contiguous()
-               for name in NETWORK_NAMES for key, value in networks[name].state_dict().items()}
+               for name in NETWORK_PREFIXES for key, value in networks[name].state_dict().items()}
     temporary = path.with_suffix(".tmp")
     save_file(tensors, str(temporary), metadata={"training": json.dumps(metadata)})
     os.replace(temporary, path)
@@ -234,7 +223,7 @@ def save_weights(path: Path, networks: dict[str, torch.nn.Module], metadata: dic
 
 
 def train_vae(vae, frames: torch.Tensor, deadline: float, batch: int, lr: float, log, losses: list) -> int:
-    optimiser = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    optimiser = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0, fused=frames.device.type == "cuda")
     vae.train().requires_grad_(True)
     device = frames.device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -329,7 +318,8 @@ def train_unets(nets, data: dict, sizes: list[tuple[torch.Tensor, torch.Tensor, 
     params = [p for module in trained.values() for p in module.parameters()]
     for module in trained.values():
         module.train().requires_grad_(True)
-    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    # fused: one kernel for all ~1,800 tensors (the per-tensor AdamW was 38 ms of GPU time per step on an H200)
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=device.type == "cuda")
     ema = EMA(trained, decay=0.999)
     scheduler = official_scheduler()
     alphas = scheduler.alphas_cumprod.to(device)
@@ -534,7 +524,7 @@ def main(argv: list[str] | None = None) -> None:
     log(f"data: {len(frames)} frames of {len(data['lengths'])} clips on {device}")
     nets = fresh_networks(0)
     if args.init:
-        load_weights(nets, args.init)
+        load_prefixed_networks(nets, args.init)
         log(f"networks initialised from {args.init}")
     for module in nets:
         module.to(device)
@@ -550,6 +540,8 @@ def main(argv: list[str] | None = None) -> None:
         facts["vae_steps"] = train_vae(nets.vae, torch.cat([frames, references]), vae_deadline, args.vae_batch, args.vae_lr, log, losses)
         facts["vae_loss"] = float(np.mean([loss for p, _, _, loss in losses[-8:] if p == "vae"]))
         facts["latent_factor"] = normalise_vae_latents(nets.vae, to_pixels(frames[torch.randperm(len(frames), device=device)[:512]]))
+        save_weights(out / "tiny_demo.safetensors", {name: getattr(nets, name) for name in NETWORK_PREFIXES},
+                     {**facts, "unet_steps": 0})  # a failure in the UNet phase keeps the trained VAE
     else:  # the VAE of --init, already normalised
         facts.update(vae_steps=0, vae_loss=None, latent_factor=1.0)
     encoding = time.time()
@@ -586,7 +578,7 @@ def main(argv: list[str] | None = None) -> None:
     facts["seconds"] = round(time.time() - started, 1)
     log(f"unets: {facts['unet_steps']} steps, loss {facts['unet_loss']}")
     del latents, poses, tokens, sizes, small_latents, small_poses
-    load_weights(nets, out / "tiny_demo.safetensors")  # the saved weights are the EMA: preview those
+    load_prefixed_networks(nets, out / "tiny_demo.safetensors")  # the saved weights are the EMA: preview those
     with (out / "loss.csv").open("w") as handle:
         handle.write("phase,step,seconds,loss\n")
         handle.writelines(f"{p},{s},{t},{loss:.6f}\n" for p, s, t, loss in losses)
