@@ -34,10 +34,6 @@ CPU_SIZE, CPU_MAX_FRAMES = 64, 12
 WARMUP_STEPS = 2  # 2 steps see every window-batch shape (the window grid alternates between two layouts)
 WARMUP_MAX_FRAMES = 120  # longer segments reuse the same batch shapes
 
-# Official code, one H100 80GB HBM3, 768², 120 frames (issue 5).
-OFFICIAL_SECONDS_PER_120 = {"acc": 23.7, "quality": 189.0}
-TARGET_SECONDS_PER_120 = {"acc": 8.0, "quality": 60.0}
-TARGET_PEAK_GIB = 8.0
 
 # --------------------------------------------------------------------------------------------------
 # Stage timing
@@ -262,9 +258,9 @@ def format_report(result: BenchResult) -> str:
     if result.flops:
         lines.append(f"spec-equivalent throughput: {tflops['total']:.0f} TFLOP/s over {sum(result.flops.values()) / 1e15:.3f} PFLOP")
     lines.append("peak GPU memory: " + ("n/a (CPU)" if result.peak_gib is None else f"{result.peak_gib:.2f} GiB allocated"))
-    if result.device != "cpu" and result.size == 768 and result.preset in OFFICIAL_SECONDS_PER_120:
-        target, official = TARGET_SECONDS_PER_120[result.preset], OFFICIAL_SECONDS_PER_120[result.preset]
-        lines.append(f"official code on an H100: {official} s per 120 frames; target ≤ {target} s, ≤ {TARGET_PEAK_GIB} GiB")
+    official = PRESETS[result.preset].official
+    if result.device != "cpu" and official is not None and result.size == official.size:
+        lines.append(official.describe())
     return "\n".join(lines)
 
 

@@ -24,14 +24,34 @@ class JobRenderCost:
 
 
 @dataclass(frozen=True)
+class OfficialRenderCost:
+    """The official code's render time for a preset on one card, with its own harness (issue 10's table), and
+    this project's goal for the same preset through the job's schedule (exact math)."""
+
+    seconds_per_120_frames: float
+    peak_gib: float
+    target_seconds_per_120_frames: float
+    target_peak_gib: float = 8.0
+    size: int = 768
+    device: str = "NVIDIA H200"
+    source: str = "issue 10, 2026-12-01: the official repository's scripts on the same card"
+
+    def describe(self) -> str:
+        """The line both benches print beside their own figures."""
+        return (f"official code on an {self.device}: {self.seconds_per_120_frames} s per 120 frames at {self.size}², peak "
+                f"{self.peak_gib} GiB; goal through the job's schedule ≤ {self.target_seconds_per_120_frames} s, ≤ {self.target_peak_gib} GiB")
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     steps: int
     guidance: float  # ≤ 1 turns classifier-free guidance off (one UNet branch)
     width: int
     height: int
-    variant: str  # "quality" | "acc": which official files; "tiny": random built-in networks
+    variant: str  # "quality" | "acc": which official files; "tiny": the built-in demo networks
     cost: JobRenderCost | None = None  # None: not measured (the tiny preset is for tests and demos)
+    official: OfficialRenderCost | None = None  # the official code's figure beside ours (full-size presets)
 
     @property
     def full_size(self) -> bool:
@@ -45,14 +65,16 @@ PRESETS: dict[str, Preset] = {
         # Measured: quality 3 rows of 2.5 / 1 / 1 s cut into 48-frame segments (a shorter run: 6x acc's time
         # per frame), acc 3 rows of 13 / 2 / 2 s with the default 288-frame segments.
         Preset("quality", steps=30, guidance=2.5, width=768, height=768, variant="quality",
-               cost=JobRenderCost(171.2, clip_frames=(60, 24, 24), segment_frames=48, overlap_frames=6)),
+               cost=JobRenderCost(171.2, clip_frames=(60, 24, 24), segment_frames=48, overlap_frames=6),
+               official=OfficialRenderCost(175.0, peak_gib=13.2, target_seconds_per_120_frames=80.0)),
         Preset("acc", steps=6, guidance=1.0, width=768, height=768, variant="acc",
-               cost=JobRenderCost(24.04, clip_frames=(312, 48, 48), segment_frames=288, overlap_frames=6)),
+               cost=JobRenderCost(24.04, clip_frames=(312, 48, 48), segment_frames=288, overlap_frames=6),
+               official=OfficialRenderCost(22.3, peak_gib=13.2, target_seconds_per_120_frames=12.0)),
         Preset("tiny", steps=3, guidance=1.0, width=256, height=256, variant="tiny"),
     )
 }
 DEFAULT_WITH_WEIGHTS = "acc"  # `cli.py run --weights DIR` without --preset
-DEFAULT_WITHOUT_WEIGHTS = "tiny"  # `cli.py run` without weights: the built-in random model
+DEFAULT_WITHOUT_WEIGHTS = "tiny"  # `cli.py run` without weights: the built-in demo model
 
 
 def default_preset(with_weights: bool) -> str:

@@ -51,7 +51,7 @@ def _model(preset: str, compile_networks: bool, compile_cache: str | None):
     from echomimic2 import EchoMimicV2
 
     if not torch.cuda.is_available():
-        return EchoMimicV2.tiny(seed=0), "cpu, tiny random networks (a smoke run: says nothing about GPU speed)"
+        return EchoMimicV2.tiny(), "cpu, the tiny demo networks (a smoke run: says nothing about GPU speed)"
     if compile_networks and compile_cache:
         from pipeline.render import CompileCache
 
@@ -116,6 +116,9 @@ def run_schedule_bench(preset: str, clip_seconds: list[float], size: int, steps:
                 on_clip(figures[-1])
     header = (f"schedule bench: preset {preset} ({steps} steps, guidance {guidance}), {size}², {described}; "
               f"segments of ≤ {segment_frames} frames sharing {overlap_frames}")
+    official = model.preset.official
+    if cuda and official is not None and size == official.size and steps == model.preset.steps:
+        header += "\n" + official.describe()
     return header, figures
 
 

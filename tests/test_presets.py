@@ -95,3 +95,13 @@ def test_plan_prints_each_measured_preset(tmp_path, capsys):
     expected = sum(clip_render_flops(240, 288, 6, size, size, acc.steps, acc.guidance) for size in (768, 384))
     assert int(estimates["acc"].replace(",", "")) == round(expected / measured_throughput(acc))
     assert 2.0 * 24.04 < expected / measured_throughput(acc) < 1.25 * 2.0 * 24.04
+
+
+def test_full_size_presets_carry_the_official_codes_figure_and_the_goal():
+    """The figure both benches print beside theirs comes from the table (issue 10: H200, acc 22.3 s, quality 175 s)."""
+    for preset in PRESETS.values():
+        assert (preset.official is not None) is preset.full_size
+    acc, quality = PRESETS["acc"].official, PRESETS["quality"].official
+    assert (acc.seconds_per_120_frames, quality.seconds_per_120_frames, acc.device) == (22.3, 175.0, "NVIDIA H200")
+    assert (acc.target_seconds_per_120_frames, quality.target_seconds_per_120_frames) == (12.0, 80.0)
+    assert "22.3 s per 120 frames" in acc.describe() and "≤ 12.0 s" in acc.describe()
