@@ -303,6 +303,11 @@ def probe_writable(root: str) -> None:
         existing = next(p for p in (path, *path.parents) if p.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             raise InputError(f"output {root} is not writable: {existing} is not a writable folder")
+        try:  # a real write: os.access says yes to root in folders that refuse files (/proc, read-only mounts)
+            with tempfile.TemporaryFile(dir=existing, prefix=".write-probe-"):
+                pass
+        except OSError as exc:
+            raise InputError(f"output {root} is not writable: {existing} refuses a new file ({exc.strerror})") from None
         return
     probe = join(root, "_ledger", f".write-probe-{uuid.uuid4().hex}")
     try:
