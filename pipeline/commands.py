@@ -69,11 +69,11 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
                       "benchmarks only (the videos are noise)")
     elif PRESETS[preset].full_size == (weights is None):
         console.print(f"[red]error[/red]: preset {escape(repr(preset))} " + (
-            "needs --weights (the official checkpoints)" if weights is None else "runs the built-in random model; drop --weights"))
+            "needs --weights (the official checkpoints)" if weights is None else "runs the built-in demo model; drop --weights"))
         return EXIT_JOB_FAILED
     elif weights is None:
-        console.print("[yellow]note[/yellow]: no --weights: the tiny RANDOM model runs. It exercises the whole pipeline "
-                      "but makes no real animation (expect coloured noise). See README for the official weights.")
+        console.print("[yellow]note[/yellow]: no --weights: the tiny DEMO model runs, trained on drawn figures, not people: "
+                      "blurry figures whose hands follow the poses, no lip sync. See README for the official weights.")
     refused = refuse_before_starting(output, weights, input_root)
     if refused:
         console.print(f"[red]error[/red]: {escape(refused)}")
