@@ -104,6 +104,15 @@ def test_training_targets_are_the_schedulers():
     assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.rescale_betas_zero_snr
 
 
+def test_trainer_refuses_a_batch_the_attention_kernels_cannot_take(tmp_path, capsys):
+    from training.train_tiny import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--out", str(tmp_path), "--batch", "64"])
+    assert exited.value.code == 2 and "use --batch ≤ 63" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # refused before drawing any data
+
+
 @pytest.fixture(scope="module")
 def networks():
     with torch.random.fork_rng(devices=[]):

@@ -53,6 +53,7 @@ from training import talking_figures as tf
 WINDOW = 12  # frames per training clip: one context window of the sampler
 NOISE_CLAMP = 1.5
 PRESET_STEPS = 3
+MAX_ATTENTION_SEQUENCES = 65_535
 
 
 # --------------------------------------------------------------------------------------------------
@@ -496,6 +497,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lazy-latents", choices=("auto", "yes", "no"), default="auto",
                         help="encode frames to latents on first use (auto: on the CPU)")
     args = parser.parse_args(argv)
+    sequences = args.batch * (tf.SIZE // 8) ** 2  # the motion modules attend over frames, one sequence per latent cell
+    if sequences > MAX_ATTENTION_SEQUENCES:
+        parser.error(f"--batch {args.batch} gives the motion modules {sequences:,} attention sequences; at 65,536 (batch 64) "
+                     f"cuDNN's attention backward failed on an H200 (CUDA grids take ≤ {MAX_ATTENTION_SEQUENCES:,} blocks "
+                     f"per axis): use --batch ≤ {MAX_ATTENTION_SEQUENCES // (tf.SIZE // 8) ** 2}")
     if args.profile_steps:
         args.vae_minutes = 0.0
     started = time.time()
