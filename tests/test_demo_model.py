@@ -20,6 +20,7 @@ from echomimic2.config import VAE_SCALING_FACTOR, tiny_unet_config, tiny_vae_con
 from echomimic2.networks import build_networks  # noqa: E402
 from echomimic2.pose import default_pose_sequence  # noqa: E402
 from echomimic2.scheduler import official_scheduler  # noqa: E402
+from training import evaluate  # noqa: E402
 from training import talking_figures as tf  # noqa: E402
 from training.train_tiny import halve, noised_and_velocity, normalise_vae_latents, reference_kv_with_grad  # noqa: E402
 
@@ -154,7 +155,6 @@ def test_vae_latent_normalisation_keeps_decoding_and_gives_unit_spread(networks)
 # What the trained demo model shows
 
 SEE, SEE_FRAMES = 128, 36
-HELD_OUT = (1000, 1001, 1002)
 
 
 @pytest.fixture(scope="module")
@@ -167,64 +167,27 @@ def trained():
 
 @pytest.fixture(scope="module")
 def speech():
-    import soundfile
-
-    wave, rate = soundfile.read(REPO / "manifests" / "assets" / "welcome.wav", dtype="float32")
-    assert rate == tf.SAMPLE_RATE
-    return wave
-
-
-def _at(size: int, images: np.ndarray) -> np.ndarray:
-    """Frames (n, 256, 256, 3) or one image at `size` (2×2 box filter, as the trainer's small steps)."""
-    batch = torch.from_numpy(np.array(images if images.ndim == 4 else images[None]))
-    while batch.shape[1] > size:
-        batch = halve(batch)
-    return batch.numpy() if images.ndim == 4 else batch.numpy()[0]
-
-
-def _render(trained, speech, reference: np.ndarray, poses: list[dict], size: int = SEE, seed: int = 0) -> np.ndarray:
-    from echomimic2.audio import frame_windows
-    from echomimic2.pose import render_pose
-
-    model, whisper = trained
-    tokens = frame_windows(whisper(speech), tf.FPS, 0, len(poses))
-    pose_images = np.stack([render_pose(pose, size, size) for pose in poses])
-    return model.render(_at(size, reference), tokens, pose_images, seed=seed, first_frame=0).astype(int)
+    return evaluate.read_speech()
 
 
 @pytest.fixture(scope="module")
 def two_figures(trained, speech):
-    clips = {seed: tf.make_clip(seed, speech, SEE_FRAMES) for seed in HELD_OUT[:2]}
-    return {seed: (clip, _render(trained, speech, clip.reference, clip.poses)) for seed, clip in clips.items()}
+    clips = {seed: tf.make_clip(seed, speech, SEE_FRAMES) for seed in evaluate.HELD_OUT[:2]}
+    return clips, {seed: evaluate.render(*trained, speech, clip.reference, clip.poses, SEE) for seed, clip in clips.items()}
 
 
 def test_frames_resemble_their_reference_and_two_references_give_two_videos(two_figures):
-    (a, (clip_a, video_a)), (b, (clip_b, video_b)) = two_figures.items()
-    for clip, video, other in ((clip_a, video_a, clip_b), (clip_b, video_b, clip_a)):
-        own = np.abs(video - _at(SEE, clip.reference)).mean()
-        wrong = np.abs(video - _at(SEE, other.reference)).mean()
-        assert own < 25 and wrong > 2.5 * own, (own, wrong)  # measured 2026-12-02: own 15-19, wrong ~64
-        assert np.abs(video - _at(SEE, clip.frames)).mean() < 25  # close to the drawn truth of the clip too
-    assert np.abs(video_a - video_b).mean() > 40
+    clips, videos = two_figures
+    for seed, (own, wrong) in evaluate.likeness(videos, {s: clip.reference for s, clip in clips.items()}).items():
+        assert own < 25 and wrong > 2.5 * own, (seed, own, wrong)  # measured 2026-12-02: own 15-19, wrong ~64
+        assert np.abs(videos[seed] - evaluate.at_size(SEE, clips[seed].frames)).mean() < 25  # near the clip's drawn truth too
+    a, b = videos.values()
+    assert np.abs(a - b).mean() > 40
 
 
 def test_hands_follow_the_poses(trained, speech):
-    from echomimic2.pose import default_pose_sequence
-
-    figure = tf.random_figure(HELD_OUT[2])
-    low = default_pose_sequence(24, tf.FPS)
-    raised = [dict(pose, hands=np.asarray(pose["hands"]) - np.array([0.0, 0.14])) for pose in low]  # hands ~36 px higher
-    reference = tf.draw_frame(figure, tf.rest_hands(figure), 0.0)
-    truths, videos = {}, {}
-    for name, canonical in (("low", low), ("raised", raised)):
-        poses = [tf.pose_on_figure(figure, pose) for pose in canonical]
-        truths[name] = np.stack([tf.draw_frame(figure, tf.hand_pixels(pose), 0.0) for pose in poses]).astype(int)
-        videos[name] = _render(trained, speech, reference, poses, size=tf.SIZE)  # at 128² hands are a few pixels
-    differs = np.abs(truths["low"] - truths["raised"]).sum(axis=3) > 60  # where the two poses' drawings differ
-    for name, other in (("low", "raised"), ("raised", "low")):
-        own = np.array([np.abs(videos[name][i] - truths[name][i])[differs[i]].mean() for i in range(len(low))])
-        wrong = np.array([np.abs(videos[name][i] - truths[other][i])[differs[i]].mean() for i in range(len(low))])
-        assert (own < wrong).mean() >= 0.9, (name, own.round(1), wrong.round(1))
+    closer = evaluate.hands_following(*trained, speech)  # hands low vs the same poses raised ~36 px
+    assert min(closer.values()) >= 0.9, closer  # measured 2026-12-02: 1.0 and 1.0
 
 
 def _frame_changes(frames: np.ndarray) -> np.ndarray:
@@ -239,7 +202,7 @@ def test_no_seam_where_segments_join_and_same_seed_same_video():
     from pipeline import EchoMimicV2Pipeline
 
     pipe = EchoMimicV2Pipeline.tiny(segment_frames=24, overlap_frames=6)
-    image, audio = REPO / "manifests" / "assets" / "figure.png", REPO / "manifests" / "assets" / "welcome.wav"
+    image, audio = REPO / "manifests" / "assets" / "figure.png", evaluate.SPEECH
     out = pipe(image, audio, seed=0, progress=False, width=SEE, height=SEE)
     assert len(out.segments) >= 3
     change = _frame_changes(out.frames)
@@ -258,13 +221,9 @@ def test_no_seam_where_segments_join_and_same_seed_same_video():
                    "its colours and the hands, not yet the mouth: here r = -0.06 and 0.55 on the two figures, and the mouth "
                    "box moves 0.99 and 0.79 as much in silence as in speech; more training is issue 15's next step")
 def test_mouth_follows_the_speech_and_rests_in_silence(trained, speech):
-    for seed in HELD_OUT[:2]:
-        figure = tf.random_figure(seed)
-        clip = tf.make_clip(seed, speech, 2 * SEE_FRAMES, figure)
-        video = _render(trained, speech, clip.reference, clip.poses, size=tf.SIZE)
-        left, top, right, bottom = figure.mouth_box
-        closed = tf.draw_frame(figure, tf.rest_hands(figure), 0.0)[top:bottom, left:right].astype(int)
-        opened = np.abs(video[:, top:bottom, left:right] - closed).mean(axis=(1, 2, 3))  # how far from a shut mouth
-        silent = clip.mouth < tf.MOUTH_CLOSED
-        assert np.corrcoef(opened, clip.mouth)[0, 1] > 0.5
-        assert silent.sum() >= 6 and opened[silent].mean() < 0.5 * opened[~silent].mean()
+    for seed in evaluate.HELD_OUT[:2]:
+        clip = tf.make_clip(seed, speech, 2 * SEE_FRAMES)
+        assert (clip.mouth < tf.MOUTH_CLOSED).sum() >= 6  # the speech has silence to rest in
+        video = evaluate.render(*trained, speech, clip.reference, clip.poses, tf.SIZE)
+        r, silence_ratio = evaluate.mouth_motion(video, tf.random_figure(seed), clip.mouth)
+        assert r > 0.5 and silence_ratio < 0.5, (seed, r, silence_ratio)

@@ -17,7 +17,7 @@ run stopped early still leaves usable weights):
    through the pose encoder and added after conv_in; the official DDIM schedule (`official_scheduler`:
    linear betas 0.00085–0.012, zero terminal SNR, v-prediction), noise clamped at ±1.5 as the sampler's
    initial draw is. Timesteps: half uniform over the 1000, half the preset's own three (999, 666, 332), so
-   the three-step sampler is trained where it samples. The loss is the MSE of v, weighted ×4 on the mouth
+   the three-step sampler is trained where it samples. The loss is the MSE of v, weighted ×4 (`--mouth-weight`) on the mouth
    and ×2 on the hands. The saved weights are an exponential moving average.
 
 Output in OUT: `tiny_demo.safetensors` (fp16, the four networks under `reference_unet.`, `denoising_unet.`,
@@ -311,9 +311,10 @@ class PhaseTimer:
 
 def train_unets(nets, data: dict, sizes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]],
                 tokens: torch.Tensor, deadline: float, batch: int, lr: float, log, losses: list, save,
-                profile_steps: int = 0) -> int:
-    """The UNet phase until `deadline`; with `profile_steps` N: 3 warm-up steps, then N timed steps (per phase,
-    per resolution, CUDA synchronised at each phase boundary) and a torch.profiler table of 3 more; no saving."""
+                profile_steps: int = 0, mouth_weight: float = 4.0) -> int:
+    """The UNet phase until `deadline` (the loss weighted ×`mouth_weight` in the mouth box, ×2 on drawn hands);
+    with `profile_steps` N: 3 warm-up steps, then N timed steps (per phase, per resolution, CUDA synchronised at
+    each phase boundary) and a torch.profiler table of 3 more; no saving."""
     device = tokens.device
     trained = {name: getattr(nets, name) for name in ("reference_unet", "denoising_unet", "pose_encoder")}
     params = [p for module in trained.values() for p in module.parameters()]
@@ -375,13 +376,13 @@ def train_unets(nets, data: dict, sizes: list[tuple[torch.Tensor, torch.Tensor, 
         noise = torch.randn_like(x0).clamp_(-NOISE_CLAMP, NOISE_CLAMP)
         x_t, target = noised_and_velocity(alphas, x0, noise, t)
         pose_pixels = poses[index.flatten()]  # (B·f, H, W, 3) uint8
-        # weights: ×4 in the mouth box (latent cells), ×2 where a hand is drawn
+        # weights: ×mouth_weight in the mouth box (latent cells), ×2 where a hand is drawn
         box = boxes[clip] // cell
         mouth = ((rows >= box[:, 1, None, None] - 1) & (rows <= box[:, 3, None, None] + 1)
                  & (cols >= box[:, 0, None, None] - 1) & (cols <= box[:, 2, None, None] + 1)).float()  # (B, h, w)
         hands = F.max_pool2d(pose_pixels.amax(dim=3, keepdim=True).permute(0, 3, 1, 2).float(), 8) > 0  # (B·f, 1, h, w)
         hands = F.max_pool2d(hands.float(), 3, stride=1, padding=1).view(batch, WINDOW, h, w).transpose(0, 1)
-        weight = (1 + 3 * mouth[None] + hands).transpose(0, 1).unsqueeze(1)  # (B, 1, f, h, w)
+        weight = (1 + (mouth_weight - 1) * mouth[None] + hands).transpose(0, 1).unsqueeze(1)  # (B, 1, f, h, w)
         audio = tokens[index]
         timer("data (+ lazy encoding)" if isinstance(latents, LazyLatents) else "data")
         with autocast:
@@ -456,6 +457,16 @@ def plot_losses(losses: list, path: Path) -> None:
 
 
 @torch.no_grad()
+def evaluate_networks(nets, device: str) -> dict:
+    """`training.evaluate.report` of the trained networks: likeness, mouth and hands on held-out figures."""
+    from echomimic2.model import EchoMimicV2
+    from echomimic2.presets import PRESETS
+    from training.evaluate import report
+
+    return report(EchoMimicV2(nets, PRESETS["tiny"], "training"), WhisperFeatures.tiny(seed=0, device=device))
+
+
+@torch.no_grad()
 def preview(nets, data: dict, path: Path, clips: list[int], device: str) -> None:
     """For a few clips: reference | rendered frames 0, 6, 12, 18 | drawn truth of those frames."""
     from PIL import Image
@@ -486,11 +497,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=24, help="12-frame windows per UNet step")
     parser.add_argument("--vae-batch", type=int, default=48)
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--mouth-weight", type=float, default=4.0, help="loss weight in the mouth box (1 elsewhere)")
     parser.add_argument("--vae-lr", type=float, default=1e-3)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--init", help="start from this tiny_demo.safetensors (e.g. an earlier run) instead of fresh weights")
-    parser.add_argument("--reserve", type=float, default=45.0, help="seconds kept for saving and the preview")
+    parser.add_argument("--reserve", type=float, default=45.0, help="seconds kept for saving, the preview and the held-out evaluation")
     parser.add_argument("--profile-steps", type=int, default=0, metavar="N",
                         help="no VAE training: time N UNet steps per phase (after 3 warm-up steps), print a "
                              "torch.profiler table of 3 more, and exit without saving")
@@ -537,7 +549,7 @@ def main(argv: list[str] | None = None) -> None:
     losses: list = []
     facts = dict(device=torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", clips=args.clips,
                  frames=int(len(frames)), tracks=len(data["tracks"]), window=WINDOW, batch=args.batch,
-                 vae_batch=args.vae_batch, lr=args.lr, vae_lr=args.vae_lr, fps=tf.FPS,
+                 vae_batch=args.vae_batch, lr=args.lr, mouth_weight=args.mouth_weight, vae_lr=args.vae_lr, fps=tf.FPS,
                  whisper="WhisperFeatures.tiny(seed=0)", feature_rate=FEATURE_RATE)
 
     facts["init"] = args.init
@@ -578,7 +590,7 @@ def main(argv: list[str] | None = None) -> None:
         train_unets(nets, data, sizes, tokens, deadline, args.batch, args.lr, log, losses, save, args.profile_steps)
         return
     facts["unet_steps"] = train_unets(nets, data, sizes, tokens, deadline, args.batch,
-                                      args.lr, log, losses, save)
+                                      args.lr, log, losses, save, mouth_weight=args.mouth_weight)
     unet_losses = [loss for p, _, _, loss in losses if p == "unet"]
     facts["unet_loss"] = float(np.mean(unet_losses[-20:])) if unet_losses else None
     facts["seconds"] = round(time.time() - started, 1)
@@ -589,9 +601,11 @@ def main(argv: list[str] | None = None) -> None:
         handle.write("phase,step,seconds,loss\n")
         handle.writelines(f"{p},{s},{t},{loss:.6f}\n" for p, s, t, loss in losses)
     plot_losses(losses, out / "loss.png")
-    (out / "train.json").write_text(json.dumps(facts, indent=2) + "\n")
     preview(nets, data, out / "preview.png", held_out, args.device)
-    log(f"preview written; done in {time.time() - started:.1f} s")
+    facts["evaluation"] = evaluate_networks(nets, args.device)
+    (out / "train.json").write_text(json.dumps(facts, indent=2) + "\n")
+    log(f"preview written; held-out figures (training.evaluate): {json.dumps(facts['evaluation'])}; "
+        f"done in {time.time() - started:.1f} s")
 
 
 if __name__ == "__main__":
