@@ -41,9 +41,11 @@ def run(
 ) -> None:
     """Render one MP4 per manifest row into OUTPUT (resumable: finished clips are skipped)."""
     arguments = dict(locals())  # the parameters only, taken before the import adds a name
-    from pipeline.commands import run_command
+    from pipeline.commands import end_process_if_interrupted, run_command
 
-    raise typer.Exit(run_command(**arguments))
+    code = run_command(**arguments)
+    end_process_if_interrupted(code)
+    raise typer.Exit(code)
 
 
 @app.command()

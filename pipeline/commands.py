@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 import math
 import os
+import signal
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -97,7 +99,7 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
         force=force, allow_http=allow_http, input_root=None if input_root is None else str(input_root),
         random_weights=random_weights, compile_cache=compile_cache)
     restorers = [stop_on_signals()]  # undone in reverse order when the job ends
-    started_ray = False
+    started_ray = interrupted = False
     try:
         plan_segments(settings.segment_frames + 1, settings.segment_frames, settings.overlap_frames)  # checks the numbers
         unreadable_by_workers = process_local_problems(specs)
@@ -141,6 +143,7 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
         report = run_job(manifest, specs, problems, settings, render_actors=render_actors, render_gpus_per_actor=gpus_per_actor,
                          preprocess_actors=preprocess_actors, console=console, finished=finished, stamps=stamps)
     except JobInterrupted as stop:
+        interrupted = True
         console.print(f"[yellow]interrupted[/yellow] (signal {stop.signal_number}): finished clips are kept, results "
                       f"written to {escape(storage.redact(storage.join(output, 'results.parquet')))}; rerun the same "
                       "command to finish the rest")
@@ -151,12 +154,23 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
     finally:
         for restore in reversed(restorers):
             restore()
-        if started_ray:
+        if started_ray and not interrupted:  # interrupted: see end_process_if_interrupted
             ray.shutdown()
     counts = {status: sum(r["status"] == status for r in report.results) for status in ("done", "skipped", "failed")}
     console.print(f"finished: {counts['done']} rendered, {counts['skipped']} already done, {counts['failed']} failed; "
                   f"results in {escape(storage.redact(storage.join(output, 'results.parquet')))}")
     return EXIT_ROWS_FAILED if counts["failed"] else EXIT_OK
+
+
+def end_process_if_interrupted(code: int) -> None:
+    """After an interrupted job (its results written), end the process at once. Its Ray is left running: the
+    thread reading the job's results may still be inside Ray Data's iterator, and `ray.shutdown()` or the
+    interpreter's exit around it once crashed the driver (SIGSEGV instead of exit 143, on a loaded machine). The
+    processes of a local Ray share the driver's fate, and a cluster drops a dead driver's actors."""
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _worker_counts(cluster: dict, address: str | None, gpus: int | None, cpus: int | None) -> tuple[int, float, int, int]:
@@ -207,8 +221,6 @@ def stop_on_signals():
     """SIGINT and SIGTERM ask the job to stop (a flag its driver loop reads every half second: an exception
     raised inside Ray's own calls would be swallowed there), so it writes its results and exits 130 / 143;
     returns what puts the previous handlers back."""
-    import signal
-
     from pipeline.job import request_stop
 
     def interrupt(signal_number, _frame):
