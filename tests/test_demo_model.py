@@ -22,7 +22,7 @@ from echomimic2.pose import default_pose_sequence  # noqa: E402
 from echomimic2.scheduler import official_scheduler  # noqa: E402
 from training import evaluate  # noqa: E402
 from training import talking_figures as tf  # noqa: E402
-from training.train_tiny import halve, noised_and_velocity, normalise_vae_latents, reference_kv_with_grad  # noqa: E402
+from training.train_tiny import noised_and_velocity, normalise_vae_latents, reference_kv_with_grad  # noqa: E402
 
 FRAMES = 24
 REPO = Path(__file__).resolve().parent.parent
@@ -141,7 +141,7 @@ def test_vae_latent_normalisation_keeps_decoding_and_gives_unit_spread(networks)
 
     vae = copy.deepcopy(networks.vae).eval()
     frames = torch.from_numpy(np.stack([tf.draw_frame(tf.random_figure(s), None, 0.5) for s in range(3)]))
-    pixels = halve(halve(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1  # 64×64: fast
+    pixels = tf.halve(tf.halve(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1  # 64×64: fast
     with torch.no_grad():
         before = vae.decode(vae.encode(pixels).latent_dist.mean).sample
         normalise_vae_latents(vae, pixels)

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from training import talking_figures as tf
-from training.train_tiny import halve
 
 REPO = Path(__file__).resolve().parent.parent
 SPEECH = REPO / "manifests" / "assets" / "welcome.wav"  # espeak-ng speech with silence around it, 3.0 s
@@ -36,7 +35,7 @@ def at_size(size: int, images: np.ndarray) -> np.ndarray:
     """Frames (n, 256, 256, 3) or one image at `size` (2×2 box filters, as the trainer's small steps)."""
     batch = torch.from_numpy(np.array(images if images.ndim == 4 else images[None]))
     while batch.shape[1] > size:
-        batch = halve(batch)
+        batch = tf.halve(batch)
     return batch.numpy() if images.ndim == 4 else batch.numpy()[0]
 
 

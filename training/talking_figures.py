@@ -30,6 +30,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from echomimic2.gestures import audio_gesture_sequence
@@ -134,6 +136,14 @@ def read_tracks(path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
     with np.load(path) as data:
         names = sorted(name for name in data.files if name.startswith("track"))
         return [data[name].astype(np.float32) / 32767 for name in names], data["mel_filters"]
+
+
+def halve(images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    """uint8 frames (N, H, W, 3) → (N, H/2, W/2, 3), a 2×2 box filter (as PIL's BOX resize), rounded: the data
+    set at half the tiny preset's size (the trainer's small steps, the evaluation's 128²)."""
+    out = [F.avg_pool2d(images[i : i + batch].permute(0, 3, 1, 2).float(), 2).round().to(torch.uint8).permute(0, 2, 3, 1)
+           for i in range(0, len(images), batch)]
+    return torch.cat(out)
 
 
 def mouth_openings(wave: np.ndarray, fps: float, n_frames: int) -> np.ndarray:

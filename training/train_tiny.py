@@ -142,13 +142,6 @@ def to_pixels(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 3, 1, 2).float() / 255.0 * 2.0 - 1.0
 
 
-def halve(images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
-    """uint8 (N, H, W, 3) → uint8 (N, H/2, W/2, 3), 2×2 box filter (as PIL's BOX resize), rounded."""
-    out = [F.avg_pool2d(images[i : i + batch].permute(0, 3, 1, 2).float(), 2).round().to(torch.uint8).permute(0, 2, 3, 1)
-           for i in range(0, len(images), batch)]
-    return torch.cat(out)
-
-
 # --------------------------------------------------------------------------------------------------
 # Networks
 
@@ -234,7 +227,7 @@ def train_vae(vae, frames: torch.Tensor, deadline: float, batch: int, lr: float,
         for group in optimiser.param_groups:  # cosine to 10 % over the phase's time
             group["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (time.time() - start) / total))))
         x = frames[torch.randint(len(frames), (batch,), device=device)]
-        x = to_pixels(halve(x) if step % 3 == 2 else x)
+        x = to_pixels(tf.halve(x) if step % 3 == 2 else x)
         with autocast:
             mean = vae.encode(x).latent_dist.mean
             noisy = mean + 0.05 * mean.detach().std() * torch.randn_like(mean)
@@ -280,7 +273,7 @@ class LazyLatents:
         missing = wanted[~self.done[wanted]].unique()
         if len(missing):
             images = self.frames[missing.to(self.frames.device)]
-            self.latents[missing.to(self.latents.device)] = encode_all(self.vae, halve(images) if self.halved else images, self.batch)
+            self.latents[missing.to(self.latents.device)] = encode_all(self.vae, tf.halve(images) if self.halved else images, self.batch)
             self.done[missing] = True
         return self.latents[index]
 
@@ -564,14 +557,14 @@ def main(argv: list[str] | None = None) -> None:
         facts.update(vae_steps=0, vae_loss=None, latent_factor=1.0)
     encoding = time.time()
     reference_latents = encode_all(nets.vae, references)
-    small_reference_latents = encode_all(nets.vae, halve(references))
+    small_reference_latents = encode_all(nets.vae, tf.halve(references))
     lazy = args.lazy_latents == "yes" or (args.lazy_latents == "auto" and device.type == "cpu")
     if lazy:
         latents, small_latents = LazyLatents(nets.vae, frames), LazyLatents(nets.vae, frames, halved=True)
         spread = f"reference latents std {reference_latents.std().item():.3f} mean {reference_latents.mean().item():.3f}"
     else:
         latents = encode_all(nets.vae, frames)
-        small_latents = encode_all(nets.vae, halve(frames))
+        small_latents = encode_all(nets.vae, tf.halve(frames))
         spread = f"latents std {latents.std().item():.3f} mean {latents.mean().item():.3f}"
     del frames
     log(f"vae: {facts['vae_steps']} steps, loss {facts['vae_loss']}; {spread} (factor {facts['latent_factor']:.3f}); "
