@@ -170,28 +170,23 @@ def load_official_networks(
     return networks
 
 
-def load_prefixed_networks(networks: OfficialNetworks, path: str | Path) -> OfficialNetworks:
-    """Fill `networks` in place (on their device and dtype) from one safetensors file holding all four state dicts,
-    each key prefixed with its network's name (`NETWORK_PREFIXES`): the tiny preset's shipped weights and what
-    `training/train_tiny.py` writes. Raises CheckpointError listing any key that does not match."""
+def load_prefixed_networks(networks: OfficialNetworks, path: str | Path, device=None, dtype: torch.dtype | None = None) -> OfficialNetworks:
+    """Give `networks` (built on `meta`, or real ones) every tensor from one safetensors file holding all four state
+    dicts, each key prefixed with its network's name (`NETWORK_PREFIXES`): the tiny preset's shipped weights and what
+    `training/train_tiny.py` writes. Cast to (device, dtype), by default each network's own. Raises CheckpointError
+    listing any key that does not match, before anything is loaded."""
     path = Path(path)
     state = read_state_dict(path)
     report = FileReport(path)
-    prefixes = tuple(name + "." for name in NETWORK_PREFIXES)
-    report.unexpected = [key for key in state if not key.startswith(prefixes)]
-    parts = {}
-    for name, module in zip(NETWORK_PREFIXES, networks):
-        expected = {f"{name}.{key}": shape for key, shape in _meta_shapes(module).items()}
-        own = {key: tensor for key, tensor in state.items() if key.startswith(name + ".")}
-        _compare(report, own, expected, set(expected))
-        report.missing += [key for key in expected if key not in own]
-        parts[name] = {key.removeprefix(name + "."): tensor for key, tensor in own.items()}
+    expected = {f"{name}.{key}": shape for name, module in zip(NETWORK_PREFIXES, networks) for key, shape in _meta_shapes(module).items()}
+    _compare(report, state, expected, set(expected))
+    report.missing = [key for key in expected if key not in state]
     if not report.ok:
         raise CheckpointError(f"{path} does not match the networks:\n{report.summary()}")
     for name, module in zip(NETWORK_PREFIXES, networks):
-        target = next(module.parameters())
-        module.load_state_dict({key: tensor.to(device=target.device, dtype=target.dtype if tensor.is_floating_point() else tensor.dtype)
-                                for key, tensor in parts[name].items()}, strict=True)
+        own = next(module.parameters())
+        _materialise(module, {key.removeprefix(name + "."): tensor for key, tensor in state.items() if key.startswith(name + ".")},
+                     own.device if device is None else device, own.dtype if dtype is None else dtype)
     return networks
 
 

@@ -58,8 +58,9 @@ class EchoMimicV2:
         the project on drawn talking figures (`training/train_tiny.py`; not people), weights shipped in the
         package (`TINY_DEMO_WEIGHTS`, 14 MB). It reads audio features of `WhisperFeatures.tiny(seed=0)`, the
         encoder it was trained with. For the demo and tests that look at the frames."""
-        networks = load_prefixed_networks(build_networks(tiny_unet_config(), tiny_vae_config()), TINY_DEMO_WEIGHTS)
-        return cls(_placed(networks, device, dtype), PRESETS["tiny"], tiny_identity())
+        with torch.device("meta"):  # nothing initialised only to be overwritten
+            networks = build_networks(tiny_unet_config(), tiny_vae_config())
+        return cls(load_prefixed_networks(networks, TINY_DEMO_WEIGHTS, device, dtype), PRESETS["tiny"], tiny_identity())
 
     @classmethod
     def tiny_random(cls, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> EchoMimicV2:
@@ -77,7 +78,11 @@ class EchoMimicV2:
                 weight = getattr(layer, "weight", None)
                 if isinstance(weight, torch.Tensor) and hasattr(layer, "reset_parameters") and not weight.any():
                     layer.reset_parameters()
-        return cls(_placed(networks, device, dtype), PRESETS["tiny"], tiny_random_identity(seed))
+        for module in networks:
+            module.to(device=device).eval().requires_grad_(False)
+            if dtype != torch.float32:  # diffusers warns on any dtype move, even a no-op one
+                module.to(dtype=dtype)
+        return cls(networks, PRESETS["tiny"], tiny_random_identity(seed))
 
     @classmethod
     def random(cls, preset: str = "acc", seed: int = 0, device: str | torch.device = "cuda",
@@ -133,14 +138,6 @@ class EchoMimicV2:
             reference_compatible=reference_compatible, initial_latents=initial_latents,
             windows_per_batch=windows_per_batch,
         )
-
-
-def _placed(networks: OfficialNetworks, device: str | torch.device, dtype: torch.dtype) -> OfficialNetworks:
-    for module in networks:
-        module.to(device=device).eval().requires_grad_(False)
-        if dtype != torch.float32:  # diffusers warns on any dtype move, even a no-op one
-            module.to(dtype=dtype)
-    return networks
 
 
 def _check_compile(compile: bool, device: str | torch.device) -> None:
