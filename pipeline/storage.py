@@ -301,9 +301,9 @@ def probe_writable(root: str) -> None:
     if is_local(root):
         path = local_path(root).expanduser().absolute()
         existing = next(p for p in (path, *path.parents) if p.exists())
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        if not existing.is_dir():
             raise InputError(f"output {root} is not writable: {existing} is not a writable folder")
-        try:  # a real write: os.access says yes to root in folders that refuse files (/proc, read-only mounts)
+        try:  # a real write, not os.access: that says yes to root in folders that refuse files (/proc, read-only mounts)
             with tempfile.TemporaryFile(dir=existing, prefix=".write-probe-"):
                 pass
         except OSError as exc:
