@@ -216,9 +216,16 @@ def save_weights(path: Path, networks: dict[str, torch.nn.Module], metadata: dic
 # Training
 
 
-def train_vae(vae, frames: torch.Tensor, deadline: float, batch: int, lr: float, log, losses: list) -> int:
-    optimiser = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0, fused=frames.device.type == "cuda")
-    vae.train().requires_grad_(True)
+def train_vae(vae, frames: torch.Tensor, deadline: float, batch: int, lr: float, log, losses: list,
+              decoder_only: bool = False) -> int:
+    """The VAE as an autoencoder until `deadline`; `decoder_only`: the encoder (and so every latent the UNets
+    were trained on) stays as it is, only post_quant_conv and the decoder learn."""
+    trained = [vae.post_quant_conv, vae.decoder] if decoder_only else [vae]
+    params = [p for module in trained for p in module.parameters()]
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=frames.device.type == "cuda")
+    vae.train()
+    for module in trained:
+        module.requires_grad_(True)
     device = frames.device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     step, start = 0, time.time()
@@ -229,14 +236,15 @@ def train_vae(vae, frames: torch.Tensor, deadline: float, batch: int, lr: float,
         x = frames[torch.randint(len(frames), (batch,), device=device)]
         x = to_pixels(tf.halve(x) if step % 3 == 2 else x)
         with autocast:
-            mean = vae.encode(x).latent_dist.mean
+            with torch.set_grad_enabled(not decoder_only):
+                mean = vae.encode(x).latent_dist.mean
             noisy = mean + 0.05 * mean.detach().std() * torch.randn_like(mean)
             decoded = vae.decode(noisy).sample
         error = decoded.float() - x
         loss = error.abs().mean() + (error ** 2).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimiser.step()
         step += 1
         if step % 25 == 0 or step == 1:
@@ -479,6 +487,45 @@ def preview(nets, data: dict, path: Path, clips: list[int], device: str) -> None
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
+def unet_phase(args, nets, data: dict, frames: torch.Tensor, references: torch.Tensor, facts: dict, out: Path,
+               deadline: float, started: float, log, losses: list) -> None:
+    """Encode the frames with the (trained or --init) VAE, then `train_unets` until `deadline`, saving as it goes."""
+    device = frames.device
+    encoding = time.time()
+    reference_latents = encode_all(nets.vae, references)
+    small_reference_latents = encode_all(nets.vae, tf.halve(references))
+    lazy = args.lazy_latents == "yes" or (args.lazy_latents == "auto" and device.type == "cpu")
+    if lazy:
+        latents, small_latents = LazyLatents(nets.vae, frames), LazyLatents(nets.vae, frames, halved=True)
+        spread = f"reference latents std {reference_latents.std().item():.3f} mean {reference_latents.mean().item():.3f}"
+    else:
+        latents = encode_all(nets.vae, frames)
+        small_latents = encode_all(nets.vae, tf.halve(frames))
+        spread = f"latents std {latents.std().item():.3f} mean {latents.mean().item():.3f}"
+    log(f"vae: {facts['vae_steps']} steps, loss {facts['vae_loss']}; {spread} (factor {facts['latent_factor']:.3f}); "
+        f"encoded {'references (frames lazily)' if lazy else 'all frames'} in {time.time() - encoding:.1f} s")
+    poses = torch.from_numpy(data["poses"]).to(device)
+    small_poses = torch.from_numpy(data["small_poses"]).to(device)
+    tokens = torch.from_numpy(data["tokens"]).to(device)
+
+    def save(shadow: dict, step: int) -> None:
+        networks = {**shadow, "vae": nets.vae}
+        save_weights(out / "tiny_demo.safetensors", networks, {**facts, "unet_steps": step,
+                     "seconds": round(time.time() - started, 1)})
+
+    sizes = [(latents, reference_latents, poses, 8), (small_latents, small_reference_latents, small_poses, 16)]
+    if args.profile_steps:
+        train_unets(nets, data, sizes, tokens, deadline, args.batch, args.lr, log, losses, save, args.profile_steps)
+        return
+    facts["unet_steps"] = train_unets(nets, data, sizes, tokens, deadline, args.batch,
+                                      args.lr, log, losses, save, mouth_weight=args.mouth_weight)
+    unet_losses = [loss for p, _, _, loss in losses if p == "unet"]
+    facts["unet_loss"] = float(np.mean(unet_losses[-20:])) if unet_losses else None
+    facts["seconds"] = round(time.time() - started, 1)
+    log(f"unets: {facts['unet_steps']} steps, loss {facts['unet_loss']}")
+    del latents, poses, tokens, sizes, small_latents, small_poses
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tracks", default=".tmp/talking/tracks.npz", help="speech tracks (python -m training.talking_figures)")
@@ -495,6 +542,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--init", help="start from this tiny_demo.safetensors (e.g. an earlier run) instead of fresh weights")
+    parser.add_argument("--vae-init", help="then take the VAE from this tiny_demo.safetensors (e.g. a --vae-decoder-only run)")
+    parser.add_argument("--vae-decoder-only", action="store_true",
+                        help="train only the VAE's decoder (needs --init; its latents, and so its UNets, stay valid)")
+    parser.add_argument("--no-unets", action="store_true", help="train the VAE only; the UNets stay as --init has them")
     parser.add_argument("--reserve", type=float, default=45.0, help="seconds kept for saving, the preview and the held-out evaluation")
     parser.add_argument("--profile-steps", type=int, default=0, metavar="N",
                         help="no VAE training: time N UNet steps per phase (after 3 warm-up steps), print a "
@@ -502,6 +553,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lazy-latents", choices=("auto", "yes", "no"), default="auto",
                         help="encode frames to latents on first use (auto: on the CPU)")
     args = parser.parse_args(argv)
+    if args.vae_decoder_only and not args.init:
+        parser.error("--vae-decoder-only fine-tunes an existing VAE: give --init")
     sequences = args.batch * (tf.SIZE // 8) ** 2  # the motion modules attend over frames, one sequence per latent cell
     if sequences > MAX_ATTENTION_SEQUENCES:
         parser.error(f"--batch {args.batch} gives the motion modules {sequences:,} attention sequences; at 65,536 (batch 64) "
@@ -537,6 +590,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.init:
         load_prefixed_networks(nets, args.init)
         log(f"networks initialised from {args.init}")
+    if args.vae_init:
+        nets.vae.load_state_dict(load_prefixed_networks(fresh_networks(0), args.vae_init).vae.state_dict())
+        log(f"VAE taken from {args.vae_init}")
     for module in nets:
         module.to(device)
     losses: list = []
@@ -545,50 +601,26 @@ def main(argv: list[str] | None = None) -> None:
                  vae_batch=args.vae_batch, lr=args.lr, mouth_weight=args.mouth_weight, vae_lr=args.vae_lr, fps=tf.FPS,
                  whisper="WhisperFeatures.tiny(seed=0)", feature_rate=FEATURE_RATE)
 
-    facts["init"] = args.init
+    facts.update(init=args.init, vae_init=args.vae_init, vae_decoder_only=args.vae_decoder_only)
     if args.vae_minutes > 0:
-        vae_deadline = min(deadline, time.time() + 60 * args.vae_minutes)
-        facts["vae_steps"] = train_vae(nets.vae, torch.cat([frames, references]), vae_deadline, args.vae_batch, args.vae_lr, log, losses)
+        vae_deadline = deadline if args.no_unets else min(deadline, time.time() + 60 * args.vae_minutes)
+        facts["vae_steps"] = train_vae(nets.vae, torch.cat([frames, references]), vae_deadline, args.vae_batch, args.vae_lr, log,
+                                       losses, decoder_only=args.vae_decoder_only)
         facts["vae_loss"] = float(np.mean([loss for p, _, _, loss in losses[-8:] if p == "vae"]))
-        facts["latent_factor"] = normalise_vae_latents(nets.vae, to_pixels(frames[torch.randperm(len(frames), device=device)[:512]]))
+        facts["latent_factor"] = 1.0 if args.vae_decoder_only else normalise_vae_latents(
+            nets.vae, to_pixels(frames[torch.randperm(len(frames), device=device)[:512]]))
         save_weights(out / "tiny_demo.safetensors", {name: getattr(nets, name) for name in NETWORK_PREFIXES},
                      {**facts, "unet_steps": 0})  # a failure in the UNet phase keeps the trained VAE
     else:  # the VAE of --init, already normalised
         facts.update(vae_steps=0, vae_loss=None, latent_factor=1.0)
-    encoding = time.time()
-    reference_latents = encode_all(nets.vae, references)
-    small_reference_latents = encode_all(nets.vae, tf.halve(references))
-    lazy = args.lazy_latents == "yes" or (args.lazy_latents == "auto" and device.type == "cpu")
-    if lazy:
-        latents, small_latents = LazyLatents(nets.vae, frames), LazyLatents(nets.vae, frames, halved=True)
-        spread = f"reference latents std {reference_latents.std().item():.3f} mean {reference_latents.mean().item():.3f}"
+    if args.no_unets:
+        facts.update(unet_steps=0, unet_loss=None)
+        save_weights(out / "tiny_demo.safetensors", {name: getattr(nets, name) for name in NETWORK_PREFIXES}, facts)
     else:
-        latents = encode_all(nets.vae, frames)
-        small_latents = encode_all(nets.vae, tf.halve(frames))
-        spread = f"latents std {latents.std().item():.3f} mean {latents.mean().item():.3f}"
+        unet_phase(args, nets, data, frames, references, facts, out, deadline, started, log, losses)
+        if args.profile_steps:
+            return
     del frames
-    log(f"vae: {facts['vae_steps']} steps, loss {facts['vae_loss']}; {spread} (factor {facts['latent_factor']:.3f}); "
-        f"encoded {'references (frames lazily)' if lazy else 'all frames'} in {time.time() - encoding:.1f} s")
-    poses = torch.from_numpy(data["poses"]).to(device)
-    small_poses = torch.from_numpy(data["small_poses"]).to(device)
-    tokens = torch.from_numpy(data["tokens"]).to(device)
-
-    def save(shadow: dict, step: int) -> None:
-        networks = {**shadow, "vae": nets.vae}
-        save_weights(out / "tiny_demo.safetensors", networks, {**facts, "unet_steps": step,
-                     "seconds": round(time.time() - started, 1)})
-
-    sizes = [(latents, reference_latents, poses, 8), (small_latents, small_reference_latents, small_poses, 16)]
-    if args.profile_steps:
-        train_unets(nets, data, sizes, tokens, deadline, args.batch, args.lr, log, losses, save, args.profile_steps)
-        return
-    facts["unet_steps"] = train_unets(nets, data, sizes, tokens, deadline, args.batch,
-                                      args.lr, log, losses, save, mouth_weight=args.mouth_weight)
-    unet_losses = [loss for p, _, _, loss in losses if p == "unet"]
-    facts["unet_loss"] = float(np.mean(unet_losses[-20:])) if unet_losses else None
-    facts["seconds"] = round(time.time() - started, 1)
-    log(f"unets: {facts['unet_steps']} steps, loss {facts['unet_loss']}")
-    del latents, poses, tokens, sizes, small_latents, small_poses
     load_prefixed_networks(nets, out / "tiny_demo.safetensors")  # the saved weights are the EMA: preview those
     with (out / "loss.csv").open("w") as handle:
         handle.write("phase,step,seconds,loss\n")
