@@ -77,8 +77,11 @@ def mouth_motion(video: np.ndarray, still: np.ndarray, figure: tf.Figure, openin
     (1: the audio moves the mouth as much in silence as in speech); `pause_ratio`: the same for silent frames near
     speech (short pauses, where the audio window still holds speech). The difference to a silent-audio render
     isolates the audio: the mouth box also changes with the hands and the frame's noise, and measured against a
-    resting mouth that change alone gave the demo model r = 0.58 over the speech, 0.57 over silent audio."""
-    left, top, right, bottom = figure.mouth_box
+    resting mouth that change alone gave the demo model r = 0.58 over the speech, 0.57 over silent audio. Any frame
+    size: the mouth box scales from the drawing's 256²."""
+    scale = video.shape[1] / tf.SIZE
+    left, top, right, bottom = (int(figure.mouth_box[0] * scale), int(figure.mouth_box[1] * scale),
+                                int(np.ceil(figure.mouth_box[2] * scale)), int(np.ceil(figure.mouth_box[3] * scale)))
     distance = np.abs(video[:, top:bottom, left:right].astype(float) - still[:, top:bottom, left:right]).mean(axis=(1, 2, 3))
     speech, resting = openings >= tf.MOUTH_CLOSED, resting_frames(openings)
     pause = ~speech & ~resting
@@ -93,7 +96,7 @@ def speech_then_silence(wave: np.ndarray, seconds: float = 1.0) -> np.ndarray:
 
 
 def through_vae(model, frames: np.ndarray) -> np.ndarray:
-    """uint8 frames (n, 256, 256, 3) after the model's VAE alone (encode → decode), as float levels."""
+    """uint8 frames (n, size, size, 3) after the model's VAE alone (encode → decode), as float levels."""
     vae = model.networks.vae
     pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
@@ -102,17 +105,20 @@ def through_vae(model, frames: np.ndarray) -> np.ndarray:
     return ((decoded.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
 
 
-def mouth_report(model, whisper, wave: np.ndarray, seed: int) -> dict:
-    """`mouth_motion` of figure `seed` over `wave` and 1 s of silence after it, and its ceiling: the drawn frames
-    against the same frames with the mouth shut, both through the model's VAE alone (what perfect UNets give)."""
+def mouth_report(model, whisper, wave: np.ndarray, seed: int, size: int = tf.SIZE, ceiling: bool = True) -> dict:
+    """`mouth_motion` of figure `seed` at `size`² over `wave` and 1 s of silence after it, and (`ceiling`) what
+    perfect UNets would give: the drawn frames against the same frames with the mouth shut, through the VAE alone."""
     wave = speech_then_silence(wave)
     clip = tf.make_clip(seed, wave, video_frames(wave))
     figure = tf.random_figure(seed)
-    video = render(model, whisper, wave, clip.reference, clip.poses, tf.SIZE)
-    still = render(model, whisper, np.zeros_like(wave), clip.reference, clip.poses, tf.SIZE)
-    shut = np.stack([tf.draw_frame(figure, tf.hand_pixels(pose), 0.0) for pose in clip.poses])
-    return {**mouth_motion(video, still, figure, clip.mouth),
-            "vae_ceiling": mouth_motion(through_vae(model, clip.frames), through_vae(model, shut), figure, clip.mouth)}
+    video = render(model, whisper, wave, clip.reference, clip.poses, size)
+    still = render(model, whisper, np.zeros_like(wave), clip.reference, clip.poses, size)
+    result = mouth_motion(video, still, figure, clip.mouth)
+    if ceiling:
+        shut = np.stack([tf.draw_frame(figure, tf.hand_pixels(pose), 0.0) for pose in clip.poses])
+        result["vae_ceiling"] = mouth_motion(through_vae(model, at_size(size, clip.frames)),
+                                             through_vae(model, at_size(size, shut)), figure, clip.mouth)
+    return result
 
 
 def video_frames(wave: np.ndarray) -> int:

@@ -615,6 +615,7 @@ def main(argv: list[str] | None = None) -> None:
         facts.update(vae_steps=0, vae_loss=None, latent_factor=1.0)
     if args.no_unets:
         facts.update(unet_steps=0, unet_loss=None)
+        log(f"vae: {facts['vae_steps']} steps, loss {facts['vae_loss']}; no UNet phase")
         save_weights(out / "tiny_demo.safetensors", {name: getattr(nets, name) for name in NETWORK_PREFIXES}, facts)
     else:
         unet_phase(args, nets, data, frames, references, facts, out, deadline, started, log, losses)
