@@ -75,7 +75,7 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
         return EXIT_JOB_FAILED
     elif weights is None:
         console.print("[yellow]note[/yellow]: no --weights: the tiny DEMO model runs, trained on drawn figures, not people: "
-                      "blurry figures whose hands follow the poses, no lip sync. See README for the official weights.")
+                      "blurry figures whose mouths follow the speech and hands the poses. See README for the official weights.")
     refused = refuse_before_starting(output, weights, input_root)
     if refused:
         console.print(f"[red]error[/red]: {escape(refused)}")

@@ -71,7 +71,7 @@ def check_ffmpeg() -> Check:
 
 def check_weights(weights: Path | None, preset: str) -> Check:
     if weights is None:
-        return Check("weights", WARN, "no --weights: only the tiny demo preset can run (drawn figures, no lip sync)",
+        return Check("weights", WARN, "no --weights: only the tiny demo preset can run (drawn figures, not people)",
                      "download the official weights (README, 'Official weights') and pass --weights DIR")
     import contextlib
     import io

@@ -5,7 +5,7 @@ the main parameters → the one-clip pipeline (`pipeline.EchoMimicV2Pipeline`, t
 renders it with a progress bar per segment; the page shows the video and its QC flags, and "Add to manifest"
 appends the row (inputs copied beside the manifest, so the row stays valid after the preview closes).
 
-Tiny preset without weights (the demo model trained on drawn figures: blurry, no lip sync), the official presets with `--weights`.
+Tiny preset without weights (the demo model trained on drawn figures: blurry, lip sync on drawings only), the official presets with `--weights`.
 """
 from __future__ import annotations
 
@@ -226,7 +226,7 @@ def build_app(pipelines: Pipelines, *, manifest: str | None = None):
 
     with gr.Blocks(title="EchoMimic V2 preview") as app:
         gr.Markdown("## EchoMimic V2 — one-clip preview\nThe same steps as the batch job."
-                    + ("" if pipelines.weights else " **Tiny preset: a demo model trained on drawn figures, not people: blurry, and the mouth does not follow the speech.**"))
+                    + ("" if pipelines.weights else " **Tiny preset: a demo model trained on drawn figures, not people: blurry; its mouth follows the speech, its hands the poses.**"))
         with gr.Row():
             with gr.Column():
                 image = gr.Image(type="filepath", label="Reference image", elem_id="image", height=300)

@@ -3,9 +3,9 @@
 First the synthetic talking-figure data set and the trainer's match with inference (seconds); then what the
 trained demo model's frames show (`EchoMimicV2.tiny()`, `echomimic2/weights/tiny_demo.safetensors`), on
 figures it never saw (seeds from 1000; training used 0-239) over the demo's own speech, at 128² (trained there
-every third step; seconds per render) unless the mouth needs 256²: frames like their reference, two references
-two different videos, hands where the poses put them, no seam where segments join, same seed same video. The
-mouth does not follow the speech yet (a strict xfail with the measured figures: it fails once it does).
+every third step; seconds per render; the mouth at 256² too, in the slow suite): frames like their reference, two references
+two different videos, the mouth moving with the speech and resting in silence, hands where the poses put them, no
+seam where segments join, same seed same video.
 """
 import os
 from pathlib import Path
@@ -179,7 +179,7 @@ def two_figures(trained, speech):
 def test_frames_resemble_their_reference_and_two_references_give_two_videos(two_figures):
     clips, videos = two_figures
     for seed, (own, wrong) in evaluate.likeness(videos, {s: clip.reference for s, clip in clips.items()}).items():
-        assert own < 25 and wrong > 2.5 * own, (seed, own, wrong)  # measured 2026-12-02: own 15-19, wrong ~64
+        assert own < 25 and wrong > 2.5 * own, (seed, own, wrong)  # measured 2026-12-02: own 14.5-15.4, wrong ~64
         assert np.abs(videos[seed] - evaluate.at_size(SEE, clips[seed].frames)).mean() < 25  # near the clip's drawn truth too
     a, b = videos.values()
     assert np.abs(a - b).mean() > 40
@@ -217,13 +217,15 @@ def test_no_seam_where_segments_join_and_same_seed_same_video():
     assert np.array_equal(again, out.frames) and not np.array_equal(other_seed, out.frames)
 
 
-@pytest.mark.xfail(strict=True, reason="the demo model of 2026-12-02 (~15 min of H200 training) learned the figure, "
-                   "its colours and the hands, not yet the mouth: here r = -0.06 and 0.55 on the two figures, and the mouth "
-                   "box moves 0.99 and 0.79 as much in silence as in speech; more training is issue 15's next step")
-def test_mouth_follows_the_speech_and_rests_in_silence(trained, speech):
+@pytest.mark.parametrize("size, max_rest_ratio", [(SEE, 0.5), pytest.param(tf.SIZE, 0.4, marks=pytest.mark.slow)])
+def test_mouth_follows_the_speech_and_rests_in_silence(trained, speech, size, max_rest_ratio):
+    """`evaluate.mouth_report`: the mouth box over the speech and 1 s of silence after it, against the same render
+    over silent audio, so only what the audio moves counts. At 128² (the default suite: ~50 s; trained there every
+    third step) and at 256² (slow: ~4 min). The model before this one (the second run's weights) fails both:
+    r 0.78 and 0.77 at 128², 0.62 and 0.86 at 256²; rest ratio 0.54 and 0.49 at 128², 0.48 and 0.33 at 256²."""
     for seed in evaluate.HELD_OUT[:2]:
-        clip = tf.make_clip(seed, speech, 2 * SEE_FRAMES)
-        assert (clip.mouth < tf.MOUTH_CLOSED).sum() >= 6  # the speech has silence to rest in
-        video = evaluate.render(*trained, speech, clip.reference, clip.poses, tf.SIZE)
-        r, silence_ratio = evaluate.mouth_motion(video, tf.random_figure(seed), clip.mouth)
-        assert r > 0.5 and silence_ratio < 0.5, (seed, r, silence_ratio)
+        mouth = evaluate.mouth_report(*trained, speech, seed, size=size, ceiling=False)
+        # measured 2026-12-02 (CPU): r 0.89 and 0.88 at 128², 0.91 and 0.92 at 256²; rest ratio 0.45 and 0.22 at
+        # 128², 0.33 and 0.09 at 256². Short pauses (< 0.2 s from speech, where the audio window still hears it)
+        # move 0.53 and 0.42 (128²), 0.57 and 0.24 (256²) as much as speech: not asserted
+        assert mouth["r"] > 0.85 and mouth["rest_ratio"] < max_rest_ratio, (seed, size, mouth)
