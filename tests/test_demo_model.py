@@ -151,6 +151,25 @@ def test_vae_latent_normalisation_keeps_decoding_and_gives_unit_spread(networks)
     assert abs((mean * VAE_SCALING_FACTOR).std().item() - 1.0) < 1e-3
 
 
+def test_decoder_only_vae_training_keeps_every_latent(networks):
+    """`train_vae(decoder_only=True)`: only post_quant_conv and the decoder learn, so the encoder's latents (what
+    the UNets were trained on) stay bit for bit and a decoder run can be merged with a UNet run (`--vae-init`)."""
+    import copy
+    import time
+
+    from training.train_tiny import train_vae
+
+    vae = copy.deepcopy(networks.vae)
+    before = {name: tensor.clone() for name, tensor in vae.state_dict().items()}
+    drawn = np.stack([tf.draw_frame(tf.random_figure(seed), None, 0.5) for seed in range(4)])
+    frames = torch.from_numpy(evaluate.at_size(64, drawn).astype(np.uint8))  # 64²: fast
+    steps = train_vae(vae, frames, time.time() + 1.5, batch=2, lr=1e-3, log=print, losses=[], decoder_only=True)
+    changed = {name for name, tensor in vae.state_dict().items() if not torch.equal(tensor, before[name])}
+    assert steps >= 1 and changed
+    assert all(name.startswith(("decoder.", "post_quant_conv.")) for name in changed), sorted(changed)[:5]
+    assert any(name.startswith("decoder.") for name in changed)
+
+
 # --------------------------------------------------------------------------------------------------
 # What the trained demo model shows
 
