@@ -96,13 +96,13 @@ def speech_then_silence(wave: np.ndarray, seconds: float = 1.0) -> np.ndarray:
 
 
 def through_vae(model, frames: np.ndarray) -> np.ndarray:
-    """uint8 frames (n, size, size, 3) after the model's VAE alone (encode → decode), as float levels."""
+    """uint8 frames (n, size, size, 3) after the model's VAE alone: the sampler's reference encoding of each frame,
+    then its decoding of the latents (the pixels a render with perfect UNets would give)."""
+    from echomimic2.sampler import decode_latents, encode_reference
+
     vae = model.networks.vae
-    pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
-    with torch.no_grad():
-        decoded = torch.cat([vae.decode(vae.encode(chunk.to(vae.device, vae.dtype)).latent_dist.mean).sample.float().cpu()
-                             for chunk in pixels.split(24)])
-    return ((decoded.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
+    latents = torch.cat([encode_reference(vae, frame, vae.device, vae.dtype) for frame in frames])  # (n, 4, h, w)
+    return decode_latents(vae, latents.permute(1, 0, 2, 3)[None], vae.dtype, batch=24)
 
 
 def mouth_report(model, whisper, wave: np.ndarray, seed: int, size: int = tf.SIZE, ceiling: bool = True) -> dict:
