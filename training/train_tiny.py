@@ -555,6 +555,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.vae_decoder_only and not args.init:
         parser.error("--vae-decoder-only fine-tunes an existing VAE: give --init")
+    if args.no_unets and args.vae_minutes <= 0:
+        parser.error("--no-unets trains the VAE alone: give --vae-minutes > 0")
     sequences = args.batch * (tf.SIZE // 8) ** 2  # the motion modules attend over frames, one sequence per latent cell
     if sequences > MAX_ATTENTION_SEQUENCES:
         parser.error(f"--batch {args.batch} gives the motion modules {sequences:,} attention sequences; at 65,536 (batch 64) "
@@ -613,10 +615,9 @@ def main(argv: list[str] | None = None) -> None:
                      {**facts, "unet_steps": 0})  # a failure in the UNet phase keeps the trained VAE
     else:  # the VAE of --init, already normalised
         facts.update(vae_steps=0, vae_loss=None, latent_factor=1.0)
-    if args.no_unets:
+    if args.no_unets:  # the weights were saved after the VAE phase
         facts.update(unet_steps=0, unet_loss=None)
         log(f"vae: {facts['vae_steps']} steps, loss {facts['vae_loss']}; no UNet phase")
-        save_weights(out / "tiny_demo.safetensors", {name: getattr(nets, name) for name in NETWORK_PREFIXES}, facts)
     else:
         unet_phase(args, nets, data, frames, references, facts, out, deadline, started, log, losses)
         if args.profile_steps:
