@@ -204,7 +204,10 @@ def step_job(weights: Path, work: Path, preset: str, clips: dict[str, float], co
     frames = int(results["frames"].sum())
     render = float(results["render_seconds"].sum())
     result.update(frames=frames, render_s=round(render, 1), render_s_per_120=round(render * 120 / frames, 2),
-                  wall_s_per_120=round(wall * 120 / frames, 2))
+                  wall_s_per_120=round(wall * 120 / frames, 2),
+                  # Per clip: the first clip an actor renders carries its compilation (or warm start), the others not.
+                  clips={row.clip_id: dict(frames=int(row.frames), render_s=round(float(row.render_seconds), 2))
+                         for row in results.itertuples()})
     probes = {}
     for row in results.itertuples():
         probe = probe_video(row.output)
