@@ -38,6 +38,9 @@ def run(
         False, hidden=True, help="Benchmarks only: full-size acc/quality networks with random weights, no --weights."),
     compile_cache: str | None = typer.Option(
         None, help="Folder or URI where GPU render workers share compiled kernels (default: OUTPUT/_cache/compile)."),
+    fp8: bool = typer.Option(
+        False, help="Opt-in fast mode: fp8 matmuls in the denoising UNet (Hopper or newer; frames differ from the "
+                    "default fp16 path, BENCHMARKS.md). Part of each clip's fingerprint."),
 ) -> None:
     """Render one MP4 per manifest row into OUTPUT (resumable: finished clips are skipped)."""
     arguments = dict(locals())  # the parameters only, taken before the import adds a name
@@ -118,6 +121,7 @@ def bench(
     steps: int | None = typer.Option(None, help="--schedule only: denoising steps instead of the preset's."),
     compile_cache: str | None = typer.Option(None, help="--schedule only: compiled-kernel cache folder to load."),
     compile_networks: bool = typer.Option(True, "--compile/--eager", help="--schedule only: torch.compile (GPU)."),
+    fp8: bool = typer.Option(False, help="The opt-in fast mode (fp8 matmuls in the denoising UNet); not with --schedule."),
 ) -> None:
     """Measure the segment renderer with full-size random-weight networks (GPU; small CPU run otherwise)."""
     if schedule is not None:
@@ -127,7 +131,7 @@ def bench(
         raise typer.Exit(schedule_command(preset, seconds, size, steps, json_out, compile_cache, compile_networks))
     from echomimic2.bench import bench_command
 
-    raise typer.Exit(bench_command(preset=preset, frames=frames, size=size, json_out=json_out))
+    raise typer.Exit(bench_command(preset=preset, frames=frames, size=size, json_out=json_out, fp8=fp8))
 
 
 @app.command()

@@ -22,7 +22,7 @@ import torch
 
 from .audio import N_MELS, SLICE_MEL_FRAMES, WhisperFeatures
 from .config import official_unet_config, official_vae_config, tiny_unet_config, tiny_vae_config
-from .fast import prepare_for_gpu
+from .fast import prepare_for_gpu, use_float8_linears
 from .flops import spec_flops
 from .networks import OfficialNetworks, random_networks
 from .presets import PRESETS, full_size_preset
@@ -142,18 +142,22 @@ class BenchResult:
 # The benchmark
 
 
-def gpu_networks(compile_networks: bool = True) -> OfficialNetworks:
-    """The bench's full-size random networks on the GPU in fp16, with the GPU settings (optionally compiled).
-    Several `run_bench` calls can share them, so compilation is paid once per process."""
-    device = torch.device("cuda")
-    return prepare_for_gpu(random_networks(official_unet_config(), official_vae_config(), device, torch.float16), compile_networks)
+def gpu_networks(compile_networks: bool = True, fp8: bool = False) -> OfficialNetworks:
+    """The bench's full-size random networks on the GPU in fp16, with the GPU settings (optionally compiled, optionally
+    the fp8 fast mode). Several `run_bench` calls can share them, so compilation is paid once per process."""
+    networks = random_networks(official_unet_config(), official_vae_config(), torch.device("cuda"), torch.float16)
+    if fp8:
+        use_float8_linears(networks.denoising_unet)
+    return prepare_for_gpu(networks, compile_networks)
 
 
 def run_bench(preset_name: str, frames: int, size: int, compile_networks: bool = True, windows_per_batch: int | None = None,
-              decode_batch: int | None = None, networks: OfficialNetworks | None = None, steps: int | None = None) -> BenchResult:
+              decode_batch: int | None = None, networks: OfficialNetworks | None = None, steps: int | None = None,
+              fp8: bool = False) -> BenchResult:
     """Batch sizes default to the renderer's per-device defaults (on a GPU those keep peak memory ≤ 8 GiB at
     768², BENCHMARKS.md); compilation only on a GPU. `networks` from `gpu_networks(compile_networks)` are
-    reused (pass the same compile_networks); `steps` overrides the preset's (a shorter run, to time steps)."""
+    reused (pass the same compile_networks and fp8); `steps` overrides the preset's (a shorter run, to time steps);
+    `fp8` times the opt-in fast mode."""
     full_size_preset(preset_name)
     if frames < 1:
         raise ValueError(f"frames must be at least 1, got {frames}")
@@ -162,11 +166,13 @@ def run_bench(preset_name: str, frames: int, size: int, compile_networks: bool =
     preset = PRESETS[preset_name]
     steps = preset.steps if steps is None else steps
     notes: list[str] = []
+    if fp8:
+        notes.append("fast mode: fp8 matmuls in the denoising UNet (numerics differ from the fp16 default)")
     if steps != preset.steps:
         notes.append(f"{steps} steps instead of the preset's {preset.steps}")
     if torch.cuda.is_available():
         device, dtype, networks_kind = torch.device("cuda"), torch.float16, "official sizes, random weights"
-        networks = gpu_networks(compile_networks) if networks is None else networks
+        networks = gpu_networks(compile_networks, fp8) if networks is None else networks
         if compile_networks:
             notes.append("torch.compile on (compilation happens in the untimed warm-up)")
     else:
@@ -177,6 +183,8 @@ def run_bench(preset_name: str, frames: int, size: int, compile_networks: bool =
             notes.append("no GPU: ran the tiny networks on the CPU")
         size, frames = CPU_SIZE, min(frames, CPU_MAX_FRAMES)
         networks = random_networks(tiny_unet_config(), tiny_vae_config(), device, dtype)
+        if fp8:
+            use_float8_linears(networks.denoising_unet)
     whisper = WhisperFeatures.tiny(seed=0, device=device, dtype=dtype)
 
     generator = np.random.default_rng(0)
@@ -264,9 +272,10 @@ def format_report(result: BenchResult) -> str:
     return "\n".join(lines)
 
 
-def bench_command(preset: str = "acc", frames: int = REPORT_FRAMES, size: int = 768, json_out: bool = False) -> int:
+def bench_command(preset: str = "acc", frames: int = REPORT_FRAMES, size: int = 768, json_out: bool = False,
+                  fp8: bool = False) -> int:
     try:
-        result = run_bench(preset, frames, size)
+        result = run_bench(preset, frames, size, fp8=fp8)
     except ValueError as error:
         print(f"bench: {error}")
         return 2

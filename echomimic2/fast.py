@@ -61,3 +61,51 @@ def generated_kernel_graphs() -> int:
     from torch._dynamo.utils import counters
 
     return int(counters["inductor"].get("fxgraph_cache_miss", 0))
+
+
+# --------------------------------------------------------------------------------------------------
+# The opt-in fast mode: fp8 matmuls. Its numerics differ from the fp16 path (BENCHMARKS.md: speed and
+# deviation from fp32 in uint8 levels side by side), so it is never the default.
+
+FLOAT8 = torch.float8_e4m3fn
+FLOAT8_MAX = torch.finfo(FLOAT8).max  # 448: e4m3 has 3 mantissa bits, ~6 % relative rounding per element
+
+
+def _rowwise_float8(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, K) -> fp8 (M, K) and the fp32 scale (M, 1) that maps each row's largest magnitude to FLOAT8_MAX."""
+    scale = matrix.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / FLOAT8_MAX
+    return (matrix / scale).to(FLOAT8), scale
+
+
+class Float8Linear(torch.nn.Module):
+    """`nn.Linear` computed by `torch._scaled_mm` on fp8 operands with fp32 accumulation: the weight is
+    quantised once per output channel, the input per row at each call, the result comes out in the input's
+    dtype (the Hopper fp8 tensor cores run at twice the fp16 rate)."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        weight, scale = _rowwise_float8(linear.weight.detach())
+        self.register_buffer("weight_t", weight.t(), persistent=False)  # (K, N) column-major, as _scaled_mm wants
+        self.register_buffer("scale_b", scale.t().contiguous(), persistent=False)  # (1, N)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach(), persistent=False)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        quantised, scale_a = _rowwise_float8(rows)
+        out = torch._scaled_mm(quantised, self.weight_t, scale_a=scale_a, scale_b=self.scale_b, out_dtype=x.dtype)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def use_float8_linears(module: torch.nn.Module) -> int:
+    """Replace every `nn.Linear` of `module` whose sides fit the fp8 kernels (multiples of 16) by a
+    `Float8Linear`; returns how many were replaced. Convolutions, norms and attention stay fp16."""
+    replaced = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear) and child.in_features % 16 == 0 and child.out_features % 16 == 0:
+                setattr(parent, name, Float8Linear(child))
+                replaced += 1
+    return replaced

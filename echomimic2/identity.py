@@ -9,6 +9,8 @@ from pathlib import Path
 
 from .weights_layout import TINY_DEMO_WEIGHTS, official_weight_files
 
+FLOAT8_IDENTITY = "fp8-linears"  # what the fp8 fast mode adds to a model's identity: its frames differ
+
 TINY_VERSION = "v1"  # bump when the tiny architecture or its initialisation changes
 RANDOM_VERSION = "v1"  # bump when random() changes its initialisation
 IDENTITY_HASH_BYTES = 4 << 20  # hash the first and last 4 MiB of each file: cheap, yet any other checkpoint differs there

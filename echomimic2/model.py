@@ -9,8 +9,8 @@ import torch
 
 from .checkpoints import load_official_networks, load_prefixed_networks
 from .config import official_unet_config, official_vae_config, tiny_unet_config, tiny_vae_config
-from .fast import prepare_for_gpu
-from .identity import official_identity, random_identity, tiny_identity, tiny_random_identity
+from .fast import prepare_for_gpu, use_float8_linears
+from .identity import FLOAT8_IDENTITY, official_identity, random_identity, tiny_identity, tiny_random_identity
 from .networks import OfficialNetworks, build_networks, random_networks
 from .presets import PRESETS, Preset, full_size_preset
 from .sampler import VAE_DOWNSCALE, render_segment
@@ -38,29 +38,33 @@ class EchoMimicV2:
         device: str | torch.device = "cuda",
         dtype: torch.dtype = torch.float16,
         compile: bool = False,
+        fp8: bool = False,
     ) -> EchoMimicV2:
         """Load the official checkpoints of `variant` ("quality" or "acc") from `weights_dir`.
 
         On CUDA, cuDNN autotuning is switched on; `compile=True` also compiles the denoising UNet and
         the VAE decoder (same math, ~25% faster per step, ~2x faster decode on an H100; the first
         render of each new shape then takes ~2 minutes longer): for long-lived processes only.
+        `fp8=True` is the opt-in fast mode: the denoising UNet's linear layers run as fp8 matmuls
+        (`fast.Float8Linear`; different numerics, measured in BENCHMARKS.md), and the identity says so.
         """
         if variant not in ("quality", "acc"):
             raise ValueError(f"variant must be 'quality' or 'acc', got {variant!r}")
         _check_compile(compile, device)
         weights_dir = Path(weights_dir)
-        networks = _gpu_settings(load_official_networks(weights_dir, variant, device, dtype), compile)
-        return cls(networks, PRESETS[variant], official_identity(weights_dir, variant))
+        networks = _gpu_settings(_fast_mode(load_official_networks(weights_dir, variant, device, dtype), fp8), compile)
+        return cls(networks, PRESETS[variant], _identity(official_identity(weights_dir, variant), fp8))
 
     @classmethod
-    def tiny(cls, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> EchoMimicV2:
+    def tiny(cls, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, fp8: bool = False) -> EchoMimicV2:
         """The tiny preset: the same classes with tiny widths (`tiny_unet_config`, `tiny_vae_config`), trained by
         the project on drawn talking figures (`training/train_tiny.py`; not people), weights shipped in the
         package (`TINY_DEMO_WEIGHTS`, 14 MB). It reads audio features of `WhisperFeatures.tiny(seed=0)`, the
-        encoder it was trained with. For the demo and tests that look at the frames."""
+        encoder it was trained with. For the demo and tests that look at the frames. `fp8` as in `from_official`."""
         with torch.device("meta"):  # nothing initialised only to be overwritten
             networks = build_networks(tiny_unet_config(), tiny_vae_config())
-        return cls(load_prefixed_networks(networks, TINY_DEMO_WEIGHTS, device, dtype), PRESETS["tiny"], tiny_identity())
+        networks = _fast_mode(load_prefixed_networks(networks, TINY_DEMO_WEIGHTS, device, dtype), fp8)
+        return cls(networks, PRESETS["tiny"], _identity(tiny_identity(), fp8))
 
     @classmethod
     def tiny_random(cls, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> EchoMimicV2:
@@ -86,18 +90,19 @@ class EchoMimicV2:
 
     @classmethod
     def random(cls, preset: str = "acc", seed: int = 0, device: str | torch.device = "cuda",
-               dtype: torch.dtype = torch.float16, compile: bool = False) -> EchoMimicV2:
+               dtype: torch.dtype = torch.float16, compile: bool = False, fp8: bool = False) -> EchoMimicV2:
         """Full-size networks (the official configs) with random weights, for benchmarks only: the
         batch system's speed without the official checkpoints. Its frames are noise.
 
         Built on `meta` and initialised directly on `device` (`networks.random_networks`), so a GPU
         actor does not spend minutes initialising 2.2 B parameters on the CPU. `preset` ("acc" or
-        "quality") gives the default steps, guidance and size; `compile` as in `from_official`.
+        "quality") gives the default steps, guidance and size; `compile` and `fp8` as in `from_official`.
         """
         chosen = full_size_preset(preset)
         _check_compile(compile, device)
-        networks = _gpu_settings(random_networks(official_unet_config(), official_vae_config(), torch.device(device), dtype, seed), compile)
-        return cls(networks, chosen, random_identity(preset, seed))
+        networks = random_networks(official_unet_config(), official_vae_config(), torch.device(device), dtype, seed)
+        networks = _gpu_settings(_fast_mode(networks, fp8), compile)
+        return cls(networks, chosen, _identity(random_identity(preset, seed), fp8))
 
     def render(
         self,
@@ -143,6 +148,18 @@ class EchoMimicV2:
 def _check_compile(compile: bool, device: str | torch.device) -> None:
     if compile and torch.device(device).type != "cuda":
         raise ValueError(f"compile: torch.compile is offered for CUDA devices only, got device {device!r}")
+
+
+def _fast_mode(networks: OfficialNetworks, fp8: bool) -> OfficialNetworks:
+    """The opt-in fp8 fast mode: the denoising UNet only (it is ~90 % of the time; the reference pass runs once)."""
+    if fp8:
+        use_float8_linears(networks.denoising_unet)
+    return networks
+
+
+def _identity(weights_identity: str, fp8: bool) -> str:
+    """The frames depend on the weights and, in the fast mode, on its fp8 rounding: so does the identity."""
+    return f"{weights_identity}+{FLOAT8_IDENTITY}" if fp8 else weights_identity
 
 
 def _gpu_settings(networks: OfficialNetworks, compile: bool, device_type: str | None = None) -> OfficialNetworks:

@@ -44,7 +44,7 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
                 address: str | None = None, gpus: int | None = None, cpus: int | None = None, force: bool = False,
                 segment_frames: int | None = None, overlap_frames: int | None = None, allow_http: bool = False,
                 input_root: Path | None = None, shared_fs: bool = False, random_weights: bool = False,
-                compile_cache: str | None = None) -> int:
+                compile_cache: str | None = None, fp8: bool = False) -> int:
     from dataclasses import replace
 
     import ray
@@ -86,7 +86,7 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
         console.print(f"[red]error[/red]: {escape(storage.redact(str(exc)))}")
         return EXIT_JOB_FAILED
     try:
-        identity = model_identity(preset, None if weights is None else str(weights), random_weights)
+        identity = model_identity(preset, None if weights is None else str(weights), random_weights, fp8)
     except Exception as exc:
         console.print(f"[red]error[/red]: {escape(f'weights {weights}: {storage.describe_error(exc)}')}")
         return EXIT_JOB_FAILED
@@ -97,7 +97,7 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
         segment_frames=segment_frames or DEFAULT_SEGMENT_FRAMES,
         overlap_frames=DEFAULT_OVERLAP_FRAMES if overlap_frames is None else overlap_frames,
         force=force, allow_http=allow_http, input_root=None if input_root is None else str(input_root),
-        random_weights=random_weights, compile_cache=compile_cache)
+        random_weights=random_weights, compile_cache=compile_cache, fp8=fp8)
     restorers = [stop_on_signals()]  # undone in reverse order when the job ends
     started_ray = interrupted = False
     try:

@@ -38,10 +38,12 @@ def load_model(settings: JobSettings, device: str):
     dtype = torch.float16 if device == "cuda" else torch.float32
     compile_networks = compiles_networks(device)
     if settings.random_weights:
-        return EchoMimicV2.random(settings.preset, seed=TINY_MODEL_SEED, device=device, dtype=dtype, compile=compile_networks)
+        return EchoMimicV2.random(settings.preset, seed=TINY_MODEL_SEED, device=device, dtype=dtype, compile=compile_networks,
+                                  fp8=settings.fp8)
     if settings.weights is None:
-        return EchoMimicV2.tiny(device=device)
-    return EchoMimicV2.from_official(settings.weights, variant=variant, device=device, dtype=dtype, compile=compile_networks)
+        return EchoMimicV2.tiny(device=device, fp8=settings.fp8)
+    return EchoMimicV2.from_official(settings.weights, variant=variant, device=device, dtype=dtype, compile=compile_networks,
+                                     fp8=settings.fp8)
 
 
 class CompileCache:
@@ -51,10 +53,11 @@ class CompileCache:
     whenever it generated new ones. Any problem with the cache (missing, corrupt, foreign, unwritable) costs a
     cold compile and a log line, never a segment."""
 
-    def __init__(self, folder_uri: str, preset: str):
+    def __init__(self, folder_uri: str, preset: str, fp8: bool = False):
         from echomimic2.fast import compile_cache_key
 
-        self.uri = storage.join(folder_uri, f"{compile_cache_key()}-{preset}.bin")
+        # The fast mode compiles other graphs: its own file, or the two modes' workers would overwrite each other's.
+        self.uri = storage.join(folder_uri, f"{compile_cache_key()}-{preset}{'-fp8' if fp8 else ''}.bin")
         self.loaded = False
         self.saved_at_graphs: int | None = None
 
@@ -95,19 +98,21 @@ def compile_cache_folder(settings: JobSettings) -> str:
     return settings.compile_cache or storage.join(settings.output, DEFAULT_COMPILE_CACHE)
 
 
-def model_identity(preset: str, weights: str | None, random_weights: bool = False) -> str:
-    """What the frames depend on besides the inputs: the renderer's weights and the audio encoder's. Torch-free
-    (`echomimic2.identity`): the driver decides skips and refuses bad weights before importing any network."""
-    from echomimic2.identity import official_identity, random_identity, tiny_identity
+def model_identity(preset: str, weights: str | None, random_weights: bool = False, fp8: bool = False) -> str:
+    """What the frames depend on besides the inputs: the renderer's weights (and the fast mode's fp8 rounding, as
+    `EchoMimicV2`'s identity says) and the audio encoder's. Torch-free (`echomimic2.identity`): the driver decides
+    skips and refuses bad weights before importing any network."""
+    from echomimic2.identity import FLOAT8_IDENTITY, official_identity, random_identity, tiny_identity
     from echomimic2.presets import PRESETS
     from echomimic2.weights_layout import WHISPER_FILE
 
+    fast = f"+{FLOAT8_IDENTITY}" if fp8 else ""
     if random_weights:
-        return f"{random_identity(preset, TINY_MODEL_SEED)}+whisper-random-seed{TINY_MODEL_SEED}"
+        return f"{random_identity(preset, TINY_MODEL_SEED)}{fast}+whisper-random-seed{TINY_MODEL_SEED}"
     if weights is None:
-        return f"{tiny_identity()}+whisper-random-seed{TINY_MODEL_SEED}"
+        return f"{tiny_identity()}{fast}+whisper-random-seed{TINY_MODEL_SEED}"
     whisper = Path(weights) / WHISPER_FILE
-    return f"{official_identity(Path(weights), PRESETS[preset].variant)}+whisper-{_file_sha256(whisper)[:16]}"
+    return f"{official_identity(Path(weights), PRESETS[preset].variant)}{fast}+whisper-{_file_sha256(whisper)[:16]}"
 
 
 def _file_sha256(path: Path) -> str:

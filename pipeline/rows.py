@@ -38,6 +38,7 @@ class JobSettings:
     render_threads: int = 0  # torch CPU threads per render actor when there is no GPU (0: torch's default)
     random_weights: bool = False  # benchmarks only: full-size networks with random weights (EchoMimicV2.random)
     compile_cache: str | None = None  # folder or URI of the render workers' compiled kernels (None: under output)
+    fp8: bool = False  # the opt-in fast mode (EchoMimicV2.from_official's fp8): fp8 matmuls in the denoising UNet
 
 
 def row_label(spec_or_row: ClipSpec | int, clip_id: str | None = None) -> str:

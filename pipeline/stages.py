@@ -250,7 +250,7 @@ class RenderStage(Stage):
         if device == "cpu" and self.settings.render_threads:
             torch.set_num_threads(self.settings.render_threads)
         if compiles_networks(device):
-            self.compile_cache = CompileCache(compile_cache_folder(self.settings), self.settings.preset)
+            self.compile_cache = CompileCache(compile_cache_folder(self.settings), self.settings.preset, self.settings.fp8)
             self.compile_cache.load()
         self.model = load_model(self.settings, device)
         if not self.settings.model_identity.startswith(self.model.identity + "+"):

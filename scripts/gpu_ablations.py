@@ -1,8 +1,10 @@
 """Measure each speed-up of BENCHMARKS.md on its own (GPU only): one denoising step of a 120-frame
-768² segment under each setting, the VAE decode, the pose encoder, a profile by op class, and the
-fast path's deviation from fp32 in uint8 levels.
+768² segment under each setting, the VAE decode, the pose encoder, a profile by op class, CUDA graphs,
+the fp8 fast mode, and the fast paths' deviation from fp32 in uint8 levels.
 
-    python scripts/gpu_ablations.py [--out DIR] [--compile] [--parts step,cfg,decode,profile,accuracy]
+    python scripts/gpu_ablations.py [--out DIR] [--parts step,cfg,decode,profile,compile,graphs,accuracy,fp8]
+
+`fp8` converts the fp16 networks in place (fp8 linears), so it runs last.
 
 Prints a table; writes ablations.json (and profile tables) into DIR.
 """
@@ -22,6 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from echomimic2.bench import random_networks  # noqa: E402
 from echomimic2.config import official_unet_config, official_vae_config  # noqa: E402
+from echomimic2.fast import use_float8_linears  # noqa: E402
 from echomimic2.sampler import _batched, decode_latents, render_segment  # noqa: E402
 from echomimic2.windows import segment_windows  # noqa: E402
 
@@ -227,8 +230,11 @@ def part_accuracy(networks_by_dtype, args) -> None:
     fp32 = build(torch.float32)
     plain = render_segment(fp32, reference, audio, poses, 0, 0, 6, 1.0, windows_per_batch=1, decode_batch=1)
     del fp32
-    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+    for name, dtype, fp8 in (("bf16", torch.bfloat16, False), ("fp16", torch.float16, False),
+                             ("fp16 + fp8 linears (fast mode)", torch.float16, True)):
         fast = build(dtype)  # the same weights (same seed and order), rounded once to `dtype`
+        if fp8:
+            use_float8_linears(fast.denoising_unet)
         set_layout(fast, True)
         torch.backends.cudnn.benchmark = True
         frames_fast = render_segment(fast, reference, audio, poses, 0, 0, 6, 1.0, windows_per_batch=2, decode_batch=8)
@@ -237,7 +243,75 @@ def part_accuracy(networks_by_dtype, args) -> None:
         del fast
 
 
-PARTS = {"step": part_step, "cfg": part_cfg, "decode": part_decode, "profile": part_profile, "compile": part_compile, "accuracy": part_accuracy}
+def part_graphs(networks_by_dtype, args) -> None:
+    """CUDA graphs on the eager UNet: each window-batch shape captured once and replayed (no launch gaps)."""
+    networks, banks = networks_by_dtype["fp16"]
+    set_layout(networks, False)
+    torch.backends.cudnn.benchmark = True
+    unet = networks.denoising_unet
+    cached = unet.reference_kv(banks)
+    timestep = torch.tensor(500.0, device="cuda")  # a device tensor: a host scalar would be copied inside the capture
+    windows = len(segment_windows(FRAMES, 1))
+
+    def capture(sample, audio, pose) -> torch.cuda.CUDAGraph:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                unet(sample, timestep, audio, pose, cached, 0)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            unet(sample, timestep, audio, pose, cached, 0)
+        return graph
+
+    for k in (1, 2):
+        groups = [len(g) for g in _batched(list(range(windows)), k)]
+        inputs = {n: step_inputs(torch.float16, n, False) for n in set(groups)}
+        def eager(groups=groups, inputs=inputs):
+            for n in groups:
+                sample, audio, pose = inputs[n]
+                unet(sample, timestep, audio, pose, cached, 0)
+        record(f"acc step, fp16, {k} windows/call, eager", s=timed(eager))
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        graphs = {n: capture(*inputs[n]) for n in sorted(set(groups))}
+        def replay(groups=groups, graphs=graphs):
+            for n in groups:
+                graphs[n].replay()
+        record(f"acc step, fp16, {k} windows/call, eager + CUDA graphs", s=timed(replay),
+               graph_pools_gib=(torch.cuda.max_memory_allocated() - base) / 2**30)
+        del graphs, replay
+        torch.cuda.empty_cache()
+
+
+def part_fp8(networks_by_dtype, args) -> None:
+    """The fast mode: the denoising UNet's linears as fp8 matmuls, eager and compiled, beside fp16 (2 windows/call)."""
+    networks, banks = networks_by_dtype["fp16"]
+    set_layout(networks, False)
+    torch.backends.cudnn.benchmark = True
+    unet = networks.denoising_unet
+    eager_unet = unet.forward
+    for label in ("fp16", "fp8 linears"):
+        if label != "fp16":
+            record("fp8 linears replaced", count=use_float8_linears(unet))
+        run = one_step(networks, banks, torch.float16, 2, False, False)
+        record(f"acc step, {label}, 2 windows/call, eager", s=timed(run))
+        if args.compile:
+            unet.forward = torch.compile(eager_unet, dynamic=False)
+            started = time.perf_counter()
+            run()
+            torch.cuda.synchronize()
+            compile_seconds = time.perf_counter() - started
+            torch.cuda.reset_peak_memory_stats()
+            record(f"acc step, {label}, 2 windows/call, torch.compile", s=timed(run), compile_s=compile_seconds,
+                   peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+            unet.forward = eager_unet
+            torch._dynamo.reset()
+
+
+PARTS = {"step": part_step, "cfg": part_cfg, "decode": part_decode, "profile": part_profile, "compile": part_compile, "accuracy": part_accuracy,
+         "graphs": part_graphs, "fp8": part_fp8}
 
 
 def main() -> None:
@@ -245,13 +319,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--parts", default="step,cfg,decode,profile,accuracy")
     parser.add_argument("--compile-mode", default="default")
+    parser.add_argument("--compile", action="store_true", help="fp8 part: also time the compiled steps (~2 min each).")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     parts = args.parts.split(",")
     networks_by_dtype = {}
     if set(parts) - {"accuracy"}:
         for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
-            if name == "fp16" and not {"step", "decode", "compile"} & set(parts):
+            if name == "bf16" and not {"step", "cfg", "decode", "profile"} & set(parts):
+                continue
+            if name == "fp16" and not {"step", "decode", "compile", "graphs", "fp8"} & set(parts):
                 continue
             networks = random_networks(official_unet_config(), official_vae_config(), torch.device("cuda"), dtype)
             banks = networks.reference_unet(torch.randn((1, 4, LATENT, LATENT), device="cuda", dtype=dtype))
