@@ -4,6 +4,9 @@
 #   wheels of the missing packages, Ray without its Java jars / rllib / source maps (xz, ~26 MB),
 #   imageio-ffmpeg's static ffmpeg (xz, ~21 MB) and setup.sh.
 # There: `source DIR/setup.sh` installs into /tmp/site (PYTHONPATH) and puts ffmpeg on PATH.
+# The repository's tree (~17 MB with the demo weights) plus all of DIR exceeds one device call's 64 MiB, so DIR
+# is also split into DIR/python (wheels + Ray, ~35 MB) and DIR/ffmpeg (~21 MB), each with its setup.sh: carry
+# DIR/python in one call and DIR/ffmpeg in the next on the same warm machine (/tmp/site and /tmp/bin stay).
 set -euo pipefail
 dir=${1:-.whl}
 mkdir -p "$dir"
@@ -31,7 +34,7 @@ fi
 cat > "$dir/setup.sh" <<'SETUP'
 # source this on the GPU machine from the repository root (pieces left behind are skipped: a call may carry less)
 here=$(dirname "${BASH_SOURCE[0]}")
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$here"/*.whl
+compgen -G "$here/*.whl" > /dev/null && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$here"/*.whl
 [ -f "$here/ray-slim.tar.xz" ] && tar -xJf "$here/ray-slim.tar.xz" -C /tmp/site
 [ -f "$here/imageio_ffmpeg-py.tar.xz" ] && tar -xJf "$here/imageio_ffmpeg-py.tar.xz" -C /tmp/site
 if [ -f "$here/ffmpeg.xz" ]; then
@@ -41,4 +44,7 @@ fi
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export HF_HUB_OFFLINE=1 USE_FLAX=0 USE_TF=0 RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
 SETUP
-du -sh "$dir"; ls -la "$dir"
+mkdir -p "$dir/python" "$dir/ffmpeg"
+ln -f "$dir"/*.whl "$dir/ray-slim.tar.xz" "$dir/imageio_ffmpeg-py.tar.xz" "$dir/setup.sh" "$dir/python/"
+ln -f "$dir/ffmpeg.xz" "$dir/setup.sh" "$dir/ffmpeg/"
+du -sh "$dir" "$dir/python" "$dir/ffmpeg"; ls -la "$dir"
