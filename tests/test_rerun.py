@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -87,6 +88,21 @@ def test_changed_parameters_deleted_outputs_and_force_are_not_skipped(finished, 
 
     printed = rerun(capsys, edited, output, force=True)
     assert SKIPPED_WITHOUT_RAY not in printed and list(read_results(output)["status"]) == ["done", "done"]
+
+
+def test_the_fp8_mode_renders_finished_clips_again_and_says_why(finished, capsys, tmp_path):
+    """`--fp8` changes the frames, so the model identity and every fingerprint: a finished root is rendered again
+    once, with the reason, and the fp8 renders then stand on the next fp8 rerun (a copy keeps `finished` as it is)."""
+    root, _, _ = finished
+    shutil.copytree(root, tmp_path / "copy")
+    manifest, output = str(tmp_path / "copy" / "manifest.parquet"), str(tmp_path / "copy" / "out")
+    before = read_results(output).set_index("clip_id")["fingerprint"]
+    said = " ".join(rerun(capsys, manifest, output, fp8=True).split())
+    assert "2 finished clip(s) will be rendered again: the model changed" in said and "+fp8-linears+" in said
+    after = read_results(output).set_index("clip_id")
+    assert list(after["status"]) == ["done", "done"]
+    assert all(after.loc[clip, "fingerprint"] != before[clip] for clip in "ab")
+    assert f"2 of 2 clip(s) {SKIPPED_WITHOUT_RAY}" in rerun(capsys, manifest, output, fp8=True)
 
 
 def test_a_corrupt_stamps_file_only_costs_the_shortcut(finished, capsys):
