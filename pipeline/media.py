@@ -27,7 +27,19 @@ from pipeline.storage import InputError, describe_error
 
 SAMPLE_RATE = 16_000
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")  # fewer parsers exposed to untrusted files
-FFMPEG = shutil.which("ffmpeg") or imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _find_ffmpeg() -> str:
+    """ffmpeg on PATH, else imageio-ffmpeg's bundled binary; with neither, the bare name: importing the pipeline
+    (e.g. `cli.py bench --schedule`, which encodes nothing) must not fail, and the first ffmpeg call, or
+    `cli.py doctor`, then says that ffmpeg is missing."""
+    try:
+        return shutil.which("ffmpeg") or imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError:  # imageio-ffmpeg without its binary
+        return "ffmpeg"
+
+
+FFMPEG = _find_ffmpeg()
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
 # _open_image refuses over-limit sizes itself, with the row's reason; PIL's warning would only be noise.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)

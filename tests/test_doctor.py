@@ -32,3 +32,18 @@ def test_failures_name_the_problem_and_what_to_do(tmp_path, capsys):
     assert doctor_command(weights=tmp_path / "weights", output=str(tmp_path / "out")) == 1
     printed = capsys.readouterr().out
     assert "failed: weights" in printed and "] render:" not in printed  # no render with weights known to be bad
+
+
+def test_without_any_ffmpeg_the_pipeline_imports_and_the_doctor_says_so(tmp_path):
+    """A machine with neither ffmpeg on PATH nor imageio-ffmpeg's binary (the offline GPU machine's case): the
+    pipeline still imports (the schedule bench encodes nothing), and the ffmpeg check fails with what to do."""
+    fake = tmp_path / "site" / "imageio_ffmpeg"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("def get_ffmpeg_exe():\n    raise RuntimeError('No ffmpeg exe could be found.')\n")
+    script = ("from pipeline.doctor import check_ffmpeg; import pipeline.assemble, pipeline.driving_video; "
+              "check = check_ffmpeg(); print(check.status, '|', check.detail, '|', check.fix)")
+    env = {"PATH": str(tmp_path / "empty"), "PYTHONPATH": f"{tmp_path / 'site'}:{REPO}", "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    status, detail, fix = (part.strip() for part in done.stdout.strip().splitlines()[-1].split("|"))
+    assert status == FAIL and detail.startswith("ffmpeg:") and "install ffmpeg" in fix
