@@ -187,24 +187,29 @@ def part_profile(networks_by_dtype, args) -> None:
     (args.out / "profile_top_kernels.txt").write_text("\n".join(f"{s:9.4f} s  {k}" for k, s in top))
 
 
+def record_compiled_step(name: str, unet, run, mode: str) -> None:
+    """Time `run` with the UNet's forward compiled (the first call's compilation apart), then restore it eager."""
+    eager = unet.forward
+    unet.forward = torch.compile(eager, mode=mode, dynamic=False)
+    started = time.perf_counter()
+    run()
+    torch.cuda.synchronize()
+    compile_seconds = time.perf_counter() - started
+    torch.cuda.reset_peak_memory_stats()
+    record(name, s=timed(run), compile_s=compile_seconds, peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+    unet.forward = eager
+
+
 def part_compile(networks_by_dtype, args) -> None:
     networks, banks = networks_by_dtype["fp16"]
     set_layout(networks, False)
     torch.backends.cudnn.benchmark = True
     unet, decoder = networks.denoising_unet, networks.vae.decoder
-    eager_unet, eager_decoder = unet.forward, decoder.forward
+    eager_decoder = decoder.forward
     for k in (1, 2):
         run = one_step(networks, banks, torch.float16, k, False, False)
         record(f"acc step, fp16, {k} windows/call, eager+benchmark", s=timed(run))
-        unet.forward = torch.compile(eager_unet, mode=args.compile_mode, dynamic=False)
-        started = time.perf_counter()
-        run()
-        torch.cuda.synchronize()
-        compile_seconds = time.perf_counter() - started
-        torch.cuda.reset_peak_memory_stats()
-        record(f"acc step, fp16, {k} windows/call, torch.compile {args.compile_mode}", s=timed(run), compile_s=compile_seconds,
-               peak_gib=torch.cuda.max_memory_allocated() / 2**30)
-        unet.forward = eager_unet
+        record_compiled_step(f"acc step, fp16, {k} windows/call, torch.compile {args.compile_mode}", unet, run, args.compile_mode)
     latents = torch.randn((1, 4, 24, LATENT, LATENT), device="cuda")
     for batch in (1, 2):
         record(f"VAE decode fp16 batch {batch} eager+benchmark", s_per_120=5 * timed(lambda batch=batch: decode_latents(networks.vae, latents, torch.float16, batch), repeats=1))
@@ -291,22 +296,13 @@ def part_fp8(networks_by_dtype, args) -> None:
     set_layout(networks, False)
     torch.backends.cudnn.benchmark = True
     unet = networks.denoising_unet
-    eager_unet = unet.forward
     for label in ("fp16", "fp8 linears"):
         if label != "fp16":
             record("fp8 linears replaced", count=use_float8_linears(unet))
         run = one_step(networks, banks, torch.float16, 2, False, False)
         record(f"acc step, {label}, 2 windows/call, eager", s=timed(run))
         if args.compile:
-            unet.forward = torch.compile(eager_unet, dynamic=False)
-            started = time.perf_counter()
-            run()
-            torch.cuda.synchronize()
-            compile_seconds = time.perf_counter() - started
-            torch.cuda.reset_peak_memory_stats()
-            record(f"acc step, {label}, 2 windows/call, torch.compile", s=timed(run), compile_s=compile_seconds,
-                   peak_gib=torch.cuda.max_memory_allocated() / 2**30)
-            unet.forward = eager_unet
+            record_compiled_step(f"acc step, {label}, 2 windows/call, torch.compile", unet, run, "default")
             torch._dynamo.reset()
 
 
