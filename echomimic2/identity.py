@@ -11,6 +11,11 @@ from .weights_layout import TINY_DEMO_WEIGHTS, official_weight_files
 
 FLOAT8_IDENTITY = "fp8-linears"  # what the fp8 fast mode adds to a model's identity: its frames differ
 
+
+def with_fast_mode(weights_identity: str, fp8: bool) -> str:
+    """The frames depend on the weights and, in the fp8 fast mode, on its rounding: so does the identity."""
+    return f"{weights_identity}+{FLOAT8_IDENTITY}" if fp8 else weights_identity
+
 TINY_VERSION = "v1"  # bump when the tiny architecture or its initialisation changes
 RANDOM_VERSION = "v1"  # bump when random() changes its initialisation
 IDENTITY_HASH_BYTES = 4 << 20  # hash the first and last 4 MiB of each file: cheap, yet any other checkpoint differs there

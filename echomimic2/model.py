@@ -10,7 +10,7 @@ import torch
 from .checkpoints import load_official_networks, load_prefixed_networks
 from .config import official_unet_config, official_vae_config, tiny_unet_config, tiny_vae_config
 from .fast import prepare_for_gpu, use_float8_linears
-from .identity import FLOAT8_IDENTITY, official_identity, random_identity, tiny_identity, tiny_random_identity
+from .identity import official_identity, random_identity, tiny_identity, tiny_random_identity, with_fast_mode
 from .networks import OfficialNetworks, build_networks, random_networks
 from .presets import PRESETS, Preset, full_size_preset
 from .sampler import VAE_DOWNSCALE, render_segment
@@ -53,7 +53,7 @@ class EchoMimicV2:
         _check_compile(compile, device)
         weights_dir = Path(weights_dir)
         networks = _gpu_settings(_fast_mode(load_official_networks(weights_dir, variant, device, dtype), fp8), compile)
-        return cls(networks, PRESETS[variant], _identity(official_identity(weights_dir, variant), fp8))
+        return cls(networks, PRESETS[variant], with_fast_mode(official_identity(weights_dir, variant), fp8))
 
     @classmethod
     def tiny(cls, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, fp8: bool = False) -> EchoMimicV2:
@@ -64,7 +64,7 @@ class EchoMimicV2:
         with torch.device("meta"):  # nothing initialised only to be overwritten
             networks = build_networks(tiny_unet_config(), tiny_vae_config())
         networks = _fast_mode(load_prefixed_networks(networks, TINY_DEMO_WEIGHTS, device, dtype), fp8)
-        return cls(networks, PRESETS["tiny"], _identity(tiny_identity(), fp8))
+        return cls(networks, PRESETS["tiny"], with_fast_mode(tiny_identity(), fp8))
 
     @classmethod
     def tiny_random(cls, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> EchoMimicV2:
@@ -102,7 +102,7 @@ class EchoMimicV2:
         _check_compile(compile, device)
         networks = random_networks(official_unet_config(), official_vae_config(), torch.device(device), dtype, seed)
         networks = _gpu_settings(_fast_mode(networks, fp8), compile)
-        return cls(networks, chosen, _identity(random_identity(preset, seed), fp8))
+        return cls(networks, chosen, with_fast_mode(random_identity(preset, seed), fp8))
 
     def render(
         self,
@@ -155,11 +155,6 @@ def _fast_mode(networks: OfficialNetworks, fp8: bool) -> OfficialNetworks:
     if fp8:
         use_float8_linears(networks.denoising_unet)
     return networks
-
-
-def _identity(weights_identity: str, fp8: bool) -> str:
-    """The frames depend on the weights and, in the fast mode, on its fp8 rounding: so does the identity."""
-    return f"{weights_identity}+{FLOAT8_IDENTITY}" if fp8 else weights_identity
 
 
 def _gpu_settings(networks: OfficialNetworks, compile: bool, device_type: str | None = None) -> OfficialNetworks:

@@ -102,17 +102,17 @@ def model_identity(preset: str, weights: str | None, random_weights: bool = Fals
     """What the frames depend on besides the inputs: the renderer's weights (and the fast mode's fp8 rounding, as
     `EchoMimicV2`'s identity says) and the audio encoder's. Torch-free (`echomimic2.identity`): the driver decides
     skips and refuses bad weights before importing any network."""
-    from echomimic2.identity import FLOAT8_IDENTITY, official_identity, random_identity, tiny_identity
+    from echomimic2.identity import official_identity, random_identity, tiny_identity, with_fast_mode
     from echomimic2.presets import PRESETS
     from echomimic2.weights_layout import WHISPER_FILE
 
-    fast = f"+{FLOAT8_IDENTITY}" if fp8 else ""
     if random_weights:
-        return f"{random_identity(preset, TINY_MODEL_SEED)}{fast}+whisper-random-seed{TINY_MODEL_SEED}"
+        return f"{with_fast_mode(random_identity(preset, TINY_MODEL_SEED), fp8)}+whisper-random-seed{TINY_MODEL_SEED}"
     if weights is None:
-        return f"{tiny_identity()}{fast}+whisper-random-seed{TINY_MODEL_SEED}"
+        return f"{with_fast_mode(tiny_identity(), fp8)}+whisper-random-seed{TINY_MODEL_SEED}"
     whisper = Path(weights) / WHISPER_FILE
-    return f"{official_identity(Path(weights), PRESETS[preset].variant)}{fast}+whisper-{_file_sha256(whisper)[:16]}"
+    renderer = with_fast_mode(official_identity(Path(weights), PRESETS[preset].variant), fp8)
+    return f"{renderer}+whisper-{_file_sha256(whisper)[:16]}"
 
 
 def _file_sha256(path: Path) -> str:
