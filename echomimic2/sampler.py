@@ -93,6 +93,17 @@ def encode_reference(vae, reference_image: np.ndarray, device: torch.device, dty
     return vae.encode(pixels).latent_dist.mean * VAE_SCALING_FACTOR
 
 
+def device_indices(values: Sequence, device: torch.device) -> torch.Tensor:
+    """A long tensor of `values` on `device`, queued without waiting for the GPU.
+
+    `torch.tensor(values, device="cuda")` (and indexing a CUDA tensor with a Python list) copies from pageable
+    memory and then synchronises the stream, so the host could not launch the next UNet call until the GPU
+    had finished the previous one; a page-locked copy is queued on the stream like any kernel.
+    """
+    host = torch.tensor(values, dtype=torch.long)
+    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
+
+
 def host_pose_images(pose_images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 (n, H, W, 3) → a host tensor, page-locked when the device is a GPU so window uploads overlap compute."""
     images = torch.from_numpy(np.ascontiguousarray(pose_images))
@@ -115,7 +126,7 @@ def encode_window_poses(pose_encoder, pose_images: torch.Tensor, group: Sequence
     images = images.to(device, non_blocking=True).permute(0, 3, 1, 2)
     features = pose_encoder((images.float() / 255.0).to(dtype))  # (distinct frames, C0, h, w)
     position = {index: slot for slot, index in enumerate(frames)}
-    gather = torch.tensor([[position[index] for index in window] for window in group], device=device)
+    gather = device_indices([[position[index] for index in window] for window in group], device)
     return features[gather].permute(0, 2, 1, 3, 4)
 
 
@@ -127,15 +138,20 @@ def decode_latents(vae, latents: torch.Tensor, dtype: torch.dtype, batch: int) -
     float32 × 255 truncated to uint8.
     """
     per_frame = latents[0].permute(1, 0, 2, 3)  # (n, 4, h, w)
+    # Each batch's frames are queued into one page-locked host buffer, and the host waits for the GPU once at
+    # the end: a `.cpu()` per batch would leave the GPU idle while the next decode call is launched.
+    on_gpu = latents.device.type == "cuda"
     frames = None
     for begin in range(0, per_frame.shape[0], batch):
         z = (per_frame[begin : begin + batch] / VAE_SCALING_FACTOR).to(dtype)
         images = (vae.decode(z).sample / 2 + 0.5).clamp(0, 1)
-        images = (images.float() * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        images = (images.float() * 255).to(torch.uint8).permute(0, 2, 3, 1)
         if frames is None:
-            frames = np.empty((per_frame.shape[0], *images.shape[1:]), dtype=np.uint8)
-        frames[begin : begin + len(images)] = images
-    return frames
+            frames = torch.empty((per_frame.shape[0], *images.shape[1:]), dtype=torch.uint8, pin_memory=on_gpu)
+        frames[begin : begin + len(images)].copy_(images, non_blocking=on_gpu)
+    if on_gpu:
+        torch.cuda.current_stream(latents.device).synchronize()
+    return frames.numpy()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -211,7 +227,7 @@ def denoise(
     # CPU alphas with a device tensor would synchronise with the GPU at every window batch).
     for timestep, step_value, groups in zip(scheduler.timesteps, scheduler.timesteps.tolist(), step_groups):
         for group, done in zip(groups, completed_frames(groups)):
-            index = torch.tensor(group, device=latents.device)  # (k, f)
+            index = device_indices(group, latents.device)  # (k, f)
             sample = latents[0][:, index].permute(1, 0, 2, 3, 4).to(dtype)  # (k, 4, f, h, w)
             audio = frame_audio[index]  # (k, f, 50, 384)
             pose = encode_window_poses(pose_encoder, pose_images, group, dtype)  # (k, C0, f, h, w)
@@ -222,14 +238,14 @@ def denoise(
             v = denoising_unet(sample, timestep, audio, pose, reference_kv, uncond_batch=len(group) if use_cfg else 0)
             v = v.float().unflatten(0, (branches, len(group)))  # (branches, k, 4, f, h, w)
             for slot, window in enumerate(group):
-                slots = [frame % span for frame in window]
+                slots = device_indices([frame % span for frame in window], latents.device)
                 accumulated[:, :, slots] += v[:, slot]
                 counter[:, :, slots] += 1
             del sample, audio, pose, v
             for begin in range(0, len(done), CONTEXT_FRAMES):
                 chunk = done[begin : begin + CONTEXT_FRAMES]
-                slots = torch.tensor([frame % span for frame in chunk], device=latents.device)
-                chunk = torch.tensor(chunk, device=latents.device)
+                slots = device_indices([frame % span for frame in chunk], latents.device)
+                chunk = device_indices(chunk, latents.device)
                 v = accumulated[:, :, slots] / counter[:, :, slots]
                 if use_cfg:
                     v_uncond, v_cond = v.chunk(2)

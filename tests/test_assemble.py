@@ -136,7 +136,9 @@ def test_segments_are_read_lazily_and_memory_stays_bounded(tmp_path, monkeypatch
     assert set(reads) == {segments[0][2]} and len(reads) == 1  # one chunk of the first segment, nothing else
 
     audio = speech_like(19.2)
-    assemble.qc.FaceMouth().close()  # imports mediapipe now: a once-per-process import is not the clip's memory
+    # A short clip first: once-per-process imports (mediapipe, PIL's plugins) are not the long clip's memory.
+    warm_up = constant_segments(tmp_path, [(0, 8)], [0], size=(128, 128))
+    assemble_clip(warm_up, 8, 25, speech_like(0.4), str(tmp_path / "warm.mp4"), scratch_dir=tmp_path)
     tracemalloc.start()
     result = assemble_clip(segments, 480, 25, audio, str(tmp_path / "long.mp4"), scratch_dir=tmp_path)
     _, peak = tracemalloc.get_traced_memory()

@@ -86,6 +86,31 @@ def test_compiled_networks_match_eager(segment_inputs):
     assert diff.max() <= 2 and diff.mean() <= 0.2, (diff.max(), diff.mean())
 
 
+def test_the_denoising_loop_never_waits_for_the_gpu(segment_inputs, monkeypatch):
+    """The host must run ahead of the GPU through the whole DDIM loop (a compiled UNet call costs ~0.1 s of
+    host time, and a render actor shares its CPU with the job's other stages): with CUDA's sync debug mode
+    set to "error", any copy or read that makes the host wait inside `denoise` raises. Several windows per
+    step and CFG, so the accumulator, the finished-frame chunks and both branches are exercised."""
+    from echomimic2 import EchoMimicV2, sampler
+
+    model = EchoMimicV2.tiny(device="cuda", dtype=torch.float16)
+    model.render(*segment_inputs, seed=0, first_frame=0, steps=1)  # cuDNN autotuning and allocations first
+    real_denoise = sampler.denoise
+
+    def denoise_without_syncs(*args, **kwargs):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return real_denoise(*args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(sampler, "denoise", denoise_without_syncs)
+    reference, audio, poses = segment_inputs
+    long_audio, long_poses = np.concatenate([audio] * 3), np.concatenate([poses] * 3)  # three windows a step
+    frames = model.render(reference, long_audio, long_poses, seed=0, first_frame=0, steps=2, guidance=2.5)
+    assert frames.shape == (3 * FRAMES, SIZE, SIZE, 3)
+
+
 def test_fp8_fast_mode_runs_on_cuda_near_the_fp16_frames(official_weights, segment_inputs):
     """The opt-in fast mode (fp8 linears through torch._scaled_mm on the GPU's fp8 tensor cores) loads through
     `from_official` and stays near the default's frames. The deviation is printed for BENCHMARKS.md; the bound
