@@ -216,16 +216,17 @@ def denoise(
     use_cfg = guidance > 1.0
     branches = 2 if use_cfg else 1
     scheduler = official_scheduler()
-    scheduler.set_timesteps(steps, device=latents.device)
+    scheduler.set_timesteps(steps)  # on the host: its own device copy is a pageable, synchronising one
+    step_values = scheduler.timesteps.tolist()
     schedule = official_windows if reference_compatible else segment_windows
-    step_groups = [_batched(schedule(frames, step), windows_per_batch) for step in range(len(scheduler.timesteps))]
+    step_groups = [_batched(schedule(frames, step), windows_per_batch) for step in range(len(step_values))]
     span = max(accumulator_frames(groups) for groups in step_groups)
     accumulated = torch.zeros((branches, LATENT_CHANNELS, span, *latents.shape[3:]), device=latents.device, dtype=torch.float32)
     counter = torch.zeros((1, 1, span, 1, 1), device=latents.device, dtype=torch.float32)
 
     # The UNet takes the device tensor; the scheduler the same value as an int, read once (indexing its
     # CPU alphas with a device tensor would synchronise with the GPU at every window batch).
-    for timestep, step_value, groups in zip(scheduler.timesteps, scheduler.timesteps.tolist(), step_groups):
+    for timestep, step_value, groups in zip(device_indices(step_values, latents.device), step_values, step_groups):
         for group, done in zip(groups, completed_frames(groups)):
             index = device_indices(group, latents.device)  # (k, f)
             sample = latents[0][:, index].permute(1, 0, 2, 3, 4).to(dtype)  # (k, 4, f, h, w)
