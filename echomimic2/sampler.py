@@ -138,6 +138,14 @@ def decode_latents(vae, latents: torch.Tensor, dtype: torch.dtype, batch: int) -
     float32 × 255 truncated to uint8.
     """
     per_frame = latents[0].permute(1, 0, 2, 3)  # (n, 4, h, w)
+    frame_count = per_frame.shape[0]
+    # Every call gets exactly `batch` frames (a short last batch is padded with copies of its last frame): a
+    # compiled decoder (static shapes) would otherwise compile again inside the first segment whose length
+    # leaves a remainder, e.g. the job's balanced plan cuts 312 frames into 2 × 159. The decoder treats frames
+    # independently, so the padding changes no frame.
+    if frame_count % batch:
+        padding = per_frame[-1:].expand(batch - frame_count % batch, *per_frame.shape[1:])
+        per_frame = torch.cat([per_frame, padding])
     # Each batch's frames are queued into one page-locked host buffer, and the host waits for the GPU once at
     # the end: a `.cpu()` per batch would leave the GPU idle while the next decode call is launched.
     on_gpu = latents.device.type == "cuda"
@@ -146,8 +154,9 @@ def decode_latents(vae, latents: torch.Tensor, dtype: torch.dtype, batch: int) -
         z = (per_frame[begin : begin + batch] / VAE_SCALING_FACTOR).to(dtype)
         images = (vae.decode(z).sample / 2 + 0.5).clamp(0, 1)
         images = (images.float() * 255).to(torch.uint8).permute(0, 2, 3, 1)
+        images = images[: frame_count - begin]
         if frames is None:
-            frames = torch.empty((per_frame.shape[0], *images.shape[1:]), dtype=torch.uint8, pin_memory=on_gpu)
+            frames = torch.empty((frame_count, *images.shape[1:]), dtype=torch.uint8, pin_memory=on_gpu)
         frames[begin : begin + len(images)].copy_(images, non_blocking=on_gpu)
     if on_gpu:
         torch.cuda.current_stream(latents.device).synchronize()

@@ -176,7 +176,7 @@ def write_job_inputs(folder: Path, clips: dict[str, float], fps: float) -> Path:
     return manifest
 
 
-def step_job(weights: Path, work: Path, preset: str, clips: dict[str, float], compile_networks: bool, result: dict,
+def step_job(weights: Path | None, work: Path, preset: str, clips: dict[str, float], compile_networks: bool, result: dict,
              segment_frames: int | None = None) -> None:
     import pandas as pd
 
@@ -186,8 +186,8 @@ def step_job(weights: Path, work: Path, preset: str, clips: dict[str, float], co
     manifest = write_job_inputs(work / f"job-{preset}-in", clips, fps)
     output = work / f"job-{preset}-out"
     env = dict(os.environ, ECHOMIMIC2_COMPILE="1" if compile_networks else "0")
-    command = [sys.executable, str(REPO / "cli.py"), "run", str(manifest), "--output", str(output), "--weights", str(weights),
-               "--preset", preset, "--gpus", "1", "--force"]
+    command = [sys.executable, str(REPO / "cli.py"), "run", str(manifest), "--output", str(output),
+               *(["--weights", str(weights)] if weights else ["--random-weights"]), "--preset", preset, "--gpus", "1", "--force"]
     if segment_frames:
         command += ["--segment-frames", str(segment_frames)]
     started = time.perf_counter()
@@ -225,6 +225,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=768)
     parser.add_argument("--job-presets", default="acc,quality")
     parser.add_argument("--job-compile", action="store_true", help="Let the job's render actors compile (the default of run).")
+    parser.add_argument("--job-random-weights", action="store_true",
+                        help="The job builds random networks itself (no weights step; the speed is the same).")
     args = parser.parse_args()
     import torch
 
@@ -247,7 +249,7 @@ def main() -> int:
     plan = [("weights", lambda r: step_weights(args.work, r)),
             ("engine", lambda r: step_engine(weights, args.frames, args.size, r)),
             ("clip", lambda r: step_clip(weights, args.work, r))]
-    plan += [(f"job-{preset}", lambda r, p=preset: step_job(weights, args.work, p, job_clips[p][0], args.job_compile, r,
+    plan += [(f"job-{preset}", lambda r, p=preset: step_job(None if args.job_random_weights else weights, args.work, p, job_clips[p][0], args.job_compile, r,
                                                             segment_frames=job_clips[p][1]))
              for preset in args.job_presets.split(",")]
     failed = []

@@ -202,6 +202,25 @@ def test_batched_vae_decode_matches_frame_by_frame(tiny_model):
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
+def test_every_vae_decode_call_gets_the_same_number_of_frames(tiny_model, monkeypatch):
+    """A compiled decoder has static shapes: a shorter last batch (any segment length that is not a multiple
+    of the batch) would compile it again mid-job. The padding frames are dropped, the real ones unchanged."""
+    vae = tiny_model.networks.vae
+    latents = segment_noise(1, 0, 11, 8, 8)
+    expected = decode_latents(vae, latents, torch.float32, 1).astype(int)
+    batches = []
+    real_decode = vae.decode
+
+    def recording_decode(z, *args, **kwargs):
+        batches.append(z.shape[0])
+        return real_decode(z, *args, **kwargs)
+
+    monkeypatch.setattr(vae, "decode", recording_decode)
+    frames = decode_latents(vae, latents, torch.float32, 4)
+    assert batches == [4, 4, 4]
+    assert frames.shape == expected.shape and np.abs(frames.astype(int) - expected).max() <= 1
+
+
 @pytest.mark.parametrize("dtype, max_levels, mean_levels", [(torch.float16, 2, 0.2), (torch.bfloat16, 12, 1.5)])
 def test_half_precision_frames_stay_within_the_stated_tolerance(tiny_model, tiny_inputs, dtype, max_levels, mean_levels):
     """The fast path's dtype against fp32, same weights and inputs. Measured on the CPU (tiny, 3 steps):

@@ -86,6 +86,25 @@ def test_compiled_networks_match_eager(segment_inputs):
     assert diff.max() <= 2 and diff.mean() <= 0.2, (diff.max(), diff.mean())
 
 
+def test_compiled_networks_do_not_compile_again_for_other_segment_lengths(segment_inputs):
+    """The job's plan gives segments of any length (312 frames → 2 × 159): after a worker's first segment,
+    another length must not trace or compile anything again (a recompile mid-job costs seconds per network)."""
+    from torch._dynamo.utils import counters
+
+    from echomimic2 import EchoMimicV2
+    from echomimic2.model import _gpu_settings
+
+    model = EchoMimicV2.tiny(device="cuda", dtype=torch.float16)
+    model.networks = _gpu_settings(model.networks, compile=True)
+    reference, audio, poses = segment_inputs
+    model.render(reference, np.concatenate([audio] * 2), np.concatenate([poses] * 2), seed=0, first_frame=0, steps=2)
+    graphs = counters["stats"]["unique_graphs"]
+    for frames in (2 * FRAMES - 1, 3 * FRAMES + 5):
+        tiled = np.arange(frames) % FRAMES
+        model.render(reference, audio[tiled], poses[tiled], seed=0, first_frame=0, steps=2)
+        assert counters["stats"]["unique_graphs"] == graphs, f"{frames} frames compiled new graphs"
+
+
 def test_the_denoising_loop_never_waits_for_the_gpu(segment_inputs, monkeypatch):
     """The host must run ahead of the GPU through the whole DDIM loop (a compiled UNet call costs ~0.1 s of
     host time, and a render actor shares its CPU with the job's other stages): with CUDA's sync debug mode
