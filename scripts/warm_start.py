@@ -98,7 +98,8 @@ def main() -> int:
             first_done = time.perf_counter() - started
             compile_report = compile_times(repr="str")
         errors += [result.error] if result.error else []
-        segments.append(dict(frames=n, render_s=round(result.seconds, 2), per_120_s=round(result.seconds * 120 / n, 2)))
+        segments.append(dict(frames=n, render_s=round(result.seconds, 2), per_120_s=round(result.seconds * 120 / n, 2),
+                             dynamo_graphs=counters["stats"]["unique_graphs"]))  # grows when a length compiles again
     per_call = []
     if args.per_call and torch.cuda.is_available():
         calls: dict = defaultdict(lambda: [0, 0.0, 0.0])
