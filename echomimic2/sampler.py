@@ -261,8 +261,10 @@ def denoise(
                     v_uncond, v_cond = v.chunk(2)
                     v = v_uncond + guidance * (v_cond - v_uncond)
                 latents[:, :, chunk] = scheduler.step(v, step_value, latents[:, :, chunk]).prev_sample
-                accumulated[:, :, slots] = 0
-                counter[:, :, slots] = 0
+                # index_fill_ passes the 0 to the kernel; `x[:, :, slots] = 0` first copies it to the GPU from
+                # pageable memory, which synchronises.
+                accumulated.index_fill_(2, slots, 0)
+                counter.index_fill_(2, slots, 0)
     return latents
 
 
