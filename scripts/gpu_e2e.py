@@ -190,7 +190,7 @@ def step_job(weights: Path | None, work: Path, preset: str, clips: dict[str, flo
                *(["--weights", str(weights)] if weights else ["--random-weights"]), "--preset", preset, "--gpus", "1", "--force"]
     if segment_frames:
         command += ["--segment-frames", str(segment_frames)]
-    started = time.perf_counter()
+    started, since = time.perf_counter(), time.time()
     with GpuMemoryPoller() as memory:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
     wall = time.perf_counter() - started
@@ -208,6 +208,16 @@ def step_job(weights: Path | None, work: Path, preset: str, clips: dict[str, flo
                   # Per clip: the first clip an actor renders carries its compilation (or warm start), the others not.
                   clips={row.clip_id: dict(frames=int(row.frames), render_s=round(float(row.render_seconds), 2))
                          for row in results.itertuples()})
+    # Without each worker's first segment (it carries the compilation or warm start, whichever clip it is):
+    # the rate a long job settles at.
+    from pipeline.ledger import Ledger
+
+    later = [record for record in Ledger(str(output)).segment_records()  # this run's (--force keeps older records)
+             if record["time"] >= since and "worker_start_seconds" not in record]
+    later_frames = sum(record["stop"] - record["start"] for record in later)
+    if later_frames:
+        result.update(later_segments=len(later), later_render_s_per_120=round(
+            sum(record["seconds"] for record in later) * 120 / later_frames, 2))
     probes = {}
     for row in results.itertuples():
         probe = probe_video(row.output)
