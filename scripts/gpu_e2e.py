@@ -259,7 +259,8 @@ def main() -> int:
     plan = [("weights", lambda r: step_weights(args.work, r)),
             ("engine", lambda r: step_engine(weights, args.frames, args.size, r)),
             ("clip", lambda r: step_clip(weights, args.work, r))]
-    plan += [(f"job-{preset}", lambda r, p=preset: step_job(None if args.job_random_weights else weights, args.work, p, job_clips[p][0], args.job_compile, r,
+    job_weights = None if args.job_random_weights else weights
+    plan += [(f"job-{preset}", lambda r, p=preset: step_job(job_weights, args.work, p, job_clips[p][0], args.job_compile, r,
                                                             segment_frames=job_clips[p][1]))
              for preset in args.job_presets.split(",")]
     failed = []
