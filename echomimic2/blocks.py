@@ -10,6 +10,7 @@ Timesteps/TimestepEmbedding, the GEGLU FeedForward.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,15 @@ class UNetContext:
     reference_kv: ReferenceKV | None = None  # block path -> (k_ref, v_ref), each (1, L, C)
     uncond_rows: int = 0  # the first rows are CFG's unconditional half: no reference attention
     banks: dict[str, torch.Tensor] | None = None  # filled by the reference UNet: block path -> norm1 output
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None  # the current block's entry of reference_kv
+
+    def for_block(self, path: str) -> UNetContext:
+        """This context with `reference` set to the block's K/V. The lookup by path happens here, outside the
+        block's forward: a path is a per-block constant, so a compiled block that read it would compile once
+        per block instead of once per shape (fast.compile_regions)."""
+        if self.reference_kv is None:
+            return self
+        return dataclasses.replace(self, reference=self.reference_kv[path])
 
 
 class Downsample(nn.Module):
@@ -82,9 +92,9 @@ class TransformerBlock(nn.Module):
         return x + self.ff(self.norm3(x))
 
     def _self_attention(self, normed: torch.Tensor, ctx: UNetContext) -> torch.Tensor:
-        if ctx.reference_kv is None:
+        if ctx.reference is None:
             return self.attn1(normed)
-        key_ref, value_ref = ctx.reference_kv[self.path]
+        key_ref, value_ref = ctx.reference
         uncond, cond = normed[: ctx.uncond_rows], normed[ctx.uncond_rows :]
         outputs = []
         if len(uncond):
@@ -117,7 +127,12 @@ class SpatialTransformer(nn.Module):
         )
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
+    @property
+    def path(self) -> str:
+        return self.transformer_blocks[0].path
+
     def forward(self, x: torch.Tensor, ctx: UNetContext) -> torch.Tensor:
+        """x (rows, C, h, w) -> same shape; `ctx.reference` is this block's reference K/V (`ctx.for_block`)."""
         rows, channels, height, width = x.shape
         tokens = self.proj_in(self.norm(x)).permute(0, 2, 3, 1).reshape(rows, height * width, channels)
         for block in self.transformer_blocks:
@@ -155,7 +170,8 @@ class _Level(nn.Module):
     def layer(self, index: int, x: torch.Tensor, ctx: UNetContext) -> torch.Tensor:
         x = self.resnets[index](x, ctx.temb)
         if self.attentions is not None:
-            x = self.attentions[index](x, ctx)
+            attention = self.attentions[index]
+            x = attention(x, ctx.for_block(attention.path))
         if self.motion_modules is not None:
             x = self.motion_modules[index](x, ctx.frames)
         return x
@@ -207,7 +223,7 @@ class MidBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: UNetContext) -> torch.Tensor:
         x = self.resnets[0](x, ctx.temb)
-        x = self.attentions[0](x, ctx)
+        x = self.attentions[0](x, ctx.for_block(self.attentions[0].path))
         if self.motion_modules is not None:
             x = self.motion_modules[0](x, ctx.frames)
         return self.resnets[1](x, ctx.temb)
