@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 TINY_MODEL_SEED = 0  # the tiny preset's audio encoder (it was trained with it) and the --random-weights networks
 # Render actors live for the whole job, so on CUDA they compile the networks (BENCHMARKS.md: ~1/3 less
-# time per segment, after ~2 minutes of compilation per actor); ECHOMIMIC2_COMPILE=0 turns that off.
+# time per segment, after ~2.5 minutes of compilation per actor, ~30 s warm); ECHOMIMIC2_COMPILE=0 turns that off.
 COMPILE_ENV = "ECHOMIMIC2_COMPILE"
 
 

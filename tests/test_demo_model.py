@@ -214,6 +214,7 @@ def _frame_changes(frames: np.ndarray) -> np.ndarray:
     return np.abs(np.diff(frames.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
 
 
+@pytest.mark.slow  # ~80 s; the default suite checks the cross-fade where segments join in tests/test_assemble.py
 def test_no_seam_where_segments_join_and_same_seed_same_video():
     """The one-clip API (the job's steps) with 24-frame segments sharing 6: at each join the frame-to-frame
     change stays within what it is inside the segments. A hard cut to another seed's frames, the seam a wrong

@@ -123,6 +123,7 @@ def test_mixed_manifest_fails_each_bad_row_alone(ray_cluster, tmp_path, capsys):
     assert "row 3 (clip 'empty_audio'): audio: file is empty" in report
 
 
+@pytest.mark.slow  # ~110 s; the default suite checks reruns in tests/test_rerun.py
 def test_rerun_renders_nothing_and_an_edited_row_only_itself(ray_cluster, tmp_path):
     root = str(tmp_path)
     manifest = write_inputs(root, {"a": 1.5, "b": 2.0})
@@ -150,6 +151,7 @@ def test_rerun_renders_nothing_and_an_edited_row_only_itself(ray_cluster, tmp_pa
     assert list(read_results(output)["status"]) == ["done", "done"]
 
 
+@pytest.mark.slow  # ~110 s; the default suite kills a render worker (test_render_faults) and SIGTERMs the driver (test_interrupt)
 def test_driver_killed_midway_then_rerun_finishes_without_rendering_twice(ray_cluster, tmp_path):
     clips = {f"clip{i}": 2.5 for i in range(5)}
     root = str(tmp_path)
