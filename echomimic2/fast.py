@@ -16,7 +16,7 @@ REGION_RECOMPILE_LIMIT = 128
 
 
 def prepare_for_gpu(networks: OfficialNetworks, compile_networks: bool = False) -> OfficialNetworks:
-    """Enable cuDNN autotuning; optionally compile the denoising UNet's forward and the VAE decoder.
+    """Enable cuDNN autotuning; optionally compile the denoising UNet's blocks and the VAE decoder.
 
     channels_last was measured and dropped: no gain for either UNet or the VAE (BENCHMARKS.md).
     """
