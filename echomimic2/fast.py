@@ -23,7 +23,7 @@ def prepare_for_gpu(networks: OfficialNetworks, compile_networks: bool = False) 
     torch.backends.cudnn.benchmark = True
     if compile_networks:
         # Fuses the norms, GEGLU, residual adds and layout copies between the cuBLAS/cuDNN calls.
-        # No CUDA graphs: a step's window batches come in two lengths, each would pin its own pool.
+        # No CUDA graphs: on the eager UNet they saved 1.3 % of a step for a 3.4 GiB pool (BENCHMARKS.md, 2026-12-02).
         # The UNet by blocks (same speed as its whole forward, 0.6x the cold compile, 0.65x the warm start:
         # BENCHMARKS.md, 2026-12-03); the VAE decoder whole (one shape per job: decode_latents pads batches).
         compile_regions(networks.denoising_unet)

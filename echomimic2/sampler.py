@@ -16,13 +16,18 @@ Two window schedules exist (`echomimic2.windows`, torch-free so that `plan` can 
 
 Predictions of overlapping windows are averaged (accumulator / per-frame counter) with and without
 CFG, as the official acc pipeline does; a frame takes its DDIM step as soon as its average is final,
-so the accumulator is a ring a few windows long instead of the whole segment (`denoise`). With CFG the batch is [uncond windows…, cond windows…]; the
-unconditional rows get zero audio, zero pose features and no reference attention.
+so the accumulator is a few windows long instead of the whole segment, and a UNet call may hold the
+last windows of one step and the first of the next (`denoising_calls`). With CFG the batch is
+[uncond windows…, cond windows…]; the unconditional rows get zero audio, zero pose features and no
+reference attention.
 """
 from __future__ import annotations
 
 import hashlib
+import heapq
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -167,36 +172,90 @@ def decode_latents(vae, latents: torch.Tensor, dtype: torch.dtype, batch: int) -
 # Denoising
 
 
-def _batched(items: Sequence, size: int) -> list[Sequence]:
-    """At most `size` items per batch, in as few and as even batches as possible (even shapes suit cuDNN's autotuner)."""
-    count = -(-len(items) // size)
-    bounds = [round(i * len(items) / count) for i in range(count + 1)]
-    return [items[bounds[i] : bounds[i + 1]] for i in range(count)]
+@dataclass(frozen=True)
+class WindowRow:
+    """One context window of one denoising step in a UNet call; `slots` hold its frames' running averages."""
+
+    step: int
+    frames: tuple[int, ...]
+    slots: tuple[int, ...]
 
 
-def completed_frames(groups: Sequence[Sequence[Sequence[int]]]) -> list[list[int]]:
-    """For each window batch of a step, the frames no later batch touches: their average is final after it."""
-    last_batch = {index: number for number, group in enumerate(groups) for window in group for index in window}
-    completed: list[list[int]] = [[] for _ in groups]
-    for index in sorted(last_batch):
-        completed[last_batch[index]].append(index)
-    return completed
+@dataclass(frozen=True)
+class FrameUpdate:
+    """Frames whose average for `step` is final after a call: they take that step's DDIM update."""
+
+    step: int
+    frames: tuple[int, ...]
+    slots: tuple[int, ...]
 
 
-def accumulator_frames(groups: Sequence[Sequence[Sequence[int]]]) -> int:
-    """Slots the overlap accumulator needs: the widest span of frames whose average is in progress.
+@dataclass(frozen=True)
+class DenoisingCall:
+    windows: tuple[WindowRow, ...]
+    updates: tuple[FrameUpdate, ...]
 
-    Frame i lives in slot i mod span, which never collides because in-progress frames always lie
-    within one span. Inside a segment the windows advance, so this is ~windows_per_batch × 12
-    whatever the segment's length; the wrap-around official schedule needs the whole clip.
-    """
-    in_progress: set[int] = set()
-    span = 1
-    for group, done in zip(groups, completed_frames(groups)):
-        in_progress.update(index for window in group for index in window)
-        span = max(span, max(in_progress) - min(in_progress) + 1)
-        in_progress.difference_update(done)
-    return span
+
+def denoising_calls(step_windows: Sequence[Sequence[Sequence[int]]], windows_per_call: int) -> tuple[list[DenoisingCall], int]:
+    """The UNet calls of a whole DDIM loop, and how many accumulator slots they need.
+
+    Calls are filled across step boundaries: a window of step s+1 may share a call with the last windows of
+    step s as soon as every frame it reads has taken its step-s update. So every call but the very last is
+    full (one batch shape for the compiled UNet instead of two, and no half-empty calls), while each window
+    still sees exactly the latents of the step-by-step loop, and each frame sums its windows in the same order.
+    Windows of one step run in their order; among ready windows the oldest step goes first, which keeps few
+    frames in progress. A frame holds a slot from its first window of a step to its update, so the accumulator
+    is a few windows long whatever the segment's length (the wrap-around official schedule keeps its first
+    frames open until its last window: the whole clip)."""
+    steps = len(step_windows)
+    frames = sorted({f for windows in step_windows for window in windows for f in window})
+    for step, windows in enumerate(step_windows):
+        if {f for window in windows for f in window} != set(frames):
+            raise ValueError(f"step {step}'s windows do not cover every frame: a frame would never be updated")
+    unread = [Counter(f for window in windows for f in window) for windows in step_windows]  # per step, per frame
+    steps_done = dict.fromkeys(frames, 0)
+    next_window = [0] * steps
+    slot_of: dict[int, int] = {}
+    free_slots: list[int] = []
+    slot_count = 0
+    calls: list[DenoisingCall] = []
+    total = sum(len(windows) for windows in step_windows)
+    while sum(next_window) < total:
+        chosen: list[tuple[int, Sequence[int]]] = []
+        for step in range(steps):
+            windows = step_windows[step]
+            while len(chosen) < windows_per_call and next_window[step] < len(windows):
+                window = windows[next_window[step]]
+                if any(steps_done[f] != step for f in window):
+                    break
+                chosen.append((step, window))
+                next_window[step] += 1
+        if not chosen:  # cannot happen while every step covers every frame (checked above)
+            raise RuntimeError("no context window is ready: the denoising order is stuck")
+        rows = []
+        for step, window in chosen:
+            for f in window:
+                if f not in slot_of:
+                    if free_slots:
+                        slot_of[f] = heapq.heappop(free_slots)
+                    else:
+                        slot_of[f], slot_count = slot_count, slot_count + 1
+            rows.append(WindowRow(step, tuple(window), tuple(slot_of[f] for f in window)))
+        completed: dict[int, list[int]] = {}
+        for step, window in chosen:
+            for f in window:
+                unread[step][f] -= 1
+                if unread[step][f] == 0:
+                    steps_done[f] = step + 1
+                    completed.setdefault(step, []).append(f)
+        updates = []
+        for step, done in sorted(completed.items()):
+            done.sort()
+            updates.append(FrameUpdate(step, tuple(done), tuple(slot_of[f] for f in done)))
+            for f in done:
+                heapq.heappush(free_slots, slot_of.pop(f))
+        calls.append(DenoisingCall(tuple(rows), tuple(updates)))
+    return calls, slot_count
 
 
 @torch.no_grad()
@@ -215,10 +274,11 @@ def denoise(
     """Run the DDIM loop on float32 latents (1, 4, n, h, w), updated in place and returned; audio
     (n, 50, 384) is in the model dtype, pose images are host uint8 (n, H, W, 3).
 
-    Memory does not grow with n beyond the latents themselves: the overlap average of a frame is
-    accumulated in a ring of slots, and the frame takes its DDIM step (diffusers' own `step`, on a
-    few frames at a time) as soon as no later window of the step reads it. Each frame sees exactly
-    the operations of the whole-tensor update (sum over its windows in order, / count, CFG, step).
+    The UNet calls follow `denoising_calls` (filled across step boundaries). Memory does not grow with n
+    beyond the latents themselves: the overlap average of a frame is accumulated in one of a few slots,
+    and the frame takes its DDIM step (diffusers' own `step`, on a few frames at a time) as soon as no
+    later window of the step reads it. Each frame sees exactly the operations of the step-by-step
+    whole-tensor update (sum over its windows in order, / count, CFG, step).
     """
     dtype = frame_audio.dtype
     frames = latents.shape[2]
@@ -226,41 +286,43 @@ def denoise(
     branches = 2 if use_cfg else 1
     scheduler = official_scheduler()
     scheduler.set_timesteps(steps)  # on the host: its own device copy is a pageable, synchronising one
+    # The scheduler takes each step's value as an int (indexing its CPU alphas with a device tensor would
+    # synchronise with the GPU); the UNet a device tensor of one value per row.
     step_values = scheduler.timesteps.tolist()
     schedule = official_windows if reference_compatible else segment_windows
-    step_groups = [_batched(schedule(frames, step), windows_per_batch) for step in range(len(step_values))]
-    span = max(accumulator_frames(groups) for groups in step_groups)
-    accumulated = torch.zeros((branches, LATENT_CHANNELS, span, *latents.shape[3:]), device=latents.device, dtype=torch.float32)
-    counter = torch.zeros((1, 1, span, 1, 1), device=latents.device, dtype=torch.float32)
+    calls, slot_count = denoising_calls([schedule(frames, step) for step in range(len(step_values))], windows_per_batch)
+    accumulated = torch.zeros((branches, LATENT_CHANNELS, slot_count, *latents.shape[3:]), device=latents.device, dtype=torch.float32)
+    counter = torch.zeros((1, 1, slot_count, 1, 1), device=latents.device, dtype=torch.float32)
 
-    # The UNet takes the device tensor; the scheduler the same value as an int, read once (indexing its
-    # CPU alphas with a device tensor would synchronise with the GPU at every window batch).
-    for timestep, step_value, groups in zip(device_indices(step_values, latents.device), step_values, step_groups):
-        for group, done in zip(groups, completed_frames(groups)):
-            index = device_indices(group, latents.device)  # (k, f)
-            sample = latents[0][:, index].permute(1, 0, 2, 3, 4).to(dtype)  # (k, 4, f, h, w)
-            audio = frame_audio[index]  # (k, f, 50, 384)
-            pose = encode_window_poses(pose_encoder, pose_images, group, dtype)  # (k, C0, f, h, w)
-            if use_cfg:
-                sample = torch.cat([sample, sample])
-                audio = torch.cat([torch.zeros_like(audio), audio])
-                pose = torch.cat([torch.zeros_like(pose), pose])
-            v = denoising_unet(sample, timestep, audio, pose, reference_kv, uncond_batch=len(group) if use_cfg else 0)
-            v = v.float().unflatten(0, (branches, len(group)))  # (branches, k, 4, f, h, w)
-            for slot, window in enumerate(group):
-                slots = device_indices([frame % span for frame in window], latents.device)
-                accumulated[:, :, slots] += v[:, slot]
-                counter[:, :, slots] += 1
-            del sample, audio, pose, v
-            for begin in range(0, len(done), CONTEXT_FRAMES):
-                chunk = done[begin : begin + CONTEXT_FRAMES]
-                slots = device_indices([frame % span for frame in chunk], latents.device)
-                chunk = device_indices(chunk, latents.device)
+    for call in calls:
+        group = [row.frames for row in call.windows]
+        index = device_indices(group, latents.device)  # (k, f)
+        sample = latents[0][:, index].permute(1, 0, 2, 3, 4).to(dtype)  # (k, 4, f, h, w)
+        audio = frame_audio[index]  # (k, f, 50, 384)
+        pose = encode_window_poses(pose_encoder, pose_images, group, dtype)  # (k, C0, f, h, w)
+        timesteps = [step_values[row.step] for row in call.windows]
+        if use_cfg:
+            sample = torch.cat([sample, sample])
+            audio = torch.cat([torch.zeros_like(audio), audio])
+            pose = torch.cat([torch.zeros_like(pose), pose])
+            timesteps = timesteps + timesteps
+        v = denoising_unet(sample, device_indices(timesteps, latents.device), audio, pose, reference_kv,
+                           uncond_batch=len(group) if use_cfg else 0)
+        v = v.float().unflatten(0, (branches, len(group)))  # (branches, k, 4, f, h, w)
+        for row_number, row in enumerate(call.windows):
+            slots = device_indices(row.slots, latents.device)
+            accumulated[:, :, slots] += v[:, row_number]
+            counter[:, :, slots] += 1
+        del sample, audio, pose, v
+        for update in call.updates:
+            for begin in range(0, len(update.frames), CONTEXT_FRAMES):
+                slots = device_indices(update.slots[begin : begin + CONTEXT_FRAMES], latents.device)
+                chunk = device_indices(update.frames[begin : begin + CONTEXT_FRAMES], latents.device)
                 v = accumulated[:, :, slots] / counter[:, :, slots]
                 if use_cfg:
                     v_uncond, v_cond = v.chunk(2)
                     v = v_uncond + guidance * (v_cond - v_uncond)
-                latents[:, :, chunk] = scheduler.step(v, step_value, latents[:, :, chunk]).prev_sample
+                latents[:, :, chunk] = scheduler.step(v, step_values[update.step], latents[:, :, chunk]).prev_sample
                 # index_fill_ passes the 0 to the kernel; `x[:, :, slots] = 0` first copies it to the GPU from
                 # pageable memory, which synchronises.
                 accumulated.index_fill_(2, slots, 0)

@@ -10,9 +10,9 @@ ends get more context windows than a whole-clip render gives them, and the share
 and decoded twice: ≤ 48-frame segments cost 1.22–1.28x one whole-clip render in UNet work. At 288
 frames (12 s at 24 fps) the schedule costs at most 1.043x the whole clip for any length from 5 s to
 10 min (tests/test_segments.py counts the UNet window-frames). GPU memory does not grow with segment
-length (the sampler's ring accumulator), so the costs of long segments are elsewhere: a crash loses
-at most one segment per GPU in flight (≤ 12 s of video), and one clip spreads over N GPUs only once
-it is at least about N × 12 s long (shorter clips run on one GPU each, others' clips fill the rest).
+length (the sampler's accumulator is a few windows long), so the costs of long segments are elsewhere:
+a crash loses at most one segment per GPU in flight (≤ 12 s of video), and one clip spreads over N GPUs
+only once it is at least about N × 12 s long (shorter clips run on one GPU each, others' clips fill the rest).
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from echomimic2.bench import random_networks  # noqa: E402
 from echomimic2.config import official_unet_config, official_vae_config  # noqa: E402
 from echomimic2.fast import use_float8_linears  # noqa: E402
-from echomimic2.sampler import _batched, decode_latents, render_segment  # noqa: E402
+from echomimic2.sampler import decode_latents, denoising_calls, render_segment  # noqa: E402
 from echomimic2.windows import segment_windows  # noqa: E402
 
 SIZE, FRAMES = 768, 120
@@ -71,9 +71,8 @@ def step_inputs(dtype, windows: int, cfg: bool):
 def one_step(networks, banks, dtype, per_batch: int, cfg: bool, official_kv: bool, uncond_all_ref: bool = False):
     """A closure running one denoising step's 14 windows of a 120-frame segment in batches of `per_batch`."""
     unet = networks.denoising_unet
-    windows = len(segment_windows(FRAMES, 1))
     cached = unet.reference_kv(banks)
-    groups = [len(g) for g in _batched(list(range(windows)), per_batch)]
+    groups = [len(call.windows) for call in denoising_calls([segment_windows(FRAMES, 1)], per_batch)[0]]
     inputs = {k: step_inputs(dtype, k, cfg) for k in set(groups)}
 
     def run():
@@ -256,7 +255,6 @@ def part_graphs(networks_by_dtype, args) -> None:
     unet = networks.denoising_unet
     cached = unet.reference_kv(banks)
     timestep = torch.tensor(500.0, device="cuda")  # a device tensor: a host scalar would be copied inside the capture
-    windows = len(segment_windows(FRAMES, 1))
 
     def capture(sample, audio, pose) -> torch.cuda.CUDAGraph:
         side = torch.cuda.Stream()
@@ -271,7 +269,7 @@ def part_graphs(networks_by_dtype, args) -> None:
         return graph
 
     for k in (1, 2):
-        groups = [len(g) for g in _batched(list(range(windows)), k)]
+        groups = [len(call.windows) for call in denoising_calls([segment_windows(FRAMES, 1)], k)[0]]
         inputs = {n: step_inputs(torch.float16, n, False) for n in set(groups)}
         def eager(groups=groups, inputs=inputs):
             for n in groups:
