@@ -2,7 +2,7 @@
 768² segment under each setting, the VAE decode, the pose encoder, a profile by op class, CUDA graphs,
 the fp8 fast mode, and the fast paths' deviation from fp32 in uint8 levels.
 
-    python scripts/gpu_ablations.py [--out DIR] [--parts step,cfg,decode,profile,compile,graphs,accuracy,fp8]
+    python scripts/gpu_ablations.py [--out DIR] [--parts step,cfg,decode,profile,compile,graphs,accuracy,fp8,layout]
 
 `fp8` converts the fp16 networks in place (fp8 linears), so it runs last.
 
@@ -218,6 +218,40 @@ def part_compile(networks_by_dtype, args) -> None:
         decoder.forward = eager_decoder
 
 
+def first_call_seconds(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def part_layout(networks_by_dtype, args) -> None:
+    """channels_last under torch.compile, as the job compiles (eager it was slower): the VAE decoder at batch 2,
+    and one acc step at 2 windows/call with the UNet compiled block by block (each block a graph, so a layout
+    Inductor picks inside a block may be converted back at every block boundary)."""
+    from echomimic2.fast import compile_regions
+
+    networks, banks = networks_by_dtype["fp16"]
+    torch.backends.cudnn.benchmark = True
+    latents = torch.randn((1, 4, 24, LATENT, LATENT), device="cuda")
+    decoder = networks.vae.decoder
+    decoder.forward = torch.compile(decoder.forward, dynamic=False)
+    compile_regions(networks.denoising_unet)
+    run = one_step(networks, banks, torch.float16, 2, False, False)
+    for channels_last in (False, True):
+        set_layout(networks, channels_last)
+        layout = "channels_last" if channels_last else "NCHW"
+        def decode():
+            decode_latents(networks.vae, latents, torch.float16, 2)
+        compile_s = first_call_seconds(decode)
+        record(f"VAE decode fp16 batch 2, compiled, {layout}", s_per_120=5 * timed(decode, repeats=2), compile_s=compile_s)
+        compile_s = first_call_seconds(run)
+        torch.cuda.reset_peak_memory_stats()
+        record(f"acc step, fp16, 2 windows/call, compiled by blocks, {layout}", s=timed(run), compile_s=compile_s,
+               peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+    set_layout(networks, False)
+
+
 def part_accuracy(networks_by_dtype, args) -> None:
     """Same inputs and weights: fp32 plain path vs the bf16 fast path, 24 frames at 256², acc 6 steps."""
     size, frames = 256, 24
@@ -305,7 +339,7 @@ def part_fp8(networks_by_dtype, args) -> None:
 
 
 PARTS = {"step": part_step, "cfg": part_cfg, "decode": part_decode, "profile": part_profile, "compile": part_compile, "accuracy": part_accuracy,
-         "graphs": part_graphs, "fp8": part_fp8}
+         "graphs": part_graphs, "fp8": part_fp8, "layout": part_layout}
 
 
 def main() -> None:
@@ -322,7 +356,7 @@ def main() -> None:
         for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
             if name == "bf16" and not {"step", "cfg", "decode", "profile"} & set(parts):
                 continue
-            if name == "fp16" and not {"step", "decode", "compile", "graphs", "fp8"} & set(parts):
+            if name == "fp16" and not {"step", "decode", "compile", "graphs", "fp8", "layout"} & set(parts):
                 continue
             networks = random_networks(official_unet_config(), official_vae_config(), torch.device("cuda"), dtype)
             banks = networks.reference_unet(torch.randn((1, 4, LATENT, LATENT), device="cuda", dtype=dtype))
