@@ -204,9 +204,8 @@ def denoising_calls(step_windows: Sequence[Sequence[Sequence[int]]], windows_per
     full (one batch shape for the compiled UNet instead of two, and no half-empty calls), while each window
     still sees exactly the latents of the step-by-step loop, and each frame sums its windows in the same order.
     Windows of one step run in their order; among ready windows the oldest step goes first, which keeps few
-    frames in progress. A frame holds a slot from its first window of a step to its update, so the accumulator
-    is a few windows long whatever the segment's length (the wrap-around official schedule keeps its first
-    frames open until its last window: the whole clip)."""
+    frames in progress. A frame holds a slot (from a free list) from its first window of a step to its update,
+    so the accumulator is a few windows long whatever the segment's length."""
     steps = len(step_windows)
     frames = sorted({f for windows in step_windows for window in windows for f in window})
     for step, windows in enumerate(step_windows):
