@@ -34,8 +34,13 @@ class Attention(nn.Module):
         def split(t: torch.Tensor) -> torch.Tensor:
             return t.reshape(t.shape[0], t.shape[1], self.heads, head_dim).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(split(self.to_q(x)), split(key), split(value))
+        out = self.weighted_values(split(self.to_q(x)), split(key), split(value))
         return self.to_out[0](out.transpose(1, 2).reshape(rows, length, width))
+
+    @staticmethod
+    def weighted_values(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """Softmax attention per head: (N, heads, Lq, d) over (N, heads, Lk, d) -> (N, heads, Lq, d)."""
+        return F.scaled_dot_product_attention(query, key, value)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Self-attention, or cross-attention over `context` when given."""

@@ -37,8 +37,19 @@ class PositionalEncoding(nn.Module):
         return sequences + self.pe[:, :frames].to(sequences.dtype)
 
 
+def short_sequence_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Softmax attention as two batched matmuls, scores and softmax in fp32 (the same math as SDPA's fused
+    kernels). For sequences of a window's 12 frames, those kernels spend their time setting up each tiny
+    sequence: at the 96² level 2.4 ms per call against 0.87 ms for the matmuls (BENCHMARKS.md, 2026-12-04)."""
+    precise = torch.promote_types(query.dtype, torch.float32)  # fp16/bf16 -> fp32; fp32 and fp64 kept
+    scores = torch.matmul(query.to(precise), key.to(precise).transpose(-1, -2)) * query.shape[-1] ** -0.5
+    return torch.matmul(scores.softmax(dim=-1).to(value.dtype), value)
+
+
 class TemporalAttention(Attention):
     """Self-attention over frames with the position encoding added to its input."""
+
+    weighted_values = staticmethod(short_sequence_attention)
 
     def __init__(self, dim: int, heads: int, max_len: int):
         super().__init__(dim, heads)

@@ -2,7 +2,8 @@
 768² segment under each setting, the VAE decode, the pose encoder, a profile by op class, CUDA graphs,
 the fp8 fast mode, and the fast paths' deviation from fp32 in uint8 levels.
 
-    python scripts/gpu_ablations.py [--out DIR] [--parts step,cfg,decode,profile,compile,graphs,accuracy,fp8,layout]
+    python scripts/gpu_ablations.py [--out DIR] [--parts step,cfg,decode,profile,compile,graphs,accuracy,fp8,layout,
+        attention,compiled_profile,tuning]
 
 `fp8` converts the fp16 networks in place (fp8 linears), so it runs last.
 
@@ -22,9 +23,11 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from echomimic2.attention import Attention  # noqa: E402
 from echomimic2.bench import random_networks  # noqa: E402
 from echomimic2.config import official_unet_config, official_vae_config  # noqa: E402
 from echomimic2.fast import use_float8_linears  # noqa: E402
+from echomimic2.motion_module import TemporalAttention, short_sequence_attention  # noqa: E402
 from echomimic2.sampler import decode_latents, denoising_calls, render_segment  # noqa: E402
 from echomimic2.windows import segment_windows  # noqa: E402
 
@@ -338,8 +341,149 @@ def part_fp8(networks_by_dtype, args) -> None:
             torch._dynamo.reset()
 
 
+# One UNet call at 2 windows per call (24 frame rows, acc): each attention shape, how often the call runs it.
+ATTENTION_SHAPES = (
+    # (label, batch, heads, queries, keys, head dim, calls per UNet call)
+    ("spatial+reference 96²", 24, 8, 9216, 18432, 40, 5),
+    ("spatial+reference 48²", 24, 8, 2304, 4608, 80, 5),
+    ("spatial+reference 24²", 24, 8, 576, 1152, 160, 5),
+    ("spatial+reference 12²", 24, 8, 144, 288, 160, 1),
+    ("audio cross 96²", 24, 8, 9216, 50, 40, 5),
+    ("temporal 96²", 18432, 8, 12, 12, 40, 10),
+    ("temporal 48²", 4608, 8, 12, 12, 80, 10),
+    ("temporal 24²", 1152, 8, 12, 12, 160, 10),
+    ("temporal 12²", 288, 8, 12, 12, 160, 12),
+)
+
+
+def timed_attention(backend, q, k, v) -> float:
+    """Seconds of one attention of q, k, v under an SDPA backend, "default" (PyTorch's choice) or "matmuls"."""
+    def matmuls():
+        return short_sequence_attention(q, k, v)
+
+    def sdpa():
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    if backend == "matmuls":
+        return timed(matmuls, repeats=5)
+    if backend == "default":
+        return timed(sdpa, repeats=5)
+    with sdpa_kernel([backend]):
+        return timed(sdpa, repeats=5)
+
+
+def part_attention(networks_by_dtype, args) -> None:
+    """Each attention shape of a UNet call on its own, under every SDPA backend and as plain matmuls + softmax
+    (fp32 softmax): which kernel is fastest per shape, and what attention costs per call in total."""
+    totals: dict[str, float] = {}
+    for label, batch, heads, queries, keys, dim, count in ATTENTION_SHAPES:
+        q = torch.randn((batch, heads, queries, dim), device="cuda", dtype=torch.float16)
+        k = torch.randn((batch, heads, keys, dim), device="cuda", dtype=torch.float16)
+        v = torch.randn_like(k)
+        for backend in ("default", SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, "matmuls"):
+            name = backend if isinstance(backend, str) else backend.name
+            if backend == "matmuls" and batch * heads * queries * keys * 4 > 8 * 2**30:
+                continue
+            try:
+                seconds = timed_attention(backend, q, k, v)
+            except RuntimeError as error:
+                record(f"attention {label} {name}", error=str(error).splitlines()[0][:80])
+                continue
+            flops = 4 * batch * heads * queries * keys * dim
+            record(f"attention {label} {name}", ms=seconds * 1e3, per_call_ms=seconds * 1e3 * count, tflops=flops / seconds / 1e12)
+            if backend == "default":
+                totals[label] = seconds * count
+    record("attention per UNet call (2 windows), default backend", s=sum(totals.values()), acc_step_s=7 * sum(totals.values()))
+
+
+def kernel_table(run, out: Path, name: str) -> None:
+    """Profile one `run` (after a warm-up): GPU busy time by kernel class, against its wall time; top kernels."""
+    run()
+    torch.cuda.synchronize()
+    wall = timed(run, repeats=2)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+        run()
+        torch.cuda.synchronize()
+    classes: dict[str, float] = {}
+    kernels: dict[str, tuple[float, int]] = {}
+    for event in profiler.key_averages():
+        if event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        total, key = event.device_time_total / 1e6, event.key.lower()
+        kind = ("triton (fused)" if key.startswith("triton") else
+                next((label for label, keys in KERNEL_CLASSES if any(k in key for k in keys)), "elementwise/other"))
+        classes[kind] = classes.get(kind, 0.0) + total
+        kernels[event.key] = (total, event.count)
+    busy = sum(classes.values())
+    record(f"{name}: wall vs GPU busy", wall_s=wall, busy_s=busy, idle_share=1 - busy / wall)
+    for kind, seconds in sorted(classes.items(), key=lambda item: -item[1]):
+        record(f"{name}: {kind}", s=seconds, share=seconds / busy)
+    top = sorted(kernels.items(), key=lambda item: -item[1][0])[:40]
+    (out / f"{name.replace(' ', '_')}_kernels.txt").write_text(
+        "\n".join(f"{s:9.4f} s  {c:6d}x  {k[:160]}" for k, (s, c) in top))
+    print("\n".join(f"  {s:8.4f} s {c:5d}x {k[:120]}" for k, (s, c) in top[:25]), flush=True)
+
+
+def part_compiled_profile(networks_by_dtype, args) -> None:
+    """The job's compiled path (blocks + decoder, `prepare_for_gpu`): one acc step at 2 windows/call and the
+    decode of 24 frames at batch 2, profiled by kernel."""
+    from echomimic2.fast import prepare_for_gpu
+
+    networks, banks = networks_by_dtype["fp16"]
+    set_layout(networks, False)
+    prepare_for_gpu(networks, compile_networks=True)
+    run = one_step(networks, banks, torch.float16, 2, False, False)
+    record("compiled acc step: first call (compile)", s=first_call_seconds(run))
+    kernel_table(run, args.out, "compiled acc step")
+    latents = torch.randn((1, 4, 24, LATENT, LATENT), device="cuda")
+    def decode():
+        decode_latents(networks.vae, latents, torch.float16, 2)
+    record("compiled decode: first call (compile)", s=first_call_seconds(decode))
+    kernel_table(decode, args.out, "compiled decode 24 frames")
+
+
+def part_tuning(networks_by_dtype, args) -> None:
+    """The compiled job path, one change at a time: the motion modules' attention as SDPA vs as matmuls
+    (`short_sequence_attention`, the default since 2026-12-04); then the compiled VAE decoder at batch 2, 4, 8,
+    and with inductor's coordinate-descent tuning of its Triton kernels."""
+    from echomimic2.fast import compile_regions
+
+    networks, banks = networks_by_dtype["fp16"]
+    set_layout(networks, False)
+    torch.backends.cudnn.benchmark = True
+    unet, decoder = networks.denoising_unet, networks.vae.decoder
+    for label, kernel in (("SDPA", Attention.weighted_values), ("matmuls", short_sequence_attention)):
+        TemporalAttention.weighted_values = staticmethod(kernel)
+        torch._dynamo.reset()
+        compile_regions(unet)
+        run = one_step(networks, banks, torch.float16, 2, False, False)
+        compile_s = first_call_seconds(run)
+        torch.cuda.reset_peak_memory_stats()
+        record(f"acc step, compiled by blocks, motion-module attention as {label}", s=timed(run), compile_s=compile_s,
+               peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+    TemporalAttention.weighted_values = staticmethod(short_sequence_attention)
+    kernel_table(run, args.out, "compiled acc step matmul temporal")
+    eager_decoder = decoder.forward
+    latents = torch.randn((1, 4, 24, LATENT, LATENT), device="cuda")
+    for tuning in (False, True):
+        torch._dynamo.reset()
+        torch._inductor.config.coordinate_descent_tuning = tuning
+        decoder.forward = torch.compile(eager_decoder, dynamic=False)
+        for batch in ((2, 4, 8) if not tuning else (2, 4)):
+            def decode(batch=batch):
+                decode_latents(networks.vae, latents, torch.float16, batch)
+            compile_s = first_call_seconds(decode)
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            record(f"VAE decode compiled, batch {batch}, coordinate descent tuning {tuning}", s_per_120=5 * timed(decode),
+                   compile_s=compile_s, transient_gib=(torch.cuda.max_memory_allocated() - base) / 2**30)
+    torch._inductor.config.coordinate_descent_tuning = False
+    decoder.forward = eager_decoder
+
+
 PARTS = {"step": part_step, "cfg": part_cfg, "decode": part_decode, "profile": part_profile, "compile": part_compile, "accuracy": part_accuracy,
-         "graphs": part_graphs, "fp8": part_fp8, "layout": part_layout}
+         "graphs": part_graphs, "fp8": part_fp8, "layout": part_layout,
+         "attention": part_attention, "compiled_profile": part_compiled_profile, "tuning": part_tuning}
 
 
 def main() -> None:
@@ -356,7 +500,7 @@ def main() -> None:
         for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
             if name == "bf16" and not {"step", "cfg", "decode", "profile"} & set(parts):
                 continue
-            if name == "fp16" and not {"step", "decode", "compile", "graphs", "fp8", "layout"} & set(parts):
+            if name == "fp16" and not {"step", "decode", "compile", "graphs", "fp8", "layout", "attention", "compiled_profile", "tuning"} & set(parts):
                 continue
             networks = random_networks(official_unet_config(), official_vae_config(), torch.device("cuda"), dtype)
             banks = networks.reference_unet(torch.randn((1, 4, LATENT, LATENT), device="cuda", dtype=dtype))

@@ -177,7 +177,7 @@ def write_job_inputs(folder: Path, clips: dict[str, float], fps: float) -> Path:
 
 
 def step_job(weights: Path | None, work: Path, preset: str, clips: dict[str, float], compile_networks: bool, result: dict,
-             segment_frames: int | None = None) -> None:
+             segment_frames: int | None = None, compile_cache: str | None = None) -> None:
     import pandas as pd
 
     from pipeline.assemble import probe_video
@@ -190,6 +190,8 @@ def step_job(weights: Path | None, work: Path, preset: str, clips: dict[str, flo
                *(["--weights", str(weights)] if weights else ["--random-weights"]), "--preset", preset, "--gpus", "1", "--force"]
     if segment_frames:
         command += ["--segment-frames", str(segment_frames)]
+    if compile_cache:
+        command += ["--compile-cache", compile_cache]
     started, since = time.perf_counter(), time.time()
     with GpuMemoryPoller() as memory:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
@@ -237,6 +239,7 @@ def main() -> int:
     parser.add_argument("--job-compile", action="store_true", help="Let the job's render actors compile (the default of run).")
     parser.add_argument("--job-random-weights", action="store_true",
                         help="The job builds random networks itself (no weights step; the speed is the same).")
+    parser.add_argument("--job-compile-cache", help="The job's compile cache folder (default: under its output).")
     args = parser.parse_args()
     import torch
 
@@ -261,7 +264,7 @@ def main() -> int:
             ("clip", lambda r: step_clip(weights, args.work, r))]
     job_weights = None if args.job_random_weights else weights
     plan += [(f"job-{preset}", lambda r, p=preset: step_job(job_weights, args.work, p, job_clips[p][0], args.job_compile, r,
-                                                            segment_frames=job_clips[p][1]))
+                                                            segment_frames=job_clips[p][1], compile_cache=args.job_compile_cache))
              for preset in args.job_presets.split(",")]
     failed = []
     for name, run in plan:

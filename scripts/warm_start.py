@@ -62,6 +62,7 @@ def main() -> int:
     parser.add_argument("--preset", default="acc")
     parser.add_argument("--frames", default="48,48", help="segment lengths, rendered in this order")
     parser.add_argument("--size", type=int, default=768)
+    parser.add_argument("--profile-setup", type=Path, help="write a cProfile table of the worker's setup here")
     parser.add_argument("--per-call", action="store_true", help="then each length again, every network call timed")
     args = parser.parse_args()
 
@@ -86,10 +87,33 @@ def main() -> int:
                            audio=rng.standard_normal((n, 50, 384), dtype=np.float32),
                            poses=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8))
 
+    import pipeline.render
+
+    load_cache, cache_seconds = pipeline.render.CompileCache.load, [0.0]
+
+    def timed_load(cache) -> bool:  # splits setup into reading the compile cache and building the model
+        begun = time.perf_counter()
+        try:
+            return load_cache(cache)
+        finally:
+            cache_seconds[0] += time.perf_counter() - begun
+
+    pipeline.render.CompileCache.load = timed_load
     stage = RenderStage(settings, JobBoard())
     started = time.perf_counter()
     stage.on_worker_start(restarted=False, node_id=None)
-    stage.setup()
+    if args.profile_setup:
+        import cProfile
+        import io
+        import pstats
+
+        with cProfile.Profile() as profile:
+            stage.setup()
+        table = io.StringIO()
+        pstats.Stats(profile, stream=table).sort_stats("cumulative").print_stats(40)
+        args.profile_setup.write_text(table.getvalue())
+    else:
+        stage.setup()
     setup = time.perf_counter() - started
     segments, errors, first_done, compile_report = [], [], None, None
     for n in lengths:
@@ -117,7 +141,7 @@ def main() -> int:
         preset=args.preset, size=size, device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         compile_cache=stage.compile_cache.uri if stage.compile_cache else None,
         cache_loaded=bool(stage.compile_cache and stage.compile_cache.loaded),
-        setup_s=round(setup, 2), worker_start_to_first_segment_s=round(first_done, 2), segments=segments,
+        setup_s=round(setup, 2), compile_cache_load_s=round(cache_seconds[0], 2), worker_start_to_first_segment_s=round(first_done, 2), segments=segments,
         per_call=per_call, errors=errors, inductor=dict(counters["inductor"]),
         peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None)))
     return 0

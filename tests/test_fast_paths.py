@@ -366,3 +366,17 @@ def test_a_segment_with_odd_window_counts_compiles_one_batch_shape():
         assert 0 < counters["stats"]["unique_graphs"] <= 20, counters["stats"]["unique_graphs"]  # one batch shape
     finally:
         torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 2e-6), (torch.bfloat16, 2e-2)])
+def test_motion_modules_attention_as_matmuls_equals_sdpa(dtype, tolerance):
+    """The motion modules attend with two matmuls (faster for 12-frame sequences); same softmax attention."""
+    from echomimic2.motion_module import TemporalAttention, short_sequence_attention
+
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn((6, 8, 12, 40), generator=generator, dtype=torch.float64).to(dtype) for _ in range(3))
+    expected = torch.nn.functional.scaled_dot_product_attention(query.double(), key.double(), value.double())
+    got = short_sequence_attention(query, key, value)
+    assert got.dtype == dtype
+    assert (got.double() - expected).abs().max() < tolerance
+    assert TemporalAttention.weighted_values is short_sequence_attention
