@@ -452,7 +452,14 @@ def part_tuning(networks_by_dtype, args) -> None:
     set_layout(networks, False)
     torch.backends.cudnn.benchmark = True
     unet, decoder = networks.denoising_unet, networks.vae.decoder
-    for label, kernel in (("SDPA", Attention.weighted_values), ("matmuls", short_sequence_attention)):
+    def fp32_scores_on_tensor_cores(query, key, value):  # a candidate: fp16 operands, fp32 output (CUDA only)
+        shape = query.shape
+        q, k = query.reshape(-1, *shape[-2:]), key.reshape(-1, *key.shape[-2:])
+        scores = torch.bmm(q, k.transpose(-1, -2), out_dtype=torch.float32) * shape[-1] ** -0.5
+        return torch.matmul(scores.softmax(dim=-1).to(value.dtype).view(*shape[:-1], -1), value)
+
+    for label, kernel in (("SDPA", Attention.weighted_values), ("matmuls", short_sequence_attention),
+                          ("matmuls, fp32 scores from fp16 operands", fp32_scores_on_tensor_cores)):
         TemporalAttention.weighted_values = staticmethod(kernel)
         torch._dynamo.reset()
         compile_regions(unet)
