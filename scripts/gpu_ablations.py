@@ -273,6 +273,8 @@ def part_accuracy(networks_by_dtype, args) -> None:
     del fp32
     for name, dtype, fp8 in (("bf16", torch.bfloat16, False), ("fp16", torch.float16, False),
                              ("fp16 + fp8 linears (fast mode)", torch.float16, True)):
+        if name.split()[0] + ("+fp8" if fp8 else "") not in args.accuracy_paths.split(","):
+            continue
         fast = build(dtype)  # the same weights (same seed and order), rounded once to `dtype`
         if fp8:
             use_float8_linears(fast.denoising_unet)
@@ -505,6 +507,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--parts", default="step,cfg,decode,profile,accuracy")
     parser.add_argument("--compile-mode", default="default")
+    parser.add_argument("--accuracy-paths", default="bf16,fp16,fp16+fp8", help="accuracy part: which fast paths to compare")
     parser.add_argument("--compile", action="store_true", help="fp8 part: also time the compiled steps (~2 min each).")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
