@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,7 @@ class EchoMimicV2:
         reference_compatible: bool = False,
         initial_latents: torch.Tensor | None = None,
         windows_per_batch: int | None = None,
+        on_frames: Callable[[np.ndarray], None] | None = None,
     ) -> np.ndarray:
         """Frames [first_frame, first_frame + n) of a clip → uint8 (n, H, W, 3).
 
@@ -126,6 +128,8 @@ class EchoMimicV2:
         `initial_latents` (1, 4, n, H/8, W/8) replaces the noise, for comparison runs.
         `windows_per_batch` (context windows per UNet call; same math, more memory) defaults to the
         device's measured best (`sampler.default_batches`: 2 on CUDA, 4 on the CPU).
+        `on_frames` receives the frames in order, in chunks, as they are decoded (on a GPU while it decodes the
+        rest), e.g. to write them meanwhile; each chunk is a view of the returned array.
         """
         steps = self.preset.steps if steps is None else steps
         guidance = self.preset.guidance if guidance is None else guidance
@@ -141,7 +145,7 @@ class EchoMimicV2:
         return render_segment(
             self.networks, reference_image, frame_audio, pose_images, seed, first_frame, steps, guidance,
             reference_compatible=reference_compatible, initial_latents=initial_latents,
-            windows_per_batch=windows_per_batch,
+            windows_per_batch=windows_per_batch, on_frames=on_frames,
         )
 
 

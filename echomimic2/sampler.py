@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,11 +136,14 @@ def encode_window_poses(pose_encoder, pose_images: torch.Tensor, group: Sequence
 
 
 @torch.no_grad()
-def decode_latents(vae, latents: torch.Tensor, dtype: torch.dtype, batch: int) -> np.ndarray:
+def decode_latents(vae, latents: torch.Tensor, dtype: torch.dtype, batch: int,
+                   on_frames: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
     """Latents (1, 4, n, h, w) → uint8 frames (n, H, W, 3), `batch` frames per VAE call.
 
     Pixel conversion follows the official code: (x/2 + 0.5).clamp(0, 1) in the model dtype, then
-    float32 × 255 truncated to uint8.
+    float32 × 255 truncated to uint8. `on_frames`, when given, receives the frames in order, in chunks, each as
+    soon as it is on the host: on a GPU while the later batches are still being decoded (so the caller can
+    write them meanwhile). A chunk is a view of the returned array.
     """
     per_frame = latents[0].permute(1, 0, 2, 3)  # (n, 4, h, w)
     frame_count = per_frame.shape[0]
@@ -151,10 +154,20 @@ def decode_latents(vae, latents: torch.Tensor, dtype: torch.dtype, batch: int) -
     if frame_count % batch:
         padding = per_frame[-1:].expand(batch - frame_count % batch, *per_frame.shape[1:])
         per_frame = torch.cat([per_frame, padding])
-    # Each batch's frames are queued into one page-locked host buffer, and the host waits for the GPU once at
-    # the end: a `.cpu()` per batch would leave the GPU idle while the next decode call is launched.
+    # Each batch's frames are queued into one page-locked host buffer and the host never waits for one batch:
+    # a `.cpu()` per batch would leave the GPU idle while the next decode call is launched. Finished batches
+    # are found by their events, without waiting.
     on_gpu = latents.device.type == "cuda"
     frames = None
+    pending: list[tuple[int, int, torch.cuda.Event | None]] = []  # (first frame, count, copied) not yet handed over
+
+    def hand_over(wait: bool) -> None:
+        while pending and (wait or pending[0][2] is None or pending[0][2].query()):
+            begin, count, copied = pending.pop(0)
+            if copied is not None:
+                copied.synchronize()
+            on_frames(frames[begin : begin + count].numpy())
+
     for begin in range(0, per_frame.shape[0], batch):
         z = (per_frame[begin : begin + batch] / VAE_SCALING_FACTOR).to(dtype)
         images = (vae.decode(z).sample / 2 + 0.5).clamp(0, 1)
@@ -163,8 +176,17 @@ def decode_latents(vae, latents: torch.Tensor, dtype: torch.dtype, batch: int) -
         if frames is None:
             frames = torch.empty((frame_count, *images.shape[1:]), dtype=torch.uint8, pin_memory=on_gpu)
         frames[begin : begin + len(images)].copy_(images, non_blocking=on_gpu)
+        if on_frames is not None:
+            copied = None
+            if on_gpu:
+                copied = torch.cuda.Event()
+                copied.record()
+            pending.append((begin, len(images), copied))
+            hand_over(wait=False)
     if on_gpu:
         torch.cuda.current_stream(latents.device).synchronize()
+    if on_frames is not None:
+        hand_over(wait=True)
     return frames.numpy()
 
 
@@ -344,8 +366,10 @@ def render_segment(
     initial_latents: torch.Tensor | None = None,
     windows_per_batch: int | None = None,
     decode_batch: int | None = None,
+    on_frames: Callable[[np.ndarray], None] | None = None,
 ) -> np.ndarray:
     """Frames [first_frame, first_frame + n) → uint8 (n, H, W, 3). Inputs are assumed validated.
+    `on_frames` receives them in order as they are decoded (`decode_latents`).
 
     `networks` has `reference_unet`, `denoising_unet`, `pose_encoder` and `vae` on one device and
     dtype. `initial_latents` (1, 4, n, H/8, W/8) replaces the drawn noise (for comparison runs).
@@ -378,4 +402,4 @@ def render_segment(
         steps, guidance, reference_compatible, windows_per_batch,
     )
     del reference_kv, audio
-    return decode_latents(networks.vae, latents, dtype, decode_batch)
+    return decode_latents(networks.vae, latents, dtype, decode_batch, on_frames)

@@ -4,7 +4,8 @@ them, beside one render of the whole clip (the official code's schedule), and th
 The job cuts a clip into overlapping segments (`segments.plan_segments`); a render worker renders each on
 its own window grid with noise fixed by (seed, global frame) and writes its frames to storage
 (`stages.RenderStage`). Here every planned segment goes through the same two calls
-(`steps.render_frames`, `segment_store.write_segment`, into a temporary folder), one after the other on
+(`steps.render_frames` writing each decoded batch into `segment_store.segment_output`, in a temporary folder,
+while the GPU decodes the next), one after the other on
 one GPU: the GPU time a clip costs the job, without Ray's scheduling around it. The whole-clip render is
 `render_frames` over all frames at once. The inputs are random (the speed does not depend on them).
 """
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pipeline.segment_store import write_segment
+from pipeline.segment_store import segment_output
 from pipeline.segments import DEFAULT_OVERLAP_FRAMES, DEFAULT_SEGMENT_FRAMES, plan_segments
 from pipeline.steps import render_frames
 
@@ -33,7 +34,7 @@ class ScheduleFigures:
     segments: int
     whole_clip_seconds: float
     job_schedule_seconds: float
-    write_seconds: float  # of job_schedule_seconds: writing the segments' frames
+    write_seconds: float  # of job_schedule_seconds: committing the segments after their last frame
     whole_clip_peak_gib: float | None
     job_schedule_peak_gib: float | None
 
@@ -80,9 +81,9 @@ def run_schedule_bench(preset: str, clip_seconds: list[float], size: int, steps:
     audio = rng.standard_normal((longest, 50, 384), dtype=np.float32)
     poses = rng.integers(0, 256, (longest, size, size, 3), dtype=np.uint8)
 
-    def render(start: int, stop: int) -> np.ndarray:
+    def render(start: int, stop: int, on_frames=None) -> np.ndarray:
         return render_frames(model, reference, audio[start:stop], poses[start:stop], seed=0, first_frame=start,
-                             steps=steps, guidance=guidance)
+                             steps=steps, guidance=guidance, on_frames=on_frames)
 
     def timed(work) -> tuple[float, float | None]:
         if cuda:
@@ -104,11 +105,11 @@ def run_schedule_bench(preset: str, clip_seconds: list[float], size: int, steps:
             writes = []
 
             def job_schedule(segments=segments, writes=writes) -> None:
-                for start, stop in segments:
-                    rendered = render(start, stop)
-                    began = time.perf_counter()
-                    write_segment(rendered, f"{folder}/{start}-{stop}.npy")
-                    writes.append(time.perf_counter() - began)
+                for start, stop in segments:  # as the render worker does: each decoded batch written meanwhile
+                    with segment_output(f"{folder}/{start}-{stop}.npy", stop - start, size, size) as segment:
+                        render(start, stop, segment.write)
+                        began = time.perf_counter()
+                    writes.append(time.perf_counter() - began)  # the commit after the last frame
 
             scheduled, scheduled_peak = timed(job_schedule)
             figures.append(ScheduleFigures(frames, len(segments), whole, scheduled, sum(writes), whole_peak, scheduled_peak))
@@ -123,7 +124,7 @@ def run_schedule_bench(preset: str, clip_seconds: list[float], size: int, steps:
 
 
 TABLE_HEADER = (f"{'frames':>7}{'segments':>9}{'whole clip s/120':>18}{'job schedule s/120':>20}{'ratio':>7}"
-                f"{'writes s':>10}{'peak GiB whole/job':>20}")
+                f"{'commits s':>10}{'peak GiB whole/job':>20}")
 
 
 def format_clip(f: ScheduleFigures) -> str:

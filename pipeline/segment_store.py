@@ -8,8 +8,8 @@ freed together once its MP4 is committed (`Ledger.delete_segments`):
 """
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -27,9 +27,37 @@ def _check_frames(shape, dtype, where: str) -> None:
 def write_segment(frames: np.ndarray, uri: str) -> None:
     """Store the frames under ``uri`` (never visible half-written)."""
     _check_frames(frames.shape, frames.dtype, uri)
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(frames), allow_pickle=False)
-    storage.write_atomic(uri, buffer.getvalue())
+    with segment_output(uri, *frames.shape[:3]) as segment:
+        segment.write(frames)
+
+
+class SegmentOutput:
+    """Takes a segment's frames in order, a chunk at a time, into an open `storage.atomic_output` file."""
+
+    def __init__(self, out, uri: str, frames: int, height: int, width: int):
+        self.out, self.uri, self.frames, self.frame_shape = out, uri, frames, (height, width, 3)
+        self.written = 0
+        np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                                                   "fortran_order": False, "shape": (frames, height, width, 3)})
+
+    def write(self, chunk: np.ndarray) -> None:
+        _check_frames(chunk.shape, chunk.dtype, self.uri)
+        if tuple(chunk.shape[1:]) != self.frame_shape or self.written + len(chunk) > self.frames:
+            raise ValueError(f"{self.uri}: {len(chunk)} frames of {tuple(chunk.shape[1:])} do not fit a segment of "
+                             f"{self.frames} frames of {self.frame_shape} with {self.written} written")
+        self.out.write(np.ascontiguousarray(chunk).data)
+        self.written += len(chunk)
+
+
+@contextmanager
+def segment_output(uri: str, frames: int, height: int, width: int) -> Iterator[SegmentOutput]:
+    """Write a segment as its frames arrive (`SegmentOutput.write`), e.g. each decoded batch while the GPU
+    decodes the next; stored under ``uri`` when the block ends with all ``frames`` written, never otherwise."""
+    with storage.atomic_output(uri) as out:
+        segment = SegmentOutput(out, uri, frames, height, width)
+        yield segment
+        if segment.written != frames:
+            raise ValueError(f"{uri}: {segment.written} of the segment's {frames} frames were written")
 
 
 def _read_exactly(f, n: int, uri: str) -> bytes:

@@ -25,7 +25,7 @@ from pipeline.manifest import ClipSpec, Problem
 from pipeline.media import decode_audio, decode_reference
 from pipeline.preprocess import RowRefused, read_clip_inputs, refusing, render_params
 from pipeline.rows import ClipPlan, JobSettings, SegmentResult, SegmentWork, row_label
-from pipeline.segment_store import clip_audio_uri, read_clip_audio, store_clip_audio, write_segment
+from pipeline.segment_store import clip_audio_uri, read_clip_audio, segment_output, store_clip_audio
 from pipeline.steps import audio_features, plan_segments, reference_and_poses, render_frames, segment_inputs
 
 SEGMENT_ATTEMPTS = 3  # tries per segment, whether the renderer raised or its worker died
@@ -269,10 +269,12 @@ class RenderStage(Stage):
             _fault_kill(work, attempt.number)
             started = time.perf_counter()
             try:
-                frames = render_frames(self.model, work.reference, work.audio, work.poses, seed=work.seed,
-                                       first_frame=work.start, steps=work.steps, guidance=work.guidance)
-                seconds = time.perf_counter() - started
-                write_segment(frames, uri)
+                # Each decoded batch is written while the GPU decodes the next, not the whole segment after it.
+                with segment_output(uri, work.stop - work.start, *work.reference.shape[:2]) as segment:
+                    render_frames(self.model, work.reference, work.audio, work.poses, seed=work.seed,
+                                  first_frame=work.start, steps=work.steps, guidance=work.guidance,
+                                  on_frames=segment.write)
+                    seconds = time.perf_counter() - started
                 self.ledger.record_segment(*key, seconds=seconds, attempt=attempt.number, pid=os.getpid(),
                                            node_id=self.node_id, model=self.model.identity, **self._worker_start())
             except Exception as exc:  # noqa: BLE001 - any failure of this segment is retried, then reported

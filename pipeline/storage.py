@@ -429,29 +429,45 @@ def write_atomic(uri: str, data: bytes | Path) -> None:
     commit an object only when its single PUT / multipart upload completes."""
     fs, path = url_to_fs(uri)
     if isinstance(fs, LocalFileSystem):
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                if isinstance(data, Path):
-                    with open(data, "rb") as src:
-                        shutil.copyfileobj(src, out, 1 << 20)
-                else:
-                    out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, _CREATE_MODE)  # mkstemp makes 0600; outputs get the usual umask-based mode
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_output(uri) as out:
+            if isinstance(data, Path):
+                with open(data, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+            else:
+                out.write(data)
         return
     if isinstance(data, Path):
         with_retries(fs.put_file, str(data), path)
     else:
         with_retries(fs.pipe_file, path, data)
     fs.invalidate_cache(path)
+
+
+@contextmanager
+def atomic_output(uri: str) -> Iterator:
+    """A binary file to write ``uri``'s content into, piece by piece; committed as `write_atomic` commits when
+    the block ends without an error, and nothing is stored after an error. Local files are written under a
+    temporary name in the target folder (fsynced, then renamed); for object stores the pieces go to a local
+    temporary file, uploaded at the end."""
+    fs, path = url_to_fs(uri)
+    local = isinstance(fs, LocalFileSystem)
+    folder = Path(path).parent if local else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".partial", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            if local:
+                os.fsync(out.fileno())
+        if local:
+            os.chmod(tmp, _CREATE_MODE)  # mkstemp makes 0600; outputs get the usual umask-based mode
+            os.replace(tmp, path)
+        else:
+            write_atomic(uri, Path(tmp))
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def delete(uri: str) -> None:

@@ -153,3 +153,23 @@ def test_output_to_s3(s3_bucket, tmp_path):
     result = assemble_clip(segments, 12, 24, speech_like(0.5), uri)
     probe = probe_video(uri)
     assert probe["frames"] == 12 and probe["vcodec"] == "h264" and result["bytes"] > 0
+
+
+def test_a_segment_written_chunk_by_chunk_is_stored_only_when_complete(tmp_path):
+    from pipeline.segment_store import segment_output
+
+    frames = np.random.default_rng(1).integers(0, 256, (9, 16, 24, 3), dtype=np.uint8)
+    uri = str(tmp_path / "s.npy")
+    with segment_output(uri, 9, 16, 24) as segment:
+        for begin in range(0, 9, 4):
+            segment.write(frames[begin : begin + 4])
+    assert np.array_equal(np.load(uri), frames)
+    assert np.array_equal(np.concatenate(list(iter_segment(uri))), frames)
+    short = str(tmp_path / "short.npy")
+    with pytest.raises(ValueError, match="5 of the segment's 9 frames"):
+        with segment_output(short, 9, 16, 24) as segment:
+            segment.write(frames[:5])
+    with pytest.raises(ValueError, match="do not fit"):
+        with segment_output(short, 9, 16, 24) as segment:
+            segment.write(frames[:, :8])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"]

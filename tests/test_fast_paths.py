@@ -243,6 +243,14 @@ def test_batched_vae_decode_matches_frame_by_frame(tiny_model):
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
+def test_decoded_frames_reach_the_caller_in_order_batch_by_batch(tiny_model):
+    latents = torch.randn((1, 4, 7, 8, 8), generator=torch.Generator().manual_seed(2))
+    chunks = []
+    frames = decode_latents(tiny_model.networks.vae, latents, torch.float32, 3, on_frames=lambda c: chunks.append(c.copy()))
+    assert [len(c) for c in chunks] == [3, 3, 1]
+    assert np.array_equal(np.concatenate(chunks), frames)
+
+
 def test_every_vae_decode_call_gets_the_same_number_of_frames(tiny_model, monkeypatch):
     """A compiled decoder has static shapes: a shorter last batch (any segment length that is not a multiple
     of the batch) would compile it again mid-job. The padding frames are dropped, the real ones unchanged."""

@@ -178,3 +178,16 @@ def test_render_stage_sets_up_on_cuda_and_renders_a_segment(official_weights, se
     frames = np.concatenate(list(iter_segment(ledger.segment_uri("clip", "fp", 0, FRAMES))))
     assert frames.shape == (FRAMES, SIZE, SIZE, 3)
     assert [r["start"] for r in ledger.segment_records("clip")] == [0]
+
+
+def test_decoded_frames_reach_the_caller_in_order_while_the_gpu_decodes():
+    """The CUDA path of `decode_latents(on_frames=...)`: chunks found by their events, in order, equal to the frames."""
+    from echomimic2 import EchoMimicV2
+    from echomimic2.sampler import decode_latents
+
+    vae = EchoMimicV2.tiny(device="cuda").networks.vae
+    latents = torch.randn((1, 4, 9, 16, 16), device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))
+    chunks = []
+    frames = decode_latents(vae, latents, torch.float32, 2, on_frames=lambda c: chunks.append(c.copy()))
+    assert [len(c) for c in chunks] == [2, 2, 2, 2, 1]
+    assert np.array_equal(np.concatenate(chunks), frames)

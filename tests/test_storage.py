@@ -292,3 +292,21 @@ def test_probe_writable_makes_a_real_write():
     removes it: the test above), so a root that only the real write refuses is reported before the job starts Ray."""
     with pytest.raises(InputError, match=r"output /proc/no-such/out is not writable: /proc refuses a new file"):
         storage.probe_writable("/proc/no-such/out")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_atomic_output_commits_only_a_block_that_ends_well(where, tmp_path, request):
+    root = str(tmp_path) if where == "local" else f"{request.getfixturevalue('s3_bucket')}/out"
+    uri = storage.join(root, "streamed.bin")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with storage.atomic_output(uri) as out:
+            out.write(b"half")
+            raise RuntimeError("interrupted")
+    assert not storage.exists(uri)
+    with storage.atomic_output(uri) as out:
+        out.write(b"first ")
+        assert not storage.exists(uri)  # nothing visible before the block ends
+        out.write(b"second")
+    assert storage.read_bytes(uri, max_bytes=100) == b"first second"
+    if where == "local":
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.bin"]  # no temporary file left
