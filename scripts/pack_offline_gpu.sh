@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Pack what an offline GPU machine with Python 3.12 + torch + transformers (but no Ray, diffusers, librosa or
-# ffmpeg) needs to run `cli.py run` and the GPU tests, into DIR (default .whl, ~57 MB):
-#   wheels of the missing packages, Ray without its Java jars / rllib / source maps (xz, ~26 MB),
+# ffmpeg) needs to run `cli.py run` and the GPU tests, into DIR (default .whl, ~50 MB):
+#   wheels of the missing packages, Ray without its Java jars / rllib / serve / web front end, stripped (xz),
 #   imageio-ffmpeg's static ffmpeg (xz, ~21 MB) and setup.sh.
 # There: `source DIR/setup.sh` installs into /tmp/site (PYTHONPATH) and puts ffmpeg on PATH.
-# The repository's tree (~17 MB with the demo weights) plus all of DIR exceeds one device call's 64 MiB, so DIR
-# is also split into DIR/python (wheels + Ray, ~35 MB) and DIR/ffmpeg (~21 MB), each with its setup.sh: carry
-# DIR/python in one call and DIR/ffmpeg in the next on the same warm machine (/tmp/site and /tmp/bin stay).
+# DIR/all holds all of it (~50 MB): with the repository's tree (~17 MB with the demo weights) it just fits one
+# device call's 64 MiB (66.9 of 67.1 MB on 2026-12-04). Should the tree outgrow that, DIR/python (wheels + Ray,
+# ~29 MB) and DIR/ffmpeg (~21 MB) split it: carry one per call on the same warm machine (/tmp/site and /tmp/bin
+# stay).
 set -euo pipefail
 dir=${1:-.whl}
 mkdir -p "$dir"
@@ -18,7 +19,11 @@ download "$dir" diffusers==0.42.1 librosa==0.11.0 soundfile cffi pycparser audio
 if [ ! -f "$dir/ray-slim.tar.xz" ]; then
     work=$(mktemp -d)
     download "$work" ray==2.60.0
-    mkdir "$work/ray" && (cd "$work/ray" && unzip -q ../ray-*.whl && rm -rf ray/jars ray/rllib && find . -name '*.js.map' -delete)
+    # Ray Data needs none of Java, RLlib, Serve, the LLM library or the dashboard's web front end; its native
+    # binaries ship with symbols that nothing here reads (stripping them saves ~7 MB packed).
+    mkdir "$work/ray" && (cd "$work/ray" && unzip -q ../ray-*.whl && \
+        rm -rf ray/jars ray/rllib ray/serve ray/llm ray/dashboard/client/build && find . -name '*.js.map' -delete && \
+        strip --strip-unneeded ray/_raylet.so ray/core/src/ray/gcs/gcs_server ray/core/src/ray/raylet/raylet)
     (cd "$work/ray" && tar -cf - . | xz -9e -T2) > "$dir/ray-slim.tar.xz"
     rm -rf "$work"
 fi
@@ -44,7 +49,8 @@ fi
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export HF_HUB_OFFLINE=1 USE_FLAX=0 USE_TF=0 RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
 SETUP
-mkdir -p "$dir/python" "$dir/ffmpeg"
+mkdir -p "$dir/all" "$dir/python" "$dir/ffmpeg"
+ln -f "$dir"/*.whl "$dir"/*.xz "$dir/setup.sh" "$dir/all/"
 ln -f "$dir"/*.whl "$dir/ray-slim.tar.xz" "$dir/imageio_ffmpeg-py.tar.xz" "$dir/setup.sh" "$dir/python/"
 ln -f "$dir/ffmpeg.xz" "$dir/setup.sh" "$dir/ffmpeg/"
-du -sh "$dir" "$dir/python" "$dir/ffmpeg"; ls -la "$dir"
+du -sh "$dir/all" "$dir/python" "$dir/ffmpeg"; ls -la "$dir"
