@@ -58,7 +58,9 @@ def test_from_official_loads_and_renders_on_cuda(official_weights, segment_input
 
 
 def test_fp16_frames_match_fp32_within_the_documented_tolerance(official_weights, segment_inputs):
-    """BENCHMARKS.md: fp16 vs fp32 at full size differs by at most 2 levels (measured on an H100)."""
+    """BENCHMARKS.md ("Accuracy of the fast path"): fp16 vs fp32 at full size differs by at most 2 levels but for
+    isolated values at 3 (cuDNN's algorithm choice varies by machine: SDPA and matmul attention alike gave 1-2
+    of these 2.4 million values at 3 levels on an H200, 2026-12-04)."""
     from echomimic2 import EchoMimicV2
 
     frames = {}
@@ -68,7 +70,7 @@ def test_fp16_frames_match_fp32_within_the_documented_tolerance(official_weights
         del model
         torch.cuda.empty_cache()
     diff = np.abs(frames[torch.float16] - frames[torch.float32])
-    assert diff.max() <= 2 and diff.mean() <= 0.2, (diff.max(), diff.mean())
+    assert diff.max() <= 3 and (diff > 2).mean() <= 1e-5 and diff.mean() <= 0.2, (diff.max(), (diff > 2).sum(), diff.mean())
 
 
 def test_compiled_networks_match_eager(segment_inputs):
@@ -84,7 +86,7 @@ def test_compiled_networks_match_eager(segment_inputs):
     compiled.networks = _gpu_settings(compiled.networks, compile=True)
     assert compiled_regions(compiled.networks.denoising_unet) > 0  # its blocks run compiled
     diff = np.abs(compiled.render(*segment_inputs, seed=1, first_frame=0, steps=2).astype(int) - reference)
-    assert diff.max() <= 2 and diff.mean() <= 0.2, (diff.max(), diff.mean())
+    assert diff.max() <= 3 and (diff > 2).mean() <= 1e-5 and diff.mean() <= 0.2, (diff.max(), (diff > 2).sum(), diff.mean())
 
 
 def test_compiled_networks_do_not_compile_again_for_other_segment_lengths(segment_inputs):
@@ -191,3 +193,19 @@ def test_decoded_frames_reach_the_caller_in_order_while_the_gpu_decodes():
     frames = decode_latents(vae, latents, torch.float32, 2, on_frames=lambda c: chunks.append(c.copy()))
     assert [len(c) for c in chunks] == [2, 2, 2, 2, 1]
     assert np.array_equal(np.concatenate(chunks), frames)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_motion_modules_attention_takes_fp32_scores_from_half_operands_on_cuda(dtype):
+    """The CUDA branch of `short_sequence_attention` (bmm with an fp32 output) equals attention in fp64, eager
+    and compiled, within the rounding of its half-precision output."""
+    from echomimic2.motion_module import short_sequence_attention
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    query, key, value = (torch.randn((64, 8, 12, 40), generator=generator, device="cuda").to(dtype) for _ in range(3))
+    expected = torch.nn.functional.scaled_dot_product_attention(query.double(), key.double(), value.double())
+    tolerance = 4 * torch.finfo(dtype).eps
+    for kernel in (short_sequence_attention, torch.compile(short_sequence_attention, dynamic=False)):
+        got = kernel(query, key, value)
+        assert got.dtype == dtype and got.shape == expected.shape
+        assert (got.double() - expected).abs().max() < tolerance
