@@ -235,7 +235,7 @@ class RenderStage(Stage):
         self.settings, self.board = settings, board
         self.resources = Resources(num_cpus=0, num_gpus=gpus_per_worker)
         self.restarted, self.node_id, self.model, self.compile_cache = False, None, None, None
-        self.segments_rendered = 0
+        self.segments_rendered, self.setup_seconds = 0, 0.0
 
     def setup(self) -> None:
         import torch
@@ -253,6 +253,7 @@ class RenderStage(Stage):
             self.compile_cache = CompileCache(compile_cache_folder(self.settings), self.settings.preset, self.settings.fp8)
             self.compile_cache.load()
         self.model = load_model(self.settings, device)
+        self.setup_seconds = time.perf_counter() - self.setup_started
         if not self.settings.model_identity.startswith(self.model.identity + "+"):
             raise RuntimeError(f"weights changed since the job started: model is {self.model.identity}, "
                                f"the job's fingerprints use {self.settings.model_identity}")
@@ -287,13 +288,15 @@ class RenderStage(Stage):
             return SegmentResult(work.row, *key, seconds=seconds, attempts=attempt.number)
 
     def _worker_start(self) -> dict:
-        """On a worker's first segment: worker start → segment finished, and whether compiled kernels came
-        from the cache (the warm-start figures of BENCHMARKS.md)."""
+        """On a worker's first segment: worker start → segment finished, of which the setup (compile cache and
+        model loaded), and whether compiled kernels came from the cache (the warm-start figures of BENCHMARKS.md)."""
         if self.segments_rendered:
             return {}
         cache = self.compile_cache
         return dict(worker_start_seconds=round(time.perf_counter() - self.setup_started, 3),
-                    compile_cache=None if cache is None else ("hit" if cache.loaded else "miss"))
+                    setup_seconds=round(self.setup_seconds, 3),
+                    compile_cache=None if cache is None else ("hit" if cache.loaded else "miss"),
+                    compile_cache_load_seconds=None if cache is None else round(cache.load_seconds, 3))
 
 
 def _fault_kill(work: SegmentWork, attempt: int) -> None:

@@ -214,8 +214,15 @@ def step_job(weights: Path | None, work: Path, preset: str, clips: dict[str, flo
     # the rate a long job settles at.
     from pipeline.ledger import Ledger
 
-    later = [record for record in Ledger(str(output)).segment_records()  # this run's (--force keeps older records)
-             if record["time"] >= since and "worker_start_seconds" not in record]
+    records = [record for record in Ledger(str(output)).segment_records()  # this run's (--force keeps older records)
+               if record["time"] >= since]
+    later = [record for record in records if "worker_start_seconds" not in record]
+    # Each worker's first segment: worker start -> that segment finished (cold or warm start), split.
+    result["first_segments"] = [
+        dict(clip=record["clip_id"], frames=record["stop"] - record["start"], worker_start_s=record["worker_start_seconds"],
+             setup_s=record.get("setup_seconds"), render_s=round(record["seconds"], 2), compile_cache=record.get("compile_cache"),
+             compile_cache_load_s=record.get("compile_cache_load_seconds"))
+        for record in records if "worker_start_seconds" in record]
     later_frames = sum(record["stop"] - record["start"] for record in later)
     if later_frames:
         result.update(later_segments=len(later), later_render_s_per_120=round(

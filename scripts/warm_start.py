@@ -87,18 +87,6 @@ def main() -> int:
                            audio=rng.standard_normal((n, 50, 384), dtype=np.float32),
                            poses=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8))
 
-    import pipeline.render
-
-    load_cache, cache_seconds = pipeline.render.CompileCache.load, [0.0]
-
-    def timed_load(cache) -> bool:  # splits setup into reading the compile cache and building the model
-        begun = time.perf_counter()
-        try:
-            return load_cache(cache)
-        finally:
-            cache_seconds[0] += time.perf_counter() - begun
-
-    pipeline.render.CompileCache.load = timed_load
     stage = RenderStage(settings, JobBoard())
     started = time.perf_counter()
     stage.on_worker_start(restarted=False, node_id=None)
@@ -141,7 +129,7 @@ def main() -> int:
         preset=args.preset, size=size, device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         compile_cache=stage.compile_cache.uri if stage.compile_cache else None,
         cache_loaded=bool(stage.compile_cache and stage.compile_cache.loaded),
-        setup_s=round(setup, 2), compile_cache_load_s=round(cache_seconds[0], 2), worker_start_to_first_segment_s=round(first_done, 2), segments=segments,
+        setup_s=round(setup, 2), compile_cache_load_s=round(stage.compile_cache.load_seconds if stage.compile_cache else 0.0, 2), worker_start_to_first_segment_s=round(first_done, 2), segments=segments,
         per_call=per_call, errors=errors, inductor=dict(counters["inductor"]),
         peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None)))
     return 0

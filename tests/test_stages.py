@@ -91,6 +91,10 @@ def test_stages_render_and_assemble_exactly_the_one_clip_frames(tmp_path):
     results = [render(work) for work in works]
     assert all(r.error is None and r.attempts == 1 for r in results)
     ledger = Ledger(settings.output)
+    first, second = sorted(ledger.segment_records("a"), key=lambda record: record["start"])
+    # The worker's first segment says how long its start took, and of that its setup (the warm-start figures).
+    assert 0 < first["setup_seconds"] < first["worker_start_seconds"] and first["compile_cache"] is None  # CPU: eager
+    assert "worker_start_seconds" not in second and "setup_seconds" not in second
     stored = [(a, b, np.concatenate(list(iter_segment(ledger.segment_uri("a", plan.fingerprint, a, b)))))
               for a, b in plan.segments]
 
