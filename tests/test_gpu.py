@@ -209,3 +209,12 @@ def test_motion_modules_attention_takes_fp32_scores_from_half_operands_on_cuda(d
         got = kernel(query, key, value)
         assert got.dtype == dtype and got.shape == expected.shape
         assert (got.double() - expected).abs().max() < tolerance
+
+
+def test_motion_modules_attention_trains_on_cuda_in_bf16():
+    """Training (bf16 autocast on CUDA) needs a backward, which the fp32-output bmm has not: it takes the upcast."""
+    from echomimic2.motion_module import short_sequence_attention
+
+    query, key, value = (torch.randn((4, 8, 12, 40), device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    short_sequence_attention(query, key, value).float().square().sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (query, key, value))
