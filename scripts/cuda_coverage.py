@@ -4,8 +4,8 @@
     python scripts/cuda_coverage.py --coverage a.json --coverage b.json  # ... and whether GPU runs executed each
 
 CUDA-only lines are found statically: the body of an `if` whose test compares a device (type) to
-"cuda" or asks `torch.cuda.is_available()` (the `else` side for a negated test; a test that can only
-be true when CUDA is present, e.g. `compile and device != "cuda"`, does not count), and every
+"cuda", asks `torch.cuda.is_available()` or reads `tensor.is_cuda` (the `else` side for a negated test;
+a conjunction counts when one of its terms does, so `compile and device != "cuda"` does not), and every
 statement that calls into `torch.cuda` beyond the two queries a CPU run also makes
 (`is_available`, `device_count`). The CPU suite never runs them (no CUDA there); the GPU end-to-end
 check (scripts/gpu_e2e.py) and the CUDA tests (tests/test_gpu.py) are what must.
@@ -25,11 +25,14 @@ CPU_SAFE_CALLS = ("torch.cuda.is_available", "torch.cuda.device_count")
 
 def _mentions_cuda(node: ast.AST, source: str) -> bool:
     text = ast.get_source_segment(source, node) or ""
-    return '"cuda"' in text or "'cuda'" in text or "torch.cuda.is_available()" in text
+    return '"cuda"' in text or "'cuda'" in text or "torch.cuda.is_available()" in text or ".is_cuda" in text
 
 
 def _cuda_side(test: ast.expr, source: str) -> str | None:
     """'body' when the test is true only with CUDA, 'orelse' when false only with CUDA, else None."""
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+        # A conjunction is true only with CUDA when one of its terms is (`x.is_cuda and x.dtype == ...`).
+        return "body" if any(_cuda_side(term, source) == "body" for term in test.values) else None
     text = ast.get_source_segment(source, test) or ""
     if not _mentions_cuda(test, source) or " and " in text or " or " in text:
         return None
