@@ -238,11 +238,11 @@ class RenderStage(Stage):
         self.segments_rendered, self.setup_seconds = 0, 0.0
 
     def setup(self) -> None:
+        self.setup_started = time.perf_counter()  # the worker's start (imports included), for its first segment's record
         import torch
 
         from pipeline.render import CompileCache, compile_cache_folder, compiles_networks, load_model
 
-        self.setup_started = time.perf_counter()  # the worker's start, for its first segment's record
         self.ledger = Ledger(self.settings.output)
         if self.board.render_worker_started(self.restarted):
             return  # the job gave up rendering: answer every segment at once, without loading a model
