@@ -26,30 +26,63 @@ def prepare_for_gpu(networks: OfficialNetworks, compile_networks: bool = False) 
         # No CUDA graphs: on the eager UNet they saved 1.3 % of a step for a 3.4 GiB pool (BENCHMARKS.md, 2026-12-02).
         # The UNet by blocks (same speed as its whole forward, 0.6x the cold compile, 0.65x the warm start:
         # BENCHMARKS.md, 2026-12-03); the VAE decoder whole (one shape per job: decode_latents pads batches).
-        compile_regions(networks.denoising_unet)
+        compile_regions(networks.denoising_unet)  # turns saved traces on first: the decoder's are saved too
         networks.vae.decoder.forward = torch.compile(networks.vae.decoder.forward, dynamic=False)
     return networks
 
 
 def compile_regions(unet: torch.nn.Module, backend: str = "inductor") -> int:
-    """Compile the UNet's repeated blocks (resnets, spatial transformers, motion modules) one by one instead of
-    its whole forward: blocks of one class and input shape share one compiled graph, so there is far less to
-    compile, and to trace again on a warm start. Returns how many blocks were compiled."""
+    """Compile the UNet's repeated blocks (resnets, spatial transformers, motion modules) instead of its whole
+    forward: one compiled `forward` per block class, bound to each of its blocks, so blocks of one class and
+    input shape share one graph (less to compile cold, less to trace warm). One compiled function per class,
+    not `nn.Module.compile` per block: Dynamo's saved traces (`enable_saved_traces`) are keyed by the function,
+    and 59 compiled `Module._call_impl`s of one code object collide when their traces are loaded back.
+    Returns how many blocks were compiled."""
+    import types
+
     from diffusers.models.resnet import ResnetBlock2D
 
     from .blocks import SpatialTransformer
     from .motion_module import MotionModule
 
+    enable_saved_traces()
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, REGION_RECOMPILE_LIMIT)
+    compiled: dict[type, object] = {}
     regions = [m for m in unet.modules() if isinstance(m, (ResnetBlock2D, SpatialTransformer, MotionModule))]
     for module in regions:
-        module.compile(backend=backend, dynamic=False)
+        cls = type(module)
+        if cls not in compiled:
+            compiled[cls] = torch.compile(cls.forward, backend=backend, dynamic=False)
+        module.forward = types.MethodType(compiled[cls], module)
     return len(regions)
 
 
 def compiled_regions(module: torch.nn.Module) -> int:
-    """How many submodules of `module` run compiled (`nn.Module.compile`)."""
-    return sum(getattr(m, "_compiled_call_impl", None) is not None for m in module.modules())
+    """How many submodules of `module` run a compiled `forward` (`compile_regions`)."""
+    return sum(hasattr(m.__dict__.get("forward"), "__func__") and
+               hasattr(m.__dict__["forward"].__func__, "_torchdynamo_orig_callable") for m in module.modules())
+
+
+# Where a warm start's time went before (BENCHMARKS.md, 2026-12-04): ~11 s of Dynamo tracing the 23 graphs
+# again, although their kernels came from the compile cache. Saved traces (Dynamo's bytecode and guards, an
+# experimental torch feature) let the next process skip that; SAVED_TRACES_ENV=0 turns it off.
+SAVED_TRACES_ENV = "ECHOMIMIC2_SAVED_TRACES"
+
+
+def enable_saved_traces() -> bool:
+    """Have `compile_artifacts()` include Dynamo's traces and `load_compile_artifacts()` install them, so a warm
+    process neither traces nor compiles. Needs a torch that has `caching_precompile`; returns whether it is on.
+    The traces it saves keep every guard on shapes, dtypes, devices and values, and drop identity guards
+    (which object a name points to): fine here, the networks are never swapped inside a process."""
+    import logging
+    import os
+
+    if os.environ.get(SAVED_TRACES_ENV, "1") == "0" or not hasattr(torch._dynamo.config, "caching_precompile"):
+        return False
+    torch._dynamo.config.caching_precompile = True
+    # It logs a warning per identity guard it drops (hundreds per graph): expected, not a problem to report.
+    logging.getLogger("torch._dynamo.guards").setLevel(logging.ERROR)
+    return True
 
 
 def compile_cache_key() -> str:
@@ -70,6 +103,7 @@ def load_compile_artifacts(data: bytes) -> bool:
     """Pre-fill PyTorch's compile caches (inductor + AOT autograd) from `compile_artifacts()` bytes of an
     earlier process, so `torch.compile` finds its kernels instead of generating them (warm start).
     A corrupt or foreign cache is ignored: the networks then compile as if there were none."""
+    enable_saved_traces()  # before loading: the traces in `data` are installed only with it on
     try:
         return torch.compiler.load_cache_artifacts(data) is not None
     except Exception:  # noqa: BLE001 - any unusable cache means a cold compile, never a failed job
@@ -83,11 +117,13 @@ def compile_artifacts() -> bytes | None:
 
 
 def generated_kernel_graphs() -> int:
-    """How many graphs this process compiled from scratch (inductor cache misses): when it grows, there is
-    something new worth saving; cache hits (a warm start) leave it unchanged."""
+    """How much this process compiled that a saved cache did not hold: graphs whose kernels it generated
+    (inductor cache misses) and, with saved traces on, graphs Dynamo traced. When it grows there is something
+    new worth saving; a warm start that found everything leaves it unchanged."""
     from torch._dynamo.utils import counters
 
-    return int(counters["inductor"].get("fxgraph_cache_miss", 0))
+    traced = counters["stats"].get("unique_graphs", 0) if getattr(torch._dynamo.config, "caching_precompile", False) else 0
+    return int(counters["inductor"].get("fxgraph_cache_miss", 0)) + int(traced)
 
 
 # --------------------------------------------------------------------------------------------------

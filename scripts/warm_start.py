@@ -64,6 +64,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=768)
     parser.add_argument("--profile-setup", type=Path, help="write a cProfile table of the worker's setup here")
     parser.add_argument("--per-call", action="store_true", help="then each length again, every network call timed")
+    parser.add_argument("--no-cudnn-benchmark", action="store_true",
+                        help="render with cuDNN's heuristic algorithm choice instead of timing each new conv shape")
     args = parser.parse_args()
 
     import torch
@@ -103,6 +105,8 @@ def main() -> int:
     else:
         stage.setup()
     setup = time.perf_counter() - started
+    if args.no_cudnn_benchmark:
+        torch.backends.cudnn.benchmark = False
     segments, errors, first_done, compile_report = [], [], None, None
     for n in lengths:
         result = stage(work(n))
@@ -131,6 +135,8 @@ def main() -> int:
         cache_loaded=bool(stage.compile_cache and stage.compile_cache.loaded),
         setup_s=round(setup, 2), compile_cache_load_s=round(stage.compile_cache.load_seconds if stage.compile_cache else 0.0, 2), worker_start_to_first_segment_s=round(first_done, 2), segments=segments,
         per_call=per_call, errors=errors, inductor=dict(counters["inductor"]),
+        saved_traces=bool(getattr(torch._dynamo.config, "caching_precompile", False)),
+        dynamo_cache=dict(counters["dynamo_cache"]), cudnn_benchmark=torch.backends.cudnn.benchmark,
         peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None)))
     return 0
 

@@ -92,3 +92,57 @@ def test_a_missing_or_corrupt_cache_never_fails_a_worker(tmp_path, caplog):
     assert CompileCache(str(tmp_path / "cache"), "acc").load() is False
     assert "not usable here" in caplog.text
     assert Path(cache.uri).name.endswith("-acc.bin") and "cpu" in Path(cache.uri).name  # keyed by torch/device
+
+
+BLOCKS_SCRIPT = """
+import json, sys, torch
+from diffusers.models.resnet import ResnetBlock2D
+from torch._dynamo.utils import counters
+from echomimic2.fast import compile_regions
+from pipeline.render import CompileCache
+
+class TwoBlocks(torch.nn.Module):  # two blocks of one class: one compiled function, one graph per shape
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(ResnetBlock2D(in_channels=8, out_channels=8, temb_channels=None, groups=4)
+                                          for _ in range(2))
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x, None)
+        return x
+
+torch.manual_seed(0)
+net = TwoBlocks().eval()
+cache = CompileCache(sys.argv[1], "acc")
+loaded = cache.load()
+compile_regions(net)
+with torch.no_grad():
+    out = net(torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(1)))
+saved = cache.save_if_new()
+print(json.dumps(dict(loaded=loaded, saved=saved, traced=counters["stats"].get("unique_graphs", 0),
+                      out=out.flatten()[:64].tolist(), **counters["inductor"])))
+"""
+
+
+@pytest.mark.slow
+def test_a_warm_worker_traces_nothing_with_saved_traces(tmp_path):
+    """With the networks compiled by block class (fast.compile_regions), the cache a worker saves holds Dynamo's
+    traces too: the next worker (another node: its own inductor folder) neither traces nor compiles, and
+    computes the same numbers. With saved traces off it finds the kernels but traces every graph again."""
+    def worker(name: str, **env_extra) -> dict:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / f"inductor-{name}"), PYTHONPATH=str(REPO),
+                   **env_extra)
+        done = subprocess.run([sys.executable, "-c", BLOCKS_SCRIPT, str(tmp_path / "cache")], env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    cold = worker("a")
+    assert (cold["loaded"], cold["saved"]) == (False, True) and cold["traced"] >= 1 and cold["fxgraph_cache_miss"] >= 1
+    warm = worker("b")
+    assert (warm["loaded"], warm["saved"]) == (True, False)
+    assert warm["traced"] == 0 and not warm.get("fxgraph_cache_miss")
+    assert warm["out"] == cold["out"]
+    kernels_only = worker("c", ECHOMIMIC2_SAVED_TRACES="0")
+    assert kernels_only["loaded"] is True and kernels_only["traced"] >= 1 and not kernels_only.get("fxgraph_cache_miss")
+    assert kernels_only["saved"] is False  # found every kernel: nothing new to write
