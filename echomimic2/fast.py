@@ -26,8 +26,10 @@ def prepare_for_gpu(networks: OfficialNetworks, compile_networks: bool = False) 
         # No CUDA graphs: on the eager UNet they saved 1.3 % of a step for a 3.4 GiB pool (BENCHMARKS.md, 2026-12-02).
         # The UNet by blocks (same speed as its whole forward, 0.6x the cold compile, 0.65x the warm start:
         # BENCHMARKS.md, 2026-12-03); the VAE decoder whole (one shape per job: decode_latents pads batches).
-        compile_regions(networks.denoising_unet)  # turns saved traces on first: the decoder's are saved too
-        networks.vae.decoder.forward = torch.compile(networks.vae.decoder.forward, dynamic=False)
+        compile_regions(networks.denoising_unet)
+        # Its traces are not saved: torch 2.11 cannot load them back (the guard on its forward's default
+        # argument fails to unpickle; H100, 2026-12-06), and it is one graph of the 23 to trace.
+        networks.vae.decoder.forward = compile_function(networks.vae.decoder.forward, saved_traces=False)
     return networks
 
 
@@ -52,9 +54,29 @@ def compile_regions(unet: torch.nn.Module, backend: str = "inductor") -> int:
     for module in regions:
         cls = type(module)
         if cls not in compiled:
-            compiled[cls] = torch.compile(cls.forward, backend=backend, dynamic=False)
+            compiled[cls] = compile_function(cls.forward, backend=backend)
         module.forward = types.MethodType(compiled[cls], module)
     return len(regions)
+
+
+def compile_function(fn, backend: str = "inductor", saved_traces: bool = True):
+    """`torch.compile(fn)` with static shapes. A saved trace of `fn` is installed here, when it is compiled: if
+    that fails (an experimental torch feature: a trace it cannot load back), `fn` is compiled without saved
+    traces, as on a cold start, never failing the worker."""
+    import logging
+
+    if not hasattr(torch._dynamo.config, "caching_precompile"):
+        return torch.compile(fn, backend=backend, dynamic=False)
+    if not saved_traces or not torch._dynamo.config.caching_precompile:
+        with torch._dynamo.config.patch(caching_precompile=False):
+            return torch.compile(fn, backend=backend, dynamic=False)
+    try:
+        return torch.compile(fn, backend=backend, dynamic=False)
+    except Exception as exc:  # noqa: BLE001 - an unusable saved trace means tracing again, never a failed job
+        logging.getLogger(__name__).warning("saved trace of %s not usable, tracing again: %r",
+                                            getattr(fn, "__qualname__", fn), exc)
+        with torch._dynamo.config.patch(caching_precompile=False):
+            return torch.compile(fn, backend=backend, dynamic=False)
 
 
 def compiled_regions(module: torch.nn.Module) -> int:
