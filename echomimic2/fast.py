@@ -16,11 +16,14 @@ REGION_RECOMPILE_LIMIT = 128
 
 
 def prepare_for_gpu(networks: OfficialNetworks, compile_networks: bool = False) -> OfficialNetworks:
-    """Enable cuDNN autotuning; optionally compile the denoising UNet's blocks and the VAE decoder.
+    """cuDNN autotuning for the eager networks; optionally compile the denoising UNet's blocks and the VAE decoder.
 
     channels_last was measured and dropped: no gain for either UNet or the VAE (BENCHMARKS.md).
     """
-    torch.backends.cudnn.benchmark = True
+    # cuDNN's timing of each new convolution shape costs a compiled worker ~8 s of its warm start, for a rate
+    # equal within run-to-run spread (14.05-14.16 s per 120 frames either way; BENCHMARKS.md, 2026-12-06):
+    # compiled workers take cuDNN's heuristic choice. Eager networks keep the autotuning.
+    torch.backends.cudnn.benchmark = not compile_networks
     if compile_networks:
         # Fuses the norms, GEGLU, residual adds and layout copies between the cuBLAS/cuDNN calls.
         # No CUDA graphs: on the eager UNet they saved 1.3 % of a step for a 3.4 GiB pool (BENCHMARKS.md, 2026-12-02).

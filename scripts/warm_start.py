@@ -55,6 +55,21 @@ def timed_calls(networks, stats: dict) -> None:
     wrap(networks.reference_unet, "forward", "reference_unet")
 
 
+def frames_digest(stage, result) -> str | None:
+    """sha256 (16 hex digits) of a segment's stored frames: the same inputs give the same digest in a cold and a
+    warm run where the kernels (and cuDNN's algorithm choice) are the same."""
+    import hashlib
+
+    from pipeline.segment_store import iter_segment
+
+    if result.error:
+        return None
+    digest = hashlib.sha256()
+    for chunk in iter_segment(stage.ledger.segment_uri(result.clip_id, result.fingerprint, result.start, result.stop)):
+        digest.update(chunk.tobytes())
+    return digest.hexdigest()[:16]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compile-cache", required=True)
@@ -115,7 +130,8 @@ def main() -> int:
             compile_report = compile_times(repr="str")
         errors += [result.error] if result.error else []
         segments.append(dict(frames=n, render_s=round(result.seconds, 2), per_120_s=round(result.seconds * 120 / n, 2),
-                             dynamo_graphs=counters["stats"]["unique_graphs"]))  # grows when a length compiles again
+                             dynamo_graphs=counters["stats"]["unique_graphs"],  # grows when a length compiles again
+                             frames_sha256=frames_digest(stage, result)))  # cold vs warm: the same frames?
     per_call = []
     if args.per_call and torch.cuda.is_available():
         calls: dict = defaultdict(lambda: [0, 0.0, 0.0])

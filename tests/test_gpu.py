@@ -51,7 +51,7 @@ def test_from_official_loads_and_renders_on_cuda(official_weights, segment_input
     assert (model.device.type, model.dtype) == ("cuda", torch.float16)
     assert all(p.device.type == "cuda" for network in model.networks for p in network.parameters())
     assert model.identity == official_identity(official_weights, variant)
-    assert torch.backends.cudnn.benchmark is True  # the CUDA settings branch ran
+    assert torch.backends.cudnn.benchmark is True  # the CUDA settings branch ran (eager: cuDNN autotuning)
     frames = model.render(*segment_inputs, seed=0, first_frame=0, steps=2)
     assert frames.shape == (FRAMES, SIZE, SIZE, 3) and frames.dtype == np.uint8
     assert frames.std() > 0  # not a constant image (NaNs would decode to one value)
