@@ -143,12 +143,13 @@ def compile_artifacts() -> bytes | None:
 
 def generated_kernel_graphs() -> int:
     """How much this process compiled that a saved cache did not hold: graphs whose kernels it generated
-    (inductor cache misses) and, with saved traces on, graphs Dynamo traced. When it grows there is something
-    new worth saving; a warm start that found everything leaves it unchanged."""
+    (inductor cache misses) and compiled functions with no saved trace (with saved traces on). When it grows
+    there is something new worth saving; a warm start that found everything leaves it unchanged (the decoder,
+    traced by every process, does not count: it has no saved trace to add)."""
     from torch._dynamo.utils import counters
 
-    traced = counters["stats"].get("unique_graphs", 0) if getattr(torch._dynamo.config, "caching_precompile", False) else 0
-    return int(counters["inductor"].get("fxgraph_cache_miss", 0)) + int(traced)
+    untraced = counters["dynamo_cache"].get("dynamo_cache_miss", 0)
+    return int(counters["inductor"].get("fxgraph_cache_miss", 0)) + int(untraced)
 
 
 # --------------------------------------------------------------------------------------------------

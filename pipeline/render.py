@@ -64,9 +64,10 @@ class CompileCache:
         self.saved_at_graphs: int | None = None
 
     def load(self) -> bool:
-        from echomimic2.fast import generated_kernel_graphs, load_compile_artifacts
+        from echomimic2.fast import enable_saved_traces, generated_kernel_graphs, load_compile_artifacts
 
         started = time.perf_counter()
+        enable_saved_traces()  # a cold worker too: what it compiles is saved with its traces
         try:
             data = storage.read_bytes(self.uri, max_bytes=MAX_COMPILE_CACHE_BYTES) if storage.exists(self.uri) else None
         except Exception as exc:  # noqa: BLE001 - an unreadable cache means compiling, not failing
