@@ -352,6 +352,31 @@ def test_compiled_blocks_share_one_graph_per_class_and_shape():
         torch._dynamo.reset()
 
 
+def test_a_saved_trace_that_cannot_be_installed_means_tracing_again(monkeypatch, caplog):
+    """torch 2.11 could not load back the VAE decoder's saved trace (a guard it cannot unpickle, raised inside
+    `torch.compile`): such a failure costs a trace, never the worker. Here the install fails whenever saved
+    traces are on; the function is compiled without them and computes the same numbers."""
+    from echomimic2.fast import compile_function
+
+    real_compile = torch.compile
+
+    def compile_that_fails_to_install(fn, **kwargs):
+        if torch._dynamo.config.caching_precompile:
+            raise TypeError("DefaultsSource.__init__() takes from 3 to 4 positional arguments but 6 were given")
+        return real_compile(fn, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_that_fails_to_install)
+    torch._dynamo.reset()
+    try:
+        with torch._dynamo.config.patch(caching_precompile=True):
+            compiled = compile_function(torch.nn.functional.gelu, backend="eager")
+        x = torch.randn(8)
+        torch.testing.assert_close(compiled(x), torch.nn.functional.gelu(x), rtol=0, atol=0)
+        assert "saved trace of" in caplog.text and "tracing again" in caplog.text
+    finally:
+        torch._dynamo.reset()
+
+
 def test_a_segment_with_odd_window_counts_compiles_one_batch_shape():
     """48 frames have 5 windows at steps 0 and 3: step by step, two windows per call would leave a one-window
     call per such step and a second set of compiled blocks (~2x the graphs to compile cold, trace warm, and
