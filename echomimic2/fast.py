@@ -66,26 +66,32 @@ def compile_function(fn, backend: str = "inductor", saved_traces: bool = True):
     """`torch.compile(fn)` with static shapes. A saved trace of `fn` is installed here, when it is compiled: if
     that fails (an experimental torch feature: a trace it cannot load back), `fn` is compiled without saved
     traces, as on a cold start, never failing the worker."""
+    import contextlib
     import logging
 
-    if not hasattr(torch._dynamo.config, "caching_precompile"):
-        return torch.compile(fn, backend=backend, dynamic=False)
-    if not saved_traces or not torch._dynamo.config.caching_precompile:
-        with torch._dynamo.config.patch(caching_precompile=False):
+    def without_saved_traces():
+        off = (torch._dynamo.config.patch(caching_precompile=False)
+               if hasattr(torch._dynamo.config, "caching_precompile") else contextlib.nullcontext())
+        with off:
             return torch.compile(fn, backend=backend, dynamic=False)
+
+    if not (saved_traces and getattr(torch._dynamo.config, "caching_precompile", False)):
+        return without_saved_traces()
     try:
         return torch.compile(fn, backend=backend, dynamic=False)
     except Exception as exc:  # noqa: BLE001 - an unusable saved trace means tracing again, never a failed job
         logging.getLogger(__name__).warning("saved trace of %s not usable, tracing again: %r",
                                             getattr(fn, "__qualname__", fn), exc)
-        with torch._dynamo.config.patch(caching_precompile=False):
-            return torch.compile(fn, backend=backend, dynamic=False)
+        return without_saved_traces()
 
 
 def compiled_regions(module: torch.nn.Module) -> int:
     """How many submodules of `module` run a compiled `forward` (`compile_regions`)."""
-    return sum(hasattr(m.__dict__.get("forward"), "__func__") and
-               hasattr(m.__dict__["forward"].__func__, "_torchdynamo_orig_callable") for m in module.modules())
+    def compiled(m: torch.nn.Module) -> bool:
+        bound = getattr(m.__dict__.get("forward"), "__func__", None)  # a forward bound on the instance
+        return getattr(bound, "_torchdynamo_orig_callable", None) is not None
+
+    return sum(compiled(m) for m in module.modules())
 
 
 # Where a warm start's time went before (BENCHMARKS.md, 2026-12-04): ~11 s of Dynamo tracing the 23 graphs
