@@ -79,8 +79,6 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=768)
     parser.add_argument("--profile-setup", type=Path, help="write a cProfile table of the worker's setup here")
     parser.add_argument("--per-call", action="store_true", help="then each length again, every network call timed")
-    parser.add_argument("--no-cudnn-benchmark", action="store_true",
-                        help="render with cuDNN's heuristic algorithm choice instead of timing each new conv shape")
     args = parser.parse_args()
 
     import torch
@@ -120,8 +118,6 @@ def main() -> int:
     else:
         stage.setup()
     setup = time.perf_counter() - started
-    if args.no_cudnn_benchmark:
-        torch.backends.cudnn.benchmark = False
     segments, errors, first_done, compile_report = [], [], None, None
     for n in lengths:
         result = stage(work(n))

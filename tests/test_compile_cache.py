@@ -61,20 +61,23 @@ print(json.dumps(dict(loaded=loaded, saved=saved, traces_found=counters["dynamo_
 """
 
 
+def worker_in_fresh_process(tmp_path: Path, name: str, script: str, **env_extra) -> dict:
+    """Run a render worker's script in a new process with its own inductor folder (another node), sharing the
+    cache folder `tmp_path/cache`; its last stdout line is JSON."""
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / f"inductor-{name}"), PYTHONPATH=str(REPO), **env_extra)
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "cache")], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 def test_render_workers_share_kernels_through_the_cache_folder(tmp_path):
     """What a render worker does (load before compiling, save when it generated kernels), in two processes
     with their own inductor folders (two nodes) sharing one cache folder."""
-    def worker(name: str) -> dict:
-        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / f"inductor-{name}"), PYTHONPATH=str(REPO))
-        done = subprocess.run([sys.executable, "-c", WORKER_SCRIPT, str(tmp_path / "cache")], env=env,
-                              capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return json.loads(done.stdout.strip().splitlines()[-1])
-
-    cold = worker("a")
+    cold = worker_in_fresh_process(tmp_path, "a", WORKER_SCRIPT)
     assert (cold["loaded"], cold["saved"]) == (False, True) and cold["fxgraph_cache_miss"] >= 1
-    warm = worker("b")
+    warm = worker_in_fresh_process(tmp_path, "b", WORKER_SCRIPT)
     assert (warm["loaded"], warm["saved"]) == (True, False)  # a hit generates nothing new: nothing rewritten
     assert warm["traces_found"] >= 1 and not warm.get("fxgraph_cache_miss")  # traced and compiled code: both saved
 
@@ -131,12 +134,7 @@ def test_a_warm_worker_traces_nothing_with_saved_traces(tmp_path):
     traces too: the next worker (another node: its own inductor folder) neither traces nor compiles, and
     computes the same numbers. With saved traces off it finds the kernels but traces every graph again."""
     def worker(name: str, **env_extra) -> dict:
-        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / f"inductor-{name}"), PYTHONPATH=str(REPO),
-                   **env_extra)
-        done = subprocess.run([sys.executable, "-c", BLOCKS_SCRIPT, str(tmp_path / "cache")], env=env,
-                              capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return worker_in_fresh_process(tmp_path, name, BLOCKS_SCRIPT, **env_extra)
 
     cold = worker("a")
     assert (cold["loaded"], cold["saved"]) == (False, True) and cold["traced"] >= 1 and cold["fxgraph_cache_miss"] >= 1
