@@ -16,6 +16,7 @@ import colorsys
 import io
 import math
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import BinaryIO
@@ -53,6 +54,7 @@ class PoseFormatError(ValueError):
 # numpy's multiarray.scalar (module numpy.core or numpy._core depending on the version): builds a
 # numpy scalar from a dtype and its raw bytes.
 _NUMPY_SCALAR = np.float64(0).__reduce__()[0]
+_PYTHON_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 class _RefusedCall:
@@ -87,20 +89,23 @@ class _PoseUnpickler(pickle.Unpickler):
         # np.save always writes `_reconstruct(ndarray, (0,), b'b')` and fills the array in BUILD,
         # where numpy checks the data length against the shape: memory stays bounded by the file.
         if subtype is not self.ndarray_token or tuple(shape) != (0,):
-            raise PoseFormatError(f"{self.source}: refused array construction {subtype!r} {shape!r}")
+            raise PoseFormatError(f"{self.source}: refused array construction (not how np.save writes arrays)")
         return np.ndarray((0,), dtype=np.dtype(dtype_code))
 
     def find_class(self, module: str, name: str):
         try:
             return self.allowed[(module, name)]
         except KeyError:
+            # The name helps whoever wrote the file; anything that is not a short dotted name stays unquoted.
+            named = f"{module}.{name}"
+            shown = named if _PYTHON_NAME.fullmatch(named) and len(named) <= 100 else "(not a Python name)"
             raise PoseFormatError(
-                f"{self.source}: refused pickled global {module}.{name} "
+                f"{self.source}: refused pickled global {shown} "
                 "(pose files may hold only dicts, lists, numbers, strings and numpy arrays)"
             ) from None
 
     def persistent_load(self, pid):
-        raise PoseFormatError(f"{self.source}: refused pickled persistent id {pid!r}")
+        raise PoseFormatError(f"{self.source}: refused pickled persistent id")
 
 
 def _bytes_within(data: bytes | str | Path, limit: int, name: str) -> bytes:
@@ -128,15 +133,15 @@ def read_pose_npy(data: bytes | str | Path, name: str) -> dict:
     except PoseFormatError:
         raise
     except Exception as error:
-        raise PoseFormatError(f"{name}: not a .npy file ({error})") from None
+        raise PoseFormatError(f"{name}: not a .npy file ({type(error).__name__} reading its header)") from None
     if dtype != np.dtype(object) or shape != ():
-        raise PoseFormatError(f"{name}: expected a pickled dict (object array of shape ()), found {dtype} {shape}")
+        raise PoseFormatError(f"{name}: expected a pickled dict (object array of shape ()), found {dtype.str} {shape}")
     try:
         array = _PoseUnpickler(stream, name).load()
     except PoseFormatError:
         raise
     except Exception as error:
-        raise PoseFormatError(f"{name}: corrupt pose pickle ({type(error).__name__}: {error})") from None
+        raise PoseFormatError(f"{name}: corrupt pose pickle ({type(error).__name__})") from None
     if not isinstance(array, np.ndarray) or array.dtype != object or array.shape != ():
         raise PoseFormatError(f"{name}: pickle does not hold a 0-d object array")
     return validate_pose(array.item(), name)
@@ -159,9 +164,10 @@ def _float_array(value, shape: tuple[int, ...], field: str, name: str, bound: fl
 
 def _draw_params(value, name: str) -> list[int]:
     if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != 6:
-        raise PoseFormatError(f"{name}: draw_pose_params must be 6 integers [imh, imw, rb, re, cb, ce], got {value!r}")
+        raise PoseFormatError(f"{name}: draw_pose_params must be 6 integers [imh, imw, rb, re, cb, ce], "
+                              f"got {type(value).__name__}{f' of {len(value)}' if hasattr(value, '__len__') else ''}")
     if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
-        raise PoseFormatError(f"{name}: draw_pose_params must be integers, got {list(value)!r}")
+        raise PoseFormatError(f"{name}: draw_pose_params must be integers, got {', '.join(type(v).__name__ for v in value)}")
     imh, imw, rb, re, cb, ce = (int(v) for v in value)
     side = max(re, ce)
     if not (imh >= 1 and imw >= 1 and rb >= 0 and cb >= 0 and re - rb == imh and ce - cb == imw):
@@ -240,7 +246,7 @@ def load_pose_npz(data: bytes | str | Path | BinaryIO, name: str = "poses.npz") 
         with_anchors = required | {f"{field}.npy" for field in _NPZ_ANCHOR_FIELDS}
         if set(members) not in (required, with_anchors):
             raise PoseFormatError(f"{name}: expected exactly the arrays {list(_NPZ_FIELDS)} (optionally with all of "
-                                  f"{list(_NPZ_ANCHOR_FIELDS)}), found {sorted(members)}")
+                                  f"{list(_NPZ_ANCHOR_FIELDS)}), found another set of {len(members)} member(s)")
         if sum(members.values()) > MAX_POSE_NPZ_BYTES:  # declared sizes bound what zipfile will inflate
             raise PoseFormatError(f"{name}: arrays unpack to more than {MAX_POSE_NPZ_BYTES} bytes")
         stream.seek(0)
@@ -249,7 +255,7 @@ def load_pose_npz(data: bytes | str | Path | BinaryIO, name: str = "poses.npz") 
     except PoseFormatError:
         raise
     except Exception as error:
-        raise PoseFormatError(f"{name}: not a pose .npz ({type(error).__name__}: {error})") from None
+        raise PoseFormatError(f"{name}: not a pose .npz ({type(error).__name__})") from None
     n = len(arrays["hands"])
     expected = {"hands": (n, 2, 21, 2), "hands_score": (n, 2, 21), "draw_pose_params": (n, 6)}
     for field, shape in expected.items():

@@ -23,7 +23,7 @@ import soundfile as sf
 
 from pipeline import qc, storage
 from pipeline.manifest import Limits
-from pipeline.media import FFMPEG, SAMPLE_RATE, decode_audio, ffmpeg_report, report_duration
+from pipeline.media import FFMPEG, SAMPLE_RATE, audio_input_options, decode_audio, ffmpeg_report, report_duration
 from pipeline.segment_store import iter_segment
 
 FFPROBE = shutil.which("ffprobe")  # optional: probe_video falls back to parsing `ffmpeg -i`
@@ -165,7 +165,7 @@ def assemble_clip(segments: list[tuple[int, int, str]], total_frames: int, fps: 
             raise ValueError(f"frame size {width}x{height} must be even for yuv420p")
         video_in = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}",
                                 framerate=str(rate))
-        audio_track = ffmpeg.input(str(audio_path)).audio.filter("apad").filter("atrim", duration=f"{seconds:.6f}")
+        audio_track = ffmpeg.input(str(audio_path), **audio_input_options(audio)).audio.filter("apad").filter("atrim", duration=f"{seconds:.6f}")
         process = (
             ffmpeg.output(video_in, audio_track, str(video_path), vcodec="libx264", pix_fmt="yuv420p",
                           acodec="aac", r=str(rate), movflags="+faststart")

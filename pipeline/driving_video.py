@@ -8,6 +8,7 @@ a time into the detector, so memory stays flat whatever the clip's length.
 from __future__ import annotations
 
 import re
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -17,14 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.limits import Limits
-from pipeline.media import FFMPEG
+from pipeline.media import FFMPEG, restricted_input
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".m4v", ".avi")
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
 _VIDEO_STREAM = re.compile(r"Stream #\S+.*?: Video: (\w+).*?, (\d{2,5})x(\d{2,5})")
-# Only local files, only the containers of mp4/mov/webm/mkv/avi: a crafted "video" (an HLS playlist,
-# concat list, image sequence) can make ffmpeg open other files or URLs while probing.
-INPUT_RESTRICTIONS = ["-protocol_whitelist", "file,pipe", "-format_whitelist", "mov,mp4,matroska,webm,avi"]
+# Only the containers of mp4/mov/webm/mkv/avi, only local input (`media.restricted_input`).
+INPUT_RESTRICTIONS = restricted_input(("mov", "mp4", "matroska", "webm", "avi"))
 
 
 class DrivingVideoError(ValueError):
@@ -58,7 +58,10 @@ def probe_video(path: str | Path, limits: VideoLimits = VideoLimits()) -> VideoI
     """Size, duration and codec from ffmpeg's header report; DrivingVideoError for a file that is not
     a video, or one over the limits. Nothing is decoded."""
     path = str(path)
-    size = Path(path).stat().st_size
+    info = Path(path).stat()
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block ffmpeg or never end
+        raise DrivingVideoError("driving video is not a regular file")
+    size = info.st_size
     if size > limits.max_bytes:
         raise DrivingVideoError(f"driving video is {size} bytes, over the limit of {limits.max_bytes}")
     report = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", *INPUT_RESTRICTIONS, "-i", path], capture_output=True,

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Limits:
     max_audio_seconds: float = 600.0
+    # The audio encoder's minimum, echomimic2.audio.MIN_SAMPLES at 16 kHz, without importing torch here
+    # (tests/test_media.py holds them equal); one video frame at the row's fps is the other minimum.
+    min_audio_seconds: float = 0.02
     max_image_pixels: int = 40_000_000
     min_image_side: int = 64
     max_pose_frames: int = 20_000

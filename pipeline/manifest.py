@@ -31,6 +31,8 @@ OPTIONAL_COLUMNS = ("pose", "seed", "steps", "guidance", "fps", "width", "height
 POSE_ALIGN_MODES = ALIGN_MODES  # their home is the engine's; named here for the manifest's checks
 GESTURE_STYLES = tuple(GESTURE_STYLE_TABLE)
 _CLIP_ID = re.compile(r"^[A-Za-z0-9._-]+$")
+# Names Windows file systems (NTFS, SMB shares) reserve for devices, with any extension: `con.mp4` is a device.
+_RESERVED_NAMES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"{port}{n}" for port in ("COM", "LPT") for n in range(10))})
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,11 @@ def check_clip_id(clip_id) -> str | None:
         return "must not start with '.'"
     if ".." in clip_id:
         return "must not contain '..'"
+    if clip_id.endswith("."):
+        return "must not end with '.' (Windows file systems drop it)"
+    if clip_id.split(".", 1)[0].upper() in _RESERVED_NAMES:
+        return (f"{clip_id.split('.', 1)[0]!r} is a device name reserved on Windows file systems "
+                f"(CON, PRN, AUX, NUL, COM0-9, LPT0-9, with or without an extension)")
     return None
 
 
@@ -237,49 +244,46 @@ def parse_manifest(df: pd.DataFrame, *, base_uri: str | None = None) -> tuple[li
 # Input checks (headers, sizes, counts)
 
 
-def _check_image(uri: str, limits: Limits) -> None:
+def _check_image(uri: str, spec: ClipSpec, limits: Limits, input_root: Path | str | None) -> None:
     from pipeline.media import decode_image
 
     # Decoded as the job decodes it (a PNG cut in half has a valid header); the header is checked
     # against the pixel limits first, so this is bounded like the job's own read.
-    decode_image(storage.read_bytes(uri, max_bytes=limits.max_image_bytes), limits)
+    decode_image(storage.read_bytes(uri, max_bytes=limits.max_image_bytes, input_root=input_root), limits)
 
 
-def _check_audio(uri: str, limits: Limits) -> None:
-    from pipeline.media import audio_duration_seconds, refuse_too_long
+def _check_audio(uri: str, spec: ClipSpec, limits: Limits, input_root: Path | str | None) -> None:
+    from pipeline.media import check_audio
 
     n = storage.size(uri)
     if n > limits.max_audio_bytes:
         raise InputError(f"file is {n} bytes, over the limit of {limits.max_audio_bytes}")
-    if n == 0:
-        raise InputError("file is empty")
-    with storage.open_input(uri) as f:
-        seconds = audio_duration_seconds(f, uri.rsplit("/", 1)[-1])
-    if seconds <= 0:
-        raise InputError("audio has no samples")
-    refuse_too_long(seconds, limits)
+    with storage.open_input(uri, input_root=input_root) as f:  # only the header is read for most formats
+        check_audio(f, spec.fps, limits)  # as the job's preprocessing
 
 
-def _check_pose(uri: str, limits: Limits) -> None:
+def _check_pose(uri: str, spec: ClipSpec, limits: Limits, input_root: Path | str | None) -> None:
     from pipeline.pose_sources import source_for
 
-    source_for(uri).check(uri, limits)  # each source's own check: files parsed, a driving video sampled
+    # each source's own check: files parsed, a driving video sampled; folder members confined too
+    source_for(uri).check(uri, limits, input_root)
 
 
 def check_clip_inputs(spec: ClipSpec, limits: Limits = Limits(), *, allow_http: bool = False,
                       input_root: Path | str | None = None) -> list[Problem]:
     """`validate`'s check of one row: one Problem per input of ``spec`` that is refused: bad URI,
-    missing/unreadable file, over a limit (checked from sizes and headers, before any decoding), an image
-    that does not decode, undecodable or empty audio, bad pose frames. The job does not run it: its
-    preprocessing reads each input once and applies the same limits and decoders as it reads
-    (`preprocess.read_clip_inputs`, `media.decode_reference` / `decode_audio`, `pose_sources`)."""
+    missing/unreadable file or not a regular one, over a limit (checked from sizes and headers, before any
+    decoding), an image that does not decode, audio that `media.check_audio` refuses, bad pose frames. The job
+    does not run it: its preprocessing reads each input once and applies the same checks, limits and decoders
+    as it reads (`preprocess.read_clip_inputs`, `media.check_audio` / `decode_reference` / `decode_audio`,
+    `pose_sources`)."""
     problems = []
     checks = [("image", spec.image, _check_image), ("audio", spec.audio, _check_audio), ("pose", spec.pose, _check_pose)]
     for field, uri, check in checks:
         if uri is None:
             continue
         try:
-            check(storage.check_uri(uri, allow_http=allow_http, input_root=input_root), limits)
+            check(storage.check_uri(uri, allow_http=allow_http, input_root=input_root), spec, limits, input_root)
         except FileNotFoundError:
             problems.append(Problem(spec.row, spec.clip_id, field, f"not found: {storage.redact(uri)}"))
         except InputError as exc:

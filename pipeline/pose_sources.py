@@ -1,19 +1,21 @@
 """Where a clip's poses come from: one small class per kind of `pose` input, and the registry that picks one.
 
-    source = source_for(uri)          # the first entry of POSE_SOURCES whose `matches(uri)` is true
-    given = source.read(uri, limits)  # every file read once: (name, content hash) of each, parsed where it can be
+    source = source_for(uri)                      # the first entry of POSE_SOURCES whose `matches(uri)` is true
+    given = source.read(uri, limits, input_root)  # every file read once: (name, content hash) of each, parsed where it can be
     poses, info = given.sequence(fps, frames, limits)   # once the clip's frame count is known (the audio's)
-    source.check(uri, limits)         # what `validate` runs (may be cheaper than a full read)
+    source.check(uri, limits, input_root)         # what `validate` runs (may be cheaper than a full read)
 
 Adding a pose source is one class with those four members plus one entry in `POSE_SOURCES`. A refused input
 raises InputError (or the source's own ValueError) whose message starts with the file's name; the caller
-names the row and the field (`preprocess.refusing`, `manifest.check_clip_inputs`).
+names the row and the field (`preprocess.refusing`, `manifest.check_clip_inputs`). Every file is read with
+`_read`: a regular file, bounded, and with `input_root` inside it after resolving, folder members included.
 """
 from __future__ import annotations
 
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from pipeline import storage
@@ -26,6 +28,7 @@ __all__ = ["POSE_SOURCES", "DrivingVideo", "NpyFolder", "NpzSequence", "PoseInpu
 
 POSE_READ_THREADS = 8  # pose folders are many small objects: overlap the round trips
 _POSE_FRAME = re.compile(r"^(0|[1-9][0-9]*)\.npy$")
+InputRoot = Path | str | None  # local files must resolve inside it (`storage.read_bytes`)
 
 
 @dataclass
@@ -47,20 +50,20 @@ class PoseInput:
 class PoseSource(Protocol):
     def matches(self, uri: str) -> bool: ...
 
-    def read(self, uri: str, limits: Limits) -> PoseInput: ...
+    def read(self, uri: str, limits: Limits, input_root: InputRoot = None) -> PoseInput: ...
 
     def sequence(self, given: PoseInput, fps: float, frames: int, limits: Limits) -> tuple[list[dict], dict]: ...
 
-    def check(self, uri: str, limits: Limits) -> None: ...
+    def check(self, uri: str, limits: Limits, input_root: InputRoot = None) -> None: ...
 
 
 def _name(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _read(uri: str, max_bytes: int) -> bytes:
+def _read(uri: str, max_bytes: int, input_root: InputRoot) -> bytes:
     try:
-        return storage.read_bytes(uri, max_bytes=max_bytes)
+        return storage.read_bytes(uri, max_bytes=max_bytes, input_root=input_root)
     except InputError as exc:  # e.g. over the size limit: say which file
         raise InputError(f"{_name(uri)}: {exc}") from None
 
@@ -71,8 +74,8 @@ class _ParsedFiles:
     def sequence(self, given: PoseInput, fps: float, frames: int, limits: Limits) -> tuple[list[dict], dict]:
         return given.poses, {}
 
-    def check(self, uri: str, limits: Limits) -> None:
-        self.read(uri, limits)
+    def check(self, uri: str, limits: Limits, input_root: InputRoot = None) -> None:
+        self.read(uri, limits, input_root)
 
 
 class NpzSequence(_ParsedFiles):
@@ -81,10 +84,10 @@ class NpzSequence(_ParsedFiles):
     def matches(self, uri: str) -> bool:
         return uri.rstrip("/").lower().endswith(".npz")
 
-    def read(self, uri: str, limits: Limits) -> PoseInput:
+    def read(self, uri: str, limits: Limits, input_root: InputRoot = None) -> PoseInput:
         from echomimic2.pose import PoseFormatError, load_pose_npz
 
-        name, data = _name(uri), _read(uri, limits.max_pose_npz_bytes)
+        name, data = _name(uri), _read(uri, limits.max_pose_npz_bytes, input_root)
         try:
             poses = load_pose_npz(data, name=name)
         except PoseFormatError as exc:  # names the file and the refused content
@@ -100,12 +103,12 @@ class NpyFolder(_ParsedFiles):
     def matches(self, uri: str) -> bool:
         return True  # the fallback: anything that is not a file of another source names a folder
 
-    def read(self, uri: str, limits: Limits) -> PoseInput:
+    def read(self, uri: str, limits: Limits, input_root: InputRoot = None) -> PoseInput:
         from echomimic2.pose import PoseFormatError, read_pose_npy
 
         files = list_pose_files(uri, limits)  # counted before anything is read
         with ThreadPoolExecutor(POSE_READ_THREADS) as pool:
-            contents = list(pool.map(lambda file_uri: _read(file_uri, limits.max_pose_file_bytes), files))
+            contents = list(pool.map(lambda file_uri: _read(file_uri, limits.max_pose_file_bytes, input_root), files))
         names = [_name(file_uri) for file_uri in files]
         try:
             poses = [read_pose_npy(data, name=name) for data, name in zip(contents, names)]
@@ -131,8 +134,8 @@ class DrivingVideo:
         return VideoLimits(max_bytes=limits.max_video_bytes, max_seconds=limits.max_audio_seconds,
                            max_pixels=limits.max_video_frame_pixels, max_frames=limits.max_pose_frames)
 
-    def read(self, uri: str, limits: Limits) -> PoseInput:
-        name, data = _name(uri), _read(uri, self.video_limits(limits).max_bytes)
+    def read(self, uri: str, limits: Limits, input_root: InputRoot = None) -> PoseInput:
+        name, data = _name(uri), _read(uri, self.video_limits(limits).max_bytes, input_root)
         return PoseInput(self, name, [(name, content_hash(data))], data=data)
 
     def sequence(self, given: PoseInput, fps: float, frames: int, limits: Limits) -> tuple[list[dict], dict]:
@@ -141,13 +144,13 @@ class DrivingVideo:
         poses, summary = poses_from_video(given.data, fps, frames, self.video_limits(limits), name=given.name)
         return poses, dict(pose_source="driving video", driving_video=summary)
 
-    def check(self, uri: str, limits: Limits) -> None:
+    def check(self, uri: str, limits: Limits, input_root: InputRoot = None) -> None:
         """The header limits, then hands sought in a few sampled frames (not the whole extraction)."""
         from pipeline.driving_video import DrivingVideoError, check_driving_video
 
         video_limits = self.video_limits(limits)
         try:
-            check_driving_video(_read(uri, video_limits.max_bytes), video_limits, name=_name(uri))
+            check_driving_video(_read(uri, video_limits.max_bytes, input_root), video_limits, name=_name(uri))
         except DrivingVideoError as exc:
             raise InputError(str(exc)) from None
 
@@ -160,9 +163,9 @@ def source_for(uri: str) -> PoseSource:
     return next(source for source in POSE_SOURCES if source.matches(uri))
 
 
-def read_pose_input(uri: str, limits: Limits) -> PoseInput:
+def read_pose_input(uri: str, limits: Limits, input_root: InputRoot = None) -> PoseInput:
     """A checked pose URI read by its source (each file once)."""
-    return source_for(uri).read(uri, limits)
+    return source_for(uri).read(uri, limits, input_root)
 
 
 def list_pose_files(uri: str, limits: Limits) -> list[str]:

@@ -1,5 +1,5 @@
 """Reading one row's inputs for preprocessing (`stages.PreprocessStage`): whole files, each read once
-(their contents are fingerprinted and then decoded), sizes checked first. A failure while handling a field
+(their contents are fingerprinted and then decoded), sizes bounded as they are read. A failure while handling a field
 becomes that row's `Problem` (`refusing`), never an exception that stops the job.
 """
 from __future__ import annotations
@@ -54,21 +54,25 @@ class ClipInputs:
 
 
 def read_clip_inputs(spec: ClipSpec, settings: JobSettings) -> ClipInputs:
-    """Whole input files (their contents are fingerprinted); sizes were checked first. The pose input is
-    read by its source (`pipeline.pose_sources`), which checks it as it reads it."""
-    limits = settings.limits
+    """Whole input files (their contents are fingerprinted), each read bounded by its size limit and, under
+    an input root, confined to it as it is opened. The audio gets the check `validate` makes
+    (`media.check_audio`); the pose input is read by its source (`pipeline.pose_sources`), which checks it as
+    it reads it."""
+    from pipeline.media import check_audio
+
+    limits, root = settings.limits, settings.input_root
 
     def read(field_name: str, uri: str, max_bytes: int) -> bytes:
         with refusing(spec, field_name, uri):
-            checked = storage.check_uri(uri, allow_http=settings.allow_http, input_root=settings.input_root)
-            return storage.read_bytes(checked, max_bytes=max_bytes)
+            checked = storage.check_uri(uri, allow_http=settings.allow_http, input_root=root)
+            return storage.read_bytes(checked, max_bytes=max_bytes, input_root=root)
 
     image = read("image", spec.image, limits.max_image_bytes)
     audio = read("audio", spec.audio, limits.max_audio_bytes)
-    if not audio:  # as validate says it (manifest._check_audio); the decoders check the rest from the headers
-        raise RowRefused([Problem(spec.row, spec.clip_id, "audio", "file is empty")])
+    with refusing(spec, "audio", spec.audio):
+        check_audio(audio, spec.fps, limits)
     if spec.pose is None:
         return ClipInputs(image, audio, None)
     with refusing(spec, "pose", spec.pose):
-        pose_uri = storage.check_uri(spec.pose, allow_http=settings.allow_http, input_root=settings.input_root)
-        return ClipInputs(image, audio, read_pose_input(pose_uri, limits))
+        pose_uri = storage.check_uri(spec.pose, allow_http=settings.allow_http, input_root=root)
+        return ClipInputs(image, audio, read_pose_input(pose_uri, limits, root))

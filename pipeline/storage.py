@@ -11,6 +11,7 @@ import os
 import random
 import re
 import shutil
+import stat
 import tempfile
 import time
 import uuid
@@ -349,7 +350,53 @@ def join(root: str, *parts: str) -> str:
 # Reads
 
 
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _refuse_special(mode: int) -> None:
+    """InputError unless ``mode`` is a regular file's: reading a FIFO blocks forever, a device never ends, and
+    both report size 0, so no size limit would hold for them."""
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+        raise InputError(f"not a regular file (it is {kind})")
+
+
+def _check_inside_root(path: str, real: str, input_root: Path | str | None) -> None:
+    if input_root is None:
+        return
+    root = Path(input_root).expanduser().resolve()
+    if not Path(real).is_relative_to(root):
+        raise InputError(f"{path} resolves to {real}, outside the input root {root}")
+
+
+@contextmanager
+def _open_local(path: str, input_root: Path | str | None) -> Iterator:
+    """A local file opened for reading once it is known to be a regular file inside ``input_root``: stat
+    before opening (no FIFO or device is ever opened), then the opened file itself checked again (its real
+    location and its kind), so a link swapped in between the check and the open changes nothing."""
+    _refuse_special(os.stat(path).st_mode)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO swapped in since the stat: no wait
+    try:
+        _refuse_special(os.fstat(fd).st_mode)
+        proc_link = f"/proc/self/fd/{fd}"
+        _check_inside_root(path, os.readlink(proc_link) if os.path.exists(proc_link) else os.path.realpath(path),
+                           input_root)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
+        yield f
+
+
 def size(uri: str) -> int:
+    """Bytes in the file; InputError for a local FIFO, device or folder (they have no size that holds)."""
+    if is_local(uri):
+        check_plain_url(uri)
+        info = os.stat(local_path(uri))
+        _refuse_special(info.st_mode)
+        return info.st_size
     fs, path = url_to_fs(uri)
     return int(with_retries(fs.size, path))
 
@@ -359,21 +406,45 @@ def exists(uri: str) -> bool:
     return bool(with_retries(fs.exists, path))
 
 
-def read_bytes(uri: str, *, max_bytes: int) -> bytes:
-    """The whole file; refused before reading when its size is over ``max_bytes``."""
-    fs, path = url_to_fs(uri)
-    n = int(with_retries(fs.size, path))
-    if n > max_bytes:
-        raise InputError(f"file is {n} bytes, over the limit of {max_bytes}")
-    data = with_retries(fs.cat_file, path)
-    if len(data) > max_bytes:  # changed since the size check
-        raise InputError(f"file is {len(data)} bytes, over the limit of {max_bytes}")
+def _over_limit(n: int, max_bytes: int) -> InputError:
+    return InputError(f"file is {n} bytes, over the limit of {max_bytes}")
+
+
+def read_bytes(uri: str, *, max_bytes: int, input_root: Path | str | None = None) -> bytes:
+    """The whole file, at most ``max_bytes``: refused before reading when its size is over, and never more than
+    ``max_bytes + 1`` bytes read (a file that grows meanwhile is refused too). Local files must be regular
+    files, and with ``input_root`` their real location, checked on the opened file, must be inside it."""
+    if is_local(uri):
+        check_plain_url(uri)
+        with _open_local(str(local_path(uri)), input_root) as f:
+            n = os.fstat(f.fileno()).st_size
+            if n > max_bytes:
+                raise _over_limit(n, max_bytes)
+            data = f.read(max_bytes + 1)
+    else:
+        fs, path = url_to_fs(uri)
+        n = int(with_retries(fs.size, path))
+        if n > max_bytes:
+            raise _over_limit(n, max_bytes)
+
+        def read_bounded() -> bytes:
+            with fs.open(path, "rb") as f:
+                return f.read(max_bytes + 1)
+
+        data = with_retries(read_bounded)
+    if len(data) > max_bytes:  # grew since the size check
+        raise InputError(f"file is over the limit of {max_bytes} bytes")
     return data
 
 
 @contextmanager
-def open_input(uri: str) -> Iterator:
-    """A binary file object for streaming reads (headers, chunks)."""
+def open_input(uri: str, *, input_root: Path | str | None = None) -> Iterator:
+    """A binary file object for streaming reads (headers, chunks); local files as `read_bytes` opens them."""
+    if is_local(uri):
+        check_plain_url(uri)
+        with _open_local(str(local_path(uri)), input_root) as f:
+            yield f
+        return
     fs, path = url_to_fs(uri)
     with with_retries(fs.open, path, "rb") as f:
         yield f

@@ -92,6 +92,40 @@ def wav_bytes(seconds: float, pitch: float = 220.0) -> bytes:
     return buffer.getvalue()
 
 
+def encoded_audio(wav: bytes, codec: str, container: str) -> bytes:
+    """``wav`` re-encoded by the real ffmpeg (e.g. "libmp3lame", "mp3"; "aac", "mp4"; "libopus", "webm")."""
+    import subprocess
+
+    from pipeline.media import FFMPEG
+
+    return subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-f", "wav", "-i", "pipe:0", "-c:a", codec,
+                           "-f", container, "-movflags", "frag_keyframe+empty_moov", "pipe:1"],
+                          input=wav, capture_output=True, check=True).stdout
+
+
+def hls_playlist(target: Path, seconds: float) -> bytes:
+    """An HLS playlist whose one segment is ``target``, by absolute path: ffmpeg's HLS reader opens it."""
+    return (f"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{int(seconds) + 1}\n"
+            f"#EXTINF:{seconds:.3f},\n{target}\n#EXT-X-ENDLIST\n").encode()
+
+
+def dash_manifest(target: Path, seconds: float) -> bytes:
+    """A DASH MPD whose one representation is ``target`` (an MP4), by file:// URL: ffmpeg's DASH reader opens it."""
+    return f"""<?xml version="1.0" encoding="utf-8"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" mediaPresentationDuration="PT{seconds:.3f}S"
+     minBufferTime="PT1S" profiles="urn:mpeg:dash:profile:isoff-on-demand:2011">
+ <Period><AdaptationSet mimeType="audio/mp4" contentType="audio">
+  <Representation id="a" bandwidth="64000"><BaseURL>file://{target}</BaseURL></Representation>
+ </AdaptationSet></Period>
+</MPD>
+""".encode()
+
+
+def ffconcat_list(*names: str) -> bytes:
+    """An ffconcat script naming other files: ffmpeg's concat reader opens them."""
+    return ("ffconcat version 1.0\n" + "".join(f"file {name}\n" for name in names)).encode()
+
+
 def write_manifest(root: str, rows: list[dict]) -> str:
     """rows as root/manifest.parquet (any fsspec URL), every clip at FPS and SIZE x SIZE; returns its URI."""
     from pipeline import storage

@@ -10,6 +10,7 @@ import soundfile as sf
 from pipeline import assemble
 from pipeline.assemble import assemble_clip, crossfade_weight, probe_video, stitched_frames
 from pipeline.segment_store import iter_segment, write_segment
+from pipeline.storage import InputError
 
 
 def speech_like(seconds: float, sr: int = 16000) -> bytes:
@@ -109,7 +110,7 @@ def test_probe_fallback_without_ffprobe(tmp_path, monkeypatch):
 
 def test_bad_audio_fails_clearly_and_writes_nothing(tmp_path):
     segments = constant_segments(tmp_path, [(0, 10)], [0], size=(64, 64))
-    with pytest.raises(RuntimeError, match="ffmpeg failed"):
+    with pytest.raises(InputError, match="not an allowed audio format"):
         assemble_clip(segments, 10, 25, b"not audio at all", str(tmp_path / "bad.mp4"))
     assert not (tmp_path / "bad.mp4").exists()
 

@@ -159,7 +159,8 @@ def test_validate_refuses_what_the_job_cannot_decode(tmp_path):
     (cut,) = problems("cut.png", "ok.wav")
     assert cut.startswith("row 0 (clip 'c'): image: cannot decode image: ") and "truncated" in cut, cut
     assert problems("ok.png", "photo.jpg") == [
-        "row 0 (clip 'c'): audio: not a decodable audio file: it holds no audio stream (found Video: mjpeg)"]
+        "row 0 (clip 'c'): audio: not an allowed audio format (WAV, MP3, FLAC, Ogg Vorbis/Opus, M4A/MP4/AAC, "
+        "WebM audio): it is an image"]
     assert problems("junk.png", "ok.wav") == [
         "row 0 (clip 'c'): image: not a readable image (not a PNG, JPEG, WEBP, BMP, TIFF, GIF file)"]
 

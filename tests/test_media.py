@@ -71,10 +71,10 @@ def test_truncated_image_is_a_clear_error():
         decode_image(data[: len(data) // 2], Limits())
 
 
-def test_image_given_as_audio_says_it_holds_no_audio():
+def test_image_given_as_audio_is_refused_by_its_bytes():
     jpeg = png_bytes(Image.new("RGB", (80, 80)), format="JPEG")
-    with pytest.raises(InputError, match=r"^face.jpg: not a decodable audio file: it holds no audio stream "
-                                         r"\(found Video: mjpeg\)$"):
+    with pytest.raises(InputError, match=r"^face.jpg: not an allowed audio format \(WAV, MP3, FLAC, Ogg Vorbis/Opus, "
+                                         r"M4A/MP4/AAC, WebM audio\): it is an image$"):
         decode_audio(jpeg, Limits(), "face.jpg")
 
 
@@ -121,7 +121,7 @@ def test_audio_refusals():
         decode_audio(buffer.getvalue(), Limits(max_audio_seconds=1.5), "long.wav")
     with pytest.raises(InputError, match="empty.wav: file is empty"):
         decode_audio(b"", Limits(), "empty.wav")
-    with pytest.raises(InputError, match="junk.wav: not a decodable audio file"):
+    with pytest.raises(InputError, match=r"junk.wav: not a decodable audio file \(WAV\)"):
         decode_audio(b"RIFF....WAVEjunk" * 50, Limits(), "junk.wav")
     silent = io.BytesIO()
     sf.write(silent, np.zeros((0, 1), np.float32), 16000, format="WAV")

@@ -68,8 +68,8 @@ class TextPoses:
     def matches(self, uri):
         return uri.endswith(".poses")
 
-    def read(self, uri, limits):
-        data = storage.read_bytes(uri, max_bytes=1000)
+    def read(self, uri, limits, input_root=None):
+        data = storage.read_bytes(uri, max_bytes=1000, input_root=input_root)
         if not data.strip():
             raise InputError(f"{uri.rsplit('/', 1)[-1]}: no frames")
         return PoseInput(self, uri.rsplit("/", 1)[-1], [("x.poses", content_hash(data))], data=data)
@@ -84,8 +84,8 @@ class TextPoses:
             poses.append(dict(template, hands=hands))
         return poses, dict(pose_source="text")
 
-    def check(self, uri, limits):
-        self.read(uri, limits)
+    def check(self, uri, limits, input_root=None):
+        self.read(uri, limits, input_root)
 
 
 def test_a_new_source_is_one_class_and_one_entry(tmp_path, monkeypatch):
