@@ -93,14 +93,17 @@ def wav_bytes(seconds: float, pitch: float = 220.0) -> bytes:
 
 
 def encoded_audio(wav: bytes, codec: str, container: str) -> bytes:
-    """``wav`` re-encoded by the real ffmpeg (e.g. "libmp3lame", "mp3"; "aac", "mp4"; "libopus", "webm")."""
+    """``wav`` re-encoded by the real ffmpeg (e.g. "libmp3lame", "mp3"; "aac", "mp4"; "libopus", "webm"), written
+    to a file as usual (an MP4's index at its end, a FLAC's length in its header)."""
     import subprocess
+    import tempfile
 
     from pipeline.media import FFMPEG
 
-    return subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-f", "wav", "-i", "pipe:0", "-c:a", codec,
-                           "-f", container, "-movflags", "frag_keyframe+empty_moov", "pipe:1"],
-                          input=wav, capture_output=True, check=True).stdout
+    with tempfile.NamedTemporaryFile() as out:
+        subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-y", "-f", "wav", "-i", "pipe:0", "-c:a", codec,
+                        "-f", container, out.name], input=wav, capture_output=True, check=True)
+        return Path(out.name).read_bytes()
 
 
 def hls_playlist(target: Path, seconds: float) -> bytes:

@@ -6,6 +6,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import encoded_audio, hls_playlist, wav_bytes
 
 from pipeline import assemble
 from pipeline.assemble import assemble_clip, crossfade_weight, probe_video, stitched_frames
@@ -113,6 +114,17 @@ def test_bad_audio_fails_clearly_and_writes_nothing(tmp_path):
     with pytest.raises(InputError, match="not an allowed audio format"):
         assemble_clip(segments, 10, 25, b"not audio at all", str(tmp_path / "bad.mp4"))
     assert not (tmp_path / "bad.mp4").exists()
+
+
+def test_audio_playlist_is_refused_not_followed(tmp_path):
+    """The stored audio copy reaches ffmpeg with its demuxer named from its bytes: an HLS playlist is refused,
+    never read as a list of other files to mux."""
+    elsewhere = tmp_path / "elsewhere.mp3"
+    elsewhere.write_bytes(encoded_audio(wav_bytes(1.0), "libmp3lame", "mp3"))
+    segments = constant_segments(tmp_path, [(0, 10)], [0], size=(64, 64))
+    with pytest.raises(InputError, match="not an allowed audio format .*: it is an HLS playlist"):
+        assemble_clip(segments, 10, 25, hls_playlist(elsewhere, 1.0), str(tmp_path / "out.mp4"))
+    assert not (tmp_path / "out.mp4").exists()
 
 
 def test_segments_are_read_lazily_and_memory_stays_bounded(tmp_path, monkeypatch):

@@ -1,5 +1,10 @@
 """pipeline.manifest: schema, clip_id safety, header-only input checks, limits, relative paths, S3."""
+import json
+import os
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +15,11 @@ from conftest import S3_SECRET, png_declaring, write_wav
 from PIL import Image
 
 from pipeline import storage
-from pipeline.manifest import ClipSpec, Limits, Problem, check_clip_inputs, parse_manifest, validate_manifest
+from pipeline.manifest import ClipSpec, Limits, Problem, check_clip_id, check_clip_inputs, parse_manifest, validate_manifest
 from pipeline.pose_sources import NpzSequence, list_pose_files, source_for
 from pipeline.storage import InputError
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -331,3 +338,78 @@ def test_rewritten_paths_are_refused_as_written_not_joined_to_the_manifest_folde
     assert specs == []
     assert [(p.row, p.field, p.reason.split(": ")[0]) for p in problems] == [
         (0, "image", "simplecache::s3://b/a.png"), (1, "audio", "data:audio/wav;base64,UklGRg==")]
+
+
+@pytest.mark.parametrize("clip_id", ["CON", "con", "con.mp4", "Prn.txt", "AUX", "nul.tar.gz", "COM1", "lpt9.x", "LPT0"])
+def test_device_names_reserved_on_windows_are_refused_as_clip_ids(clip_id):
+    reason = check_clip_id(clip_id)
+    assert reason is not None and "reserved on Windows file systems" in reason, reason
+
+
+def test_ordinary_ids_near_reserved_names_are_accepted():
+    assert [check_clip_id(clip_id) for clip_id in ("CONSOLE", "con_1", "icon", "com10", "lpt", "null.mp4")] == [None] * 6
+    assert check_clip_id("take.") == "must not end with '.' (Windows file systems drop it)"
+
+
+CHECK_IN_A_CHILD = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # an unbounded read fails here, not on the machine
+from pipeline.manifest import ClipSpec, check_clip_inputs
+image, audio, root = sys.argv[1:4]
+print(json.dumps([str(p) for p in check_clip_inputs(ClipSpec(0, "c", image, audio), input_root=root or None)]))
+"""
+
+
+def check_in_a_child(image: str, audio: str, root: str = "") -> list[str]:
+    """validate's check of one row in a child process, bounded in time and memory by the test (not the code)."""
+    done = subprocess.run([sys.executable, "-c", CHECK_IN_A_CHILD, image, audio, root], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+def test_fifos_and_devices_are_refused_at_once(tmp_path):
+    """A FIFO named face.png would block the reader forever, /dev/zero never ends: both report size 0."""
+    root = tmp_path / "root"
+    root.mkdir()
+    os.mkfifo(root / "face.png")
+    write_wav(root / "voice.wav", 0.5)
+    os.mkfifo(root / "voice.mp3")
+    started = time.monotonic()
+    assert check_in_a_child(str(root / "face.png"), str(root / "voice.mp3"), str(root)) == [
+        "row 0 (clip 'c'): image: not a regular file (it is a FIFO (named pipe))",
+        "row 0 (clip 'c'): audio: not a regular file (it is a FIFO (named pipe))"]
+    assert check_in_a_child("/dev/zero", "/dev/zero") == [  # no input root
+        "row 0 (clip 'c'): image: not a regular file (it is a character device)",
+        "row 0 (clip 'c'): audio: not a regular file (it is a character device)"]
+    assert time.monotonic() - started < 30
+
+
+def test_pose_folder_members_are_confined_and_errors_quote_no_content(tmp_path):
+    from echomimic2.pose import default_pose_sequence
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    Image.new("RGB", (64, 64)).save(root / "i.png")
+    write_wav(root / "a.wav", 0.5)
+    (pose,) = default_pose_sequence(1, 24)
+    np.save(outside / "0.npy", pose, allow_pickle=True)  # a valid pose, outside the root
+    secret = "root:x:0:0:SECRET-LINE-FROM-A-PRIVATE-FILE"
+    (root / "notes.txt").write_text(secret + "\n")
+    (outside / "notes.txt").write_text(secret + "\n")
+    for folder, target in (("escape", outside / "0.npy"), ("text", root / "notes.txt"), ("text_out", outside / "notes.txt")):
+        (root / folder).mkdir()
+        (root / folder / "0.npy").symlink_to(target)
+
+    def problems(folder, input_root):
+        spec = ClipSpec(0, "c", str(root / "i.png"), str(root / "a.wav"), pose=str(root / folder))
+        return [str(p) for p in check_clip_inputs(spec, input_root=input_root)]
+
+    assert problems("escape", None) == []  # without a root, links are followed
+    assert problems("escape", root) == [f"row 0 (clip 'c'): pose: 0.npy: {root / 'escape' / '0.npy'} resolves to "
+                                        f"{outside / '0.npy'}, outside the input root {root}"]
+    for folder, input_root in (("text", root), ("text", None), ("text_out", None)):
+        (found,) = problems(folder, input_root)
+        assert found.startswith("row 0 (clip 'c'): pose: 0.npy: not a .npy file"), found
+        assert not any(piece in found for piece in ("root:x", "SECRET", "b'r")), found

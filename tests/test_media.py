@@ -6,11 +6,20 @@ import subprocess
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import png_declaring
+from conftest import dash_manifest, encoded_audio, ffconcat_list, hls_playlist, png_declaring, wav_bytes
 from PIL import Image
 
 from pipeline.manifest import Limits
-from pipeline.media import FFMPEG, SAMPLE_RATE, audio_duration_seconds, decode_audio, decode_image, decode_reference
+from pipeline.media import (
+    FFMPEG,
+    SAMPLE_RATE,
+    audio_duration_seconds,
+    audio_input_options,
+    check_audio,
+    decode_audio,
+    decode_image,
+    decode_reference,
+)
 from pipeline.storage import InputError
 
 
@@ -127,3 +136,50 @@ def test_audio_refusals():
     sf.write(silent, np.zeros((0, 1), np.float32), 16000, format="WAV")
     with pytest.raises(InputError, match="silent.wav: audio has no samples"):
         decode_audio(silent.getvalue(), Limits(), "silent.wav")
+
+
+@pytest.mark.parametrize(("codec", "container", "kind"), [
+    ("libmp3lame", "mp3", "mp3"), ("libvorbis", "ogg", "vorbis"), ("libopus", "ogg", "opus"), ("flac", "flac", "flac"),
+    ("aac", "mp4", "aac"), ("alac", "ipod", "alac"), ("aac", "adts", "aac"), ("libopus", "webm", "opus")])
+def test_every_allowed_audio_format_is_read(codec, container, kind):
+    data = encoded_audio(wav_bytes(1.0), codec, container)
+    info = check_audio(data, 24.0, Limits())
+    assert info.codec == kind and info.seconds == pytest.approx(1.0, abs=0.1)
+    assert len(decode_audio(data, Limits(), "voice")) == pytest.approx(SAMPLE_RATE, rel=0.1)
+
+
+def test_audio_that_makes_ffmpeg_open_other_files_is_refused(tmp_path):
+    """Files that ffmpeg reads as lists of other files or URLs (given the name or content it guesses from): an
+    HLS playlist and a DASH manifest pointing at a file elsewhere, an ffconcat list; refused from their bytes
+    by every reader of a row's audio: the header check, the decoder and the assembler's input."""
+    mp3 = tmp_path / "elsewhere.mp3"
+    mp3.write_bytes(encoded_audio(wav_bytes(1.5), "libmp3lame", "mp3"))
+    mp4 = tmp_path / "elsewhere.m4a"
+    mp4.write_bytes(encoded_audio(wav_bytes(1.5), "aac", "mp4"))
+    cases = {"voice.m3u8": (hls_playlist(mp3, 1.5), "it is an HLS playlist"),
+             "voice.wav": (dash_manifest(mp4, 1.5), "it is a DASH manifest"),
+             "list.ffconcat": (ffconcat_list(str(mp3)), "it is an ffconcat list")}
+    allowed = "not an allowed audio format (WAV, MP3, FLAC, Ogg Vorbis/Opus, M4A/MP4/AAC, WebM audio)"
+    for name, (data, what) in cases.items():
+        for read in (lambda audio: check_audio(audio, 24.0, Limits()), audio_input_options):
+            with pytest.raises(InputError) as refused:
+                read(data)
+            assert str(refused.value) == f"{allowed}: {what}", name
+        with pytest.raises(InputError, match=f"^{name}: not an allowed audio format"):
+            decode_audio(data, Limits(), name)
+        with pytest.raises(InputError, match=f"^{name}: not an allowed audio format"):
+            audio_duration_seconds(data, name)
+
+
+def test_audio_too_short_for_one_frame_is_refused():
+    assert check_audio(wav_bytes(0.05), 24.0, Limits()).seconds == pytest.approx(0.05)  # rounds to one frame
+    with pytest.raises(InputError, match=r"^audio is 0.020 s long: too short for one frame at 24 fps \(at least 0.021 s\)$"):
+        check_audio(wav_bytes(0.02), 24.0, Limits())
+    with pytest.raises(InputError, match="too short for one frame at 60 fps"):  # the audio encoder's minimum
+        check_audio(wav_bytes(0.015), 60.0, Limits())
+
+
+def test_the_audio_minimum_is_the_encoders():
+    from echomimic2.audio import MIN_SAMPLES
+
+    assert Limits().min_audio_seconds == MIN_SAMPLES / SAMPLE_RATE
