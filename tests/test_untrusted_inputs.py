@@ -24,7 +24,19 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
-from conftest import FPS, S3_SECRET, check_video, image_bytes, png_declaring, wav_bytes, write_manifest
+from conftest import (
+    FPS,
+    S3_SECRET,
+    check_video,
+    dash_manifest,
+    encoded_audio,
+    ffconcat_list,
+    hls_playlist,
+    image_bytes,
+    png_declaring,
+    wav_bytes,
+    write_manifest,
+)
 
 from echomimic2.pose import default_pose_sequence
 from pipeline import storage
@@ -35,6 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 RAY_TEMP_DIR = Path("/tmp/ray")  # where `cli.py run` starts its local Ray (pipeline/commands.py)
 GOOD_SECONDS = 1.5
 LONG_WAV_SECONDS = 7200  # declared by the header of a sparse file: 8 kHz, 8-bit mono, 57.6 MB
+PRIVATE_TEXT = "root:x:0:0:PRIVATE-LINE-THAT-NO-ERROR-MAY-QUOTE"
 
 
 class MarkerPayload:
@@ -105,10 +118,15 @@ class Finished:
 
 
 def cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> Finished:
-    """``cli.py ARGS`` in a fresh process (its own Ray, its own logs); the pid names its Ray session."""
+    """``cli.py ARGS`` in a fresh process (its own Ray, its own logs); the pid names its Ray session. A command
+    that does not end within ``timeout`` is killed and fails the test."""
     with subprocess.Popen([sys.executable, str(REPO / "cli.py"), *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, errors="replace") as process:
-        stdout, stderr = process.communicate(timeout=timeout)
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
     return Finished(process.pid, process.returncode, stdout, stderr)
 
 
@@ -137,6 +155,21 @@ def hostile_job(s3_endpoint, tmp_path_factory) -> HostileJob:
     (outside / "face.png").write_bytes(image_bytes(1))
     (root / "face.png").symlink_to(outside / "face.png")  # inside the root by name, outside by target
     (root / "link").symlink_to(outside / "face.png")  # `link::x` is no file, but fsspec would open `link`
+    # Audio that ffmpeg would read as a list of other files (outside the root), given its name or content.
+    (outside / "voice.mp3").write_bytes(encoded_audio(wav_bytes(GOOD_SECONDS), "libmp3lame", "mp3"))
+    (outside / "voice.m4a").write_bytes(encoded_audio(wav_bytes(GOOD_SECONDS), "aac", "mp4"))
+    (root / "voice.m3u8").write_bytes(hls_playlist(outside / "voice.mp3", GOOD_SECONDS))
+    (root / "dash").mkdir()
+    (root / "dash" / "voice.wav").write_bytes(dash_manifest(outside / "voice.m4a", GOOD_SECONDS))
+    (root / "list.ffconcat").write_bytes(ffconcat_list("short.wav"))
+    (root / "short.wav").write_bytes(wav_bytes(0.02))  # 320 samples: under one frame at 24 fps
+    os.mkfifo(root / "face_fifo.png")  # a reader that opens it waits forever for a writer
+    (pose,) = default_pose_sequence(1, FPS)
+    (outside / "0.npy").write_bytes(npy_bytes(pose))
+    (root / "notes.txt").write_text(PRIVATE_TEXT + "\n")
+    for folder, target in (("pose_escape", outside / "0.npy"), ("pose_text", root / "notes.txt")):
+        (root / folder).mkdir()
+        (root / folder / "0.npy").symlink_to(target)
 
     good = dict(image="good.png", audio="good.wav")
     rows = [
@@ -157,6 +190,15 @@ def hostile_job(s3_endpoint, tmp_path_factory) -> HostileJob:
         dict(clip_id="chained_escape", image=f"{root}/link::x", audio="good.wav"),
         dict(clip_id="process_local", image="good.png", audio="memory://in/good.wav"),
         dict(clip_id="dot_segments", image=f"{inputs}/../in/good.png", audio="good.wav"),
+        dict(clip_id="hls", image="good.png", audio=str(root / "voice.m3u8")),
+        dict(clip_id="dash", image="good.png", audio=str(root / "dash" / "voice.wav")),
+        dict(clip_id="ffconcat", image="good.png", audio=str(root / "list.ffconcat")),
+        dict(clip_id="fifo", image=str(root / "face_fifo.png"), audio="good.wav"),
+        dict(clip_id="pose_escape", **good, pose=str(root / "pose_escape")),
+        dict(clip_id="pose_text", **good, pose=str(root / "pose_text")),
+        dict(clip_id="short_audio", image="good.png", audio=str(root / "short.wav")),
+        dict(clip_id="CON", **good),
+        dict(clip_id="con.mp4", **good),
     ]
     manifest = write_manifest(inputs, rows)
     output = f"{bucket}/out"
@@ -190,7 +232,19 @@ EXPECTED_FAILURES = {
     13: ("image", "'::' (fsspec's URL chaining"),
     14: ("audio", "memory:// exists only inside one process"),
     15: ("image", "'.' and '..' segments are refused in s3:// URLs"),
+    16: ("audio", "not an allowed audio format (WAV, MP3, FLAC, Ogg Vorbis/Opus, M4A/MP4/AAC, WebM audio): "
+                  "it is an HLS playlist"),
+    17: ("audio", "it is a DASH manifest"),
+    18: ("audio", "it is an ffconcat list"),
+    19: ("image", "not a regular file (it is a FIFO (named pipe))"),
+    20: ("pose", "outside the input root"),  # a member of the folder, resolved when it is opened
+    21: ("pose", "0.npy: not a .npy file"),
+    22: ("audio", f"audio is 0.020 s long: too short for one frame at {FPS:g} fps"),
+    23: ("clip_id", "'CON' is a device name reserved on Windows file systems"),
+    24: ("clip_id", "'con' is a device name reserved on Windows file systems"),
 }
+# Refused by the same check in `validate` and in the job's preprocessing: the same words, to the letter.
+SAME_WORDS_ROWS = (3, 16, 17, 18, 19, 20, 21, 22)
 
 
 def test_the_pose_payload_really_runs_when_unpickled(tmp_path):
@@ -256,9 +310,15 @@ def test_status_lists_the_failures_of_the_hostile_run(hostile_job):
     assert S3_SECRET not in status.stdout + status.stderr
 
 
-def test_validate_prints_one_line_per_problem_and_exits_1(hostile_job):
-    validate = cli("validate", hostile_job.manifest, "--input-root", str(hostile_job.local / "root"),
-                   cwd=hostile_job.local)
+@pytest.fixture(scope="module")
+def hostile_validate(hostile_job) -> Finished:
+    """`cli.py validate` once on the hostile manifest, with the job's input root."""
+    return cli("validate", hostile_job.manifest, "--input-root", str(hostile_job.local / "root"), cwd=hostile_job.local,
+               timeout=120)
+
+
+def test_validate_prints_one_line_per_problem_and_exits_1(hostile_job, hostile_validate):
+    validate = hostile_validate
     assert validate.returncode == EXIT_PROBLEMS, validate.stdout + validate.stderr
     *problems, summary = validate.stdout.splitlines()
     assert len(problems) == len(EXPECTED_FAILURES), problems
@@ -267,6 +327,23 @@ def test_validate_prints_one_line_per_problem_and_exits_1(hostile_job):
     assert summary == f"1 row(s) OK, {len(EXPECTED_FAILURES)} with problems ({len(EXPECTED_FAILURES)} problem(s))"
     assert S3_SECRET not in validate.stdout + validate.stderr
     assert not hostile_job.marker.exists()
+
+
+def test_validate_and_run_refuse_an_input_with_the_same_words(hostile_job, hostile_validate):
+    """One check per input for both (e.g. `media.check_audio`): what validate passes, the job can use."""
+    results = read_results(hostile_job.output)
+    lines = {line.split(" ", 2)[1]: line for line in hostile_validate.stdout.splitlines() if line.startswith("row ")}
+    for row in SAME_WORDS_ROWS:
+        assert lines[str(row)] == results.loc[row, "error"]
+
+
+def test_no_message_quotes_the_content_of_a_file(hostile_job, hostile_validate):
+    """A pose frame linked to a private text file: its refusal says what the file is not, never what it holds."""
+    results = read_results(hostile_job.output)
+    said = [hostile_job.run.stdout, hostile_job.run.stderr, hostile_validate.stdout, hostile_validate.stderr,
+            *results["error"].dropna()]
+    for piece in ("root:x", "PRIVATE-LINE", "b'r"):
+        assert not any(piece in text for text in said), piece
 
 
 def test_input_root_refuses_a_symlink_out_of_a_local_manifest_folder(tmp_path):
