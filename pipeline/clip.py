@@ -241,11 +241,13 @@ def _is_number(value) -> bool:
 
 
 def _read_file(path: str | Path, max_bytes: int, what: str) -> bytes:
-    path = Path(path)
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise ValueError(f"{what}: {path} is {size} bytes, over the limit of {max_bytes}")
-    return path.read_bytes()
+    """A regular file, read no further than its limit (`storage.read_bytes`)."""
+    from pipeline import storage
+
+    try:
+        return storage.read_bytes(str(path), max_bytes=max_bytes)
+    except storage.InputError as exc:
+        raise ValueError(f"{what}: {path}: {exc}") from None
 
 
 def _image_file(image, limits: Limits) -> tuple[bytes, str]:
