@@ -3,6 +3,8 @@ with the right exit code: plan on a manifest missing a column, status on a root 
 with an output root or option path the workers could not use."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from conftest import image_bytes, wav_bytes, write_manifest
@@ -83,3 +85,67 @@ def test_process_local_inputs_are_row_problems_for_a_job():
         "reads and writes in Ray worker processes; use a local path or an object store (s3://, gs://, az://)",
         "row 2 (clip 'pose'): pose: memory://x/p.npz: memory:// exists only inside one process, and the job "
         "reads and writes in Ray worker processes; use a local path or an object store (s3://, gs://, az://)"]
+
+
+def _short_ray_tmpdir(monkeypatch) -> Path:
+    """A Ray folder of this test's own (RAY_TMPDIR), short enough for Ray's socket paths."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    monkeypatch.setenv("RAY_TMPDIR", str(folder))
+    return folder
+
+
+def test_a_local_run_starts_its_own_ray_despite_a_stale_cluster_file(monkeypatch):
+    """Issue 33 #9: an earlier `ray start --head` leaves <ray temp>/ray_current_cluster; a run without --address
+    must not try to join it (Ray then refuses num_cpus / num_gpus)."""
+    import ray
+
+    from pipeline.commands import _start_ray
+
+    ray_dir = _short_ray_tmpdir(monkeypatch) / "ray"
+    ray_dir.mkdir()
+    (ray_dir / "ray_current_cluster").write_text("127.0.0.1:6399")  # nothing listens there
+    try:
+        assert _start_ray(None, 1)
+        assert ray.cluster_resources().get("GPU") == 1
+    finally:
+        ray.shutdown()
+
+
+def test_a_ray_start_that_times_out_is_tried_once_more(monkeypatch, capsys):
+    """Issue 33 #11: on a loaded machine Ray's start can time out; the second try starts it."""
+    import ray
+
+    from pipeline import commands
+
+    _short_ray_tmpdir(monkeypatch)
+    starts = []
+    real_init = commands._init_ray
+
+    def init_that_times_out_first(address, gpus):
+        starts.append(address)
+        if len(starts) == 1:  # Ray's own words for it (ray/_private/node.py)
+            raise Exception("The current node timed out during startup. This could happen because some of the "
+                            "raylet failed to startup or the GCS has become overloaded.")
+        real_init(address, gpus)
+
+    monkeypatch.setattr(commands, "_init_ray", init_that_times_out_first)
+    try:
+        assert commands._start_ray(None, 1)
+        assert ray.is_initialized() and len(starts) == 2
+        assert "Ray start timed out" in capsys.readouterr().out
+    finally:
+        ray.shutdown()
+    from pipeline.job import JobError
+
+    starts.clear()
+
+    def init_that_fails(address, gpus):
+        starts.append(address)
+        raise ValueError("bad option")
+
+    monkeypatch.setattr(commands, "_init_ray", init_that_fails)
+    with pytest.raises(JobError, match="cannot start or reach Ray: ValueError: bad option"):
+        commands._start_ray(None, 1)
+    assert len(starts) == 1  # not a timeout: no second try

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 from conftest import image_bytes, wav_bytes, write_manifest
 
-from pipeline.job import RESULT_COLUMNS, read_results, write_results
 from pipeline.ledger import Ledger
+from pipeline.results import RESULT_COLUMNS, read_results, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import check_video, image_bytes, wav_bytes, write_manifest
 
 from pipeline.commands import EXIT_ROWS_FAILED
-from pipeline.job import read_results
+from pipeline.results import read_results
 from pipeline.stages import FAULT_KILL_ENV, RENDER_DEATHS_IN_A_ROW
 
 REPO = Path(__file__).resolve().parent.parent
