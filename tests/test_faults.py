@@ -149,3 +149,47 @@ def test_a_ray_start_that_times_out_is_tried_once_more(monkeypatch, capsys):
     with pytest.raises(JobError, match="cannot start or reach Ray: ValueError: bad option"):
         commands._start_ray(None, 1)
     assert len(starts) == 1  # not a timeout: no second try
+
+
+@pytest.fixture
+def small_volume(tmp_path):
+    """A real filesystem of `size` bytes (a tmpfs: needs root and mount, as in CI's container)."""
+    import subprocess
+
+    mounted = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"volume{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_out_of_space_in_preprocessing_fails_the_row_with_its_cause(tmp_path, small_volume):
+    """Issue 33 #7: ENOSPC while preprocessing stores the clip's audio copy is the row's failure, named, not
+    'preprocessing worker died repeatedly' with Ray tracebacks; results are still written (they fit)."""
+    import subprocess
+    import sys
+
+    from pipeline.commands import EXIT_ROWS_FAILED
+    from pipeline.results import read_results
+
+    storage.write_atomic(f"{tmp_path}/a.png", image_bytes(0))
+    storage.write_atomic(f"{tmp_path}/a.wav", wav_bytes(4.0))  # 128 kB: more than the volume holds
+    manifest = write_manifest(str(tmp_path), [dict(clip_id="a", image="a.png", audio="a.wav")])
+    output = small_volume("64k")
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(repo / "cli.py"), "run", manifest, "--output", str(output), "--gpus", "1"],
+                          cwd=repo, capture_output=True, text=True, timeout=300)
+    log = done.stdout + done.stderr
+    assert done.returncode == EXIT_ROWS_FAILED, log
+    [row] = read_results(str(output)).to_dict("records")
+    assert row["error"].startswith("row 0 (clip 'a'): preprocessing: OSError: [Errno 28] No space left on device"), row
+    assert "worker died" not in log and "Traceback" not in log, log
