@@ -263,8 +263,6 @@ def load_rows(manifest: str, *, preset: str, allow_http: bool, input_root: str |
     """(rows to proof, a failed card per row the schema refuses, the job's settings for ``preset``).
     A manifest that cannot be read at all raises `storage.InputError`."""
     from pipeline.manifest import parse_manifest, process_local_problems, read_manifest
-    from pipeline.rows import JobSettings
-    from pipeline.segments import DEFAULT_OVERLAP_FRAMES, DEFAULT_SEGMENT_FRAMES
 
     try:
         frame = read_manifest(storage.check_uri(manifest, allow_http=allow_http))
@@ -281,10 +279,18 @@ def load_rows(manifest: str, *, preset: str, allow_http: bool, input_root: str |
     refused = [dict(clip_id=found[0].clip_id or f"row {row}", row=row, status="failed",
                     error="; ".join(str(p) for p in found), frames=None, seconds=None, verdict=None, warnings=[],
                     facts={}, ref=None, overlay=None) for row, found in sorted(by_row.items())]
-    settings = JobSettings(output="", preset=preset, weights=None, model_identity="", segment_frames=DEFAULT_SEGMENT_FRAMES,
-                           overlap_frames=DEFAULT_OVERLAP_FRAMES, allow_http=allow_http,
-                           input_root=None if input_root is None else str(input_root))
-    return [s for s in specs if s.row not in by_row], refused, settings
+    return [s for s in specs if s.row not in by_row], refused, proof_settings(preset, allow_http=allow_http,
+                                                                              input_root=input_root)
+
+
+def proof_settings(preset: str, *, allow_http: bool = False, input_root: str | None = None):
+    """The job's settings as far as reading, framing and posing a row need them (no output, no model)."""
+    from pipeline.rows import JobSettings
+    from pipeline.segments import DEFAULT_OVERLAP_FRAMES, DEFAULT_SEGMENT_FRAMES
+
+    return JobSettings(output="", preset=preset, weights=None, model_identity="", segment_frames=DEFAULT_SEGMENT_FRAMES,
+                       overlap_frames=DEFAULT_OVERLAP_FRAMES, allow_http=allow_http,
+                       input_root=None if input_root is None else str(input_root))
 
 
 def write_proof(manifest: str, to: str, *, preset: str, allow_http: bool = False, input_root: str | None = None,
