@@ -17,6 +17,7 @@ The review page shows the same two pictures per clip: preprocessing writes them 
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -41,7 +42,8 @@ class ProofSummary:
     refused: int  # rows whose inputs the job would refuse
     warned: int  # rows with at least one warning
     seconds: float
-    seconds_per_row: float  # wall time of the rows' work (after the workers' start) per row
+    row_seconds: list[float]  # each proofed row's own work (reading, framing, posing, triage, pictures)...
+    first_row_seconds: list[float]  # ...but each worker's first row, which also loads the detector and its imports
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -128,7 +130,7 @@ def overlay_panels(framed: np.ndarray, poses: list[dict]) -> tuple[np.ndarray, l
             drawn = render_pose(poses[index], width, height)
             thicken = max(1, round(2 * height / PANEL_HEIGHT) - 1)  # bones stay visible once shrunk to the panel
             drawn = cv2.dilate(drawn, np.ones((thicken, thicken), np.uint8)) if thicken > 1 else drawn
-            mask = drawn.max(axis=2) > 0
+            mask = drawn.any(axis=2)
             panel = (panel * POSE_DIM).astype(np.uint8)
             panel[mask] = drawn[mask]
         panel = _to_height(panel, PANEL_HEIGHT)
@@ -252,7 +254,10 @@ def _name(uri: str) -> str:
 
 def _proof_rows(args) -> list[dict]:
     specs, settings, dest = args
-    return [proof_row(spec, settings, dest) for spec in specs]
+    cards = [proof_row(spec, settings, dest) for spec in specs]
+    for i, card in enumerate(cards):
+        card["first_in_worker"] = i == 0
+    return cards
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -305,20 +310,21 @@ def write_proof(manifest: str, to: str, *, preset: str, allow_http: bool = False
     dest = resolved_dest(to)
     workers = max(1, min(workers or os.cpu_count() or 1, len(specs) or 1))
     chunks = [specs[i::workers] for i in range(workers)]
-    work_started = time.perf_counter()
     if workers == 1:
         cards = _proof_rows((specs, settings, dest))
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        # spawn, not fork: the parent may hold MediaPipe's or torch's threads, which a fork would copy mid-flight
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             cards = [card for chunk in pool.map(_proof_rows, [(c, settings, dest) for c in chunks]) for card in chunk]
-    work_seconds = time.perf_counter() - work_started
+    timed = [(card.pop("first_in_worker"), card.pop("work_seconds")) for card in cards]
     cards = sorted(cards + refused_cards, key=lambda c: c["row"] if c["row"] is not None else -1)
     page = render_page(cards, title=title or f"Proof: {storage.redact(manifest)} ({preset})", kind="proof")
     page_uri = storage.join(dest, "index.html")
     storage.write_atomic(page_uri, page.encode())
     return ProofSummary(page=page_uri, rows=len(cards), refused=sum(c["status"] == "failed" for c in cards),
                         warned=sum(bool(c["warnings"]) for c in cards), seconds=time.perf_counter() - started,
-                        seconds_per_row=work_seconds * workers / max(1, len(specs)))
+                        row_seconds=[t for first, t in timed if not first],
+                        first_row_seconds=[t for first, t in timed if first])
 
 
 def proof_command(manifest: str, to: str, preset: str, allow_http: bool = False, input_root: str | None = None,
