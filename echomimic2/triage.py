@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from echomimic2.pose_detect import FACE68_FROM_MESH, FrameLandmarks, PoseDetector, _import_solutions
+from echomimic2.pose_detect import FACE68_FROM_MESH, FrameLandmarks, MediaPipeMissing, PoseDetector, _import_solutions
 
 VERDICTS = ("image_too_small", "no_person", "cut_off", "head_only", "several_people", "too_small", "half_body")
 # Warnings a clip's summary may carry besides the verdicts above (added once poses are aligned).
@@ -41,10 +41,11 @@ MIN_SHOULDER_VISIBILITY = 0.5
 COMPARABLE_FACE = 0.5  # a second face at least half as wide as the largest counts as another person
 FACE_SCORE = 0.5
 EDGE_MARGIN = 0.01  # of the image side: a face closer than this to an edge is cut by it
-# Without shoulders, a face alone places the person: shoulders lie ~1.7 brow-to-chin heights below the
-# brows, ~2.2 face widths apart (astronaut and the official demo references).
-SHOULDERS_BELOW_BROW = 1.7
-SHOULDERS_PER_FACE_WIDTH = 2.2
+# Without shoulders, a face alone places the person: shoulders lie ~1.8 brow-to-chin heights below the
+# brows, ~2.1 face widths apart (astronaut and the official demo references).
+SHOULDERS_BELOW_BROW = 1.8
+SHOULDERS_PER_FACE_WIDTH = 2.1
+SHOULDER_CLEARANCE = 0.5
 DETECTION_SIDE = 1024  # references are detected at most this large (MediaPipe works at ~256 px inside)
 DETECTION_VERSION = 1  # part of a remembered detection's key: bump when detection changes its output
 
@@ -239,19 +240,31 @@ def brow_top(found: FrameLandmarks) -> float:
 
 
 def person_geometry(found: FrameLandmarks) -> PersonGeometry:
-    """The person's neck, brows and shoulders (estimated from the face where shoulders are not seen) and
-    the square the half-body training data would frame them in."""
+    """The person's neck, brows and shoulders and the square the half-body training data would frame them
+    in. Shoulders the image ends at (less than SHOULDER_CLEARANCE of the brow-to-shoulder height below
+    them) are where MediaPipe guesses them, too high: there the face places them instead."""
     brow = brow_top(found)
-    if shoulders_visible(found):
+    seen = shoulders_visible(found)
+    if seen:
         shoulders = found.body[[11, 12], :2]
         neck_x, shoulder_y = float(shoulders[:, 0].mean()), float(shoulders[:, 1].mean())
-        span, seen = float(abs(shoulders[0, 0] - shoulders[1, 0])), True
-    else:
-        x0, _, x1, chin = face_box(found)
-        neck_x, shoulder_y = (x0 + x1) / 2, brow + SHOULDERS_BELOW_BROW * (chin - brow)
-        span, seen = SHOULDERS_PER_FACE_WIDTH * (x1 - x0), False
+        span = float(abs(shoulders[0, 0] - shoulders[1, 0]))
+        seen = found.height - shoulder_y >= SHOULDER_CLEARANCE * (shoulder_y - brow)
+    if not seen:
+        x0, _, x1, chin = face_box(found) if found.face is not None else _face_from_body(found)
+        neck_x = neck_x if shoulders_visible(found) else (x0 + x1) / 2
+        shoulder_y = brow + SHOULDERS_BELOW_BROW * (chin - brow)
+        span = SHOULDERS_PER_FACE_WIDTH * (x1 - x0)
     side = max((shoulder_y - brow) / (SHOULDER_LINE - HEAD_ROOM), span / MAX_SHOULDER_SPAN, 1.0)
     return PersonGeometry(neck_x, brow, shoulder_y, span, seen, side)
+
+
+def _face_from_body(found: FrameLandmarks) -> tuple[float, float, float, float]:
+    """A face box from the body's ears and eyes when Face Mesh found none (x0, y0, x1, chin)."""
+    ears, eyes = found.body[[7, 8], :2], found.body[[2, 5], :2]
+    x0, x1 = float(ears[:, 0].min()), float(ears[:, 0].max())
+    eye_y = float(eyes[:, 1].mean())
+    return x0, eye_y - 0.4 * (x1 - x0), x1, eye_y + 0.8 * (x1 - x0)
 
 
 @dataclass(frozen=True)
@@ -329,7 +342,7 @@ def triage_reference(image_rgb: np.ndarray | None, width: int, height: int, dete
     person_upscale = min(width, height) / geometry.side
     facts.update({
         "face_box": None if box is None else _round(box),
-        "shoulders": "detected" if geometry.shoulders_seen else "estimated from the face",
+        "shoulders": "detected" if geometry.shoulders_seen else "placed by the face (the image ends at or above them)",
         "shoulder_span": round(geometry.shoulder_span, 1),
         "hands_visible": visible_hands,
         "person_box": _round(geometry.square),
@@ -350,7 +363,7 @@ def triage_reference(image_rgb: np.ndarray | None, width: int, height: int, dete
     if cut:
         problems["cut_off"] = "; ".join(cut) + ": the missing part is filled in (blurred reflection), not seen"
     if image_bottom < HANDS_LINE or not geometry.shoulders_seen:
-        why = ("no shoulders found" if not geometry.shoulders_seen
+        why = ("the image ends at the shoulders" if not geometry.shoulders_seen
                else f"the image ends at {image_bottom:.0%} of the person's box, hands move below {HANDS_LINE:.0%}")
         problems["head_only"] = (f"head-and-shoulders only ({why}): framed at the training size with the area below "
                                  "filled (blurred reflection); hands are drawn over that fill")
@@ -363,3 +376,15 @@ def triage_reference(image_rgb: np.ndarray | None, width: int, height: int, dete
                                  f"enlarged {person_upscale:.1f}x (more than {MAX_UPSCALE:g}x looks soft)")
     verdict = next((v for v in VERDICTS if v in problems), "half_body")
     return ReferenceTriage(verdict, tuple(TriageWarning(k, m) for k, m in problems.items()), facts, detection)
+
+
+def triage_or_unknown(image_rgb: np.ndarray | None, width: int, height: int, detection: PeopleDetection | None = None,
+                      person: int | None = None) -> ReferenceTriage:
+    """triage_reference, or without mediapipe (an optional dependency) a `no_person` verdict that says
+    no detector ran: the reference is then framed as one without a person."""
+    try:
+        return triage_reference(image_rgb, width, height, detection, person)
+    except MediaPipeMissing as missing:
+        height_px, width_px = image_rgb.shape[:2]
+        return ReferenceTriage("no_person", (TriageWarning("no_person", f"no person detector: {missing}"),),
+                               {"image_size": [width_px, height_px], "output_size": [width, height], "person_found": False})
