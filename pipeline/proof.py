@@ -176,28 +176,6 @@ def write_clip_images(output: str, clip_id: str, fingerprint: str, reference_rgb
 # One row
 
 
-def triage_of(reference_rgb: np.ndarray, width: int, height: int, poses_info: dict) -> tuple[str | None, list[dict], dict]:
-    """(verdict, warnings [{kind, message}], facts) of a framed reference."""
-    try:
-        from echomimic2.triage import triage_reference
-    except ImportError:
-        verdict = {"person": "half_body"}.get(poses_info.get("framing"), "no_person")
-        warnings = [] if verdict == "half_body" else [dict(kind=verdict, message=poses_info.get("framing_reason") or verdict)]
-        return verdict, warnings, {}
-    found = triage_reference(reference_rgb, width, height)
-    return found.verdict, [dict(kind=w.kind, message=w.message) for w in found.warnings], dict(found.facts)
-
-
-def _facts(poses_info: dict, triage_facts: dict) -> dict:
-    """The card's facts: framing, alignment and pose length (the results' JSON), then triage's numbers."""
-    facts = {k: v for k, v in poses_info.items() if isinstance(v, (str, int, float, bool)) or v is None}
-    for key in ("crop_box", "reference_size"):
-        if key in poses_info:
-            facts[key] = poses_info[key]
-    facts.update({k: v for k, v in triage_facts.items() if k not in facts})
-    return facts
-
-
 def frames_of(waveform: np.ndarray, fps: float) -> int:
     """The clip's frames from its decoded audio, as `plan` counts them (the render's count from whisper
     features may be a frame shorter: it makes no difference to the frames a proof shows)."""
@@ -213,6 +191,7 @@ def proof_row(spec, settings, dest: str) -> dict:
     """One manifest row's card: its pictures written under ``dest``, verdict, warnings, facts, or its error."""
     from pipeline.media import decode_audio, decode_reference
     from pipeline.preprocess import RowRefused, read_clip_inputs, refusing, render_params
+    from pipeline.report import card_facts, warnings_of
     from pipeline.steps import reference_and_poses
 
     started = time.perf_counter()
@@ -238,9 +217,8 @@ def proof_row(spec, settings, dest: str) -> dict:
             strip, shown = overlay_panels(framed, poses)
         storage.write_atomic(storage.join(dest, OVERLAYS_FOLDER, name), _jpeg(strip))
         card["overlay"] = f"{OVERLAYS_FOLDER}/{name}"
-        verdict, warnings, triage_facts = triage_of(whole, params["width"], params["height"], poses_info)
-        card.update(verdict=verdict, warnings=warnings,
-                    facts=dict(_facts(poses_info, triage_facts), size=f"{params['width']}x{params['height']}",
+        card.update(verdict=poses_info.get("verdict"), warnings=warnings_of({}, poses_info),
+                    facts=dict(card_facts(poses_info), size=f"{params['width']}x{params['height']}",
                                frames_shown=", ".join(f"{label} #{i}" for label, i in shown)))
     except RowRefused as refused:
         card.update(status="failed", error=str(refused))

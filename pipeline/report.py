@@ -41,7 +41,9 @@ STRIP_WORKERS = 4  # ffmpeg processes making missing strips (each decodes one cl
 MAX_STRIP_MP4_BYTES = 2 << 30
 DEFAULT_LINK_SECONDS = 24 * 3600  # presigned MP4 links: a day
 MAX_LINK_SECONDS = 7 * 24 * 3600  # what S3 accepts for a SigV4 presigned URL
-FACT_MAX_CHARS = 160  # a results fact longer than this as JSON (anchor tables, …) stays off the card
+FACT_MAX_CHARS = 160  # a results fact longer than this as JSON stays off the card
+# Shown apart (verdict, warnings) or too raw for a card (the full landmark and transform tables stay in results).
+FACTS_LEFT_OUT = ("verdict", "warnings", "reference_anchors", "pose_align_anchors", "pose_align_matrix")
 
 
 @dataclass
@@ -88,24 +90,42 @@ def _json_value(value):
     return value
 
 
-def warnings_of(row: dict) -> list[dict]:
-    """The results row's warnings as [{kind, message}] (the `warnings` column holds them as JSON)."""
+def _summary_of(row: dict) -> dict:
+    """The clip's framing / pose summary (`steps.reference_and_poses`) from the results' columns: the JSON
+    objects merged, plain values under their column's name."""
+    summary: dict = {}
+    for name in ("poses_info", "framing", "pose_source", "pose_align"):
+        value = _json_value(row.get(name))
+        if isinstance(value, dict):
+            summary.update((k, v) for k, v in value.items() if k not in summary)
+        elif value is not None and name not in summary:
+            summary[name] = value
+    return summary
+
+
+def warnings_of(row: dict, summary: dict | None = None) -> list[dict]:
+    """The clip's warnings as [{kind, message}]: the results' `warnings` column (JSON), else the summary's."""
     found = _json_value(row.get("warnings"))
+    if not isinstance(found, list):
+        found = (summary if summary is not None else _summary_of(row)).get("warnings")
     if not isinstance(found, list):
         return []
     return [dict(kind=str(w.get("kind")), message=str(w.get("message", ""))) for w in found if isinstance(w, dict)]
 
 
-def facts_of(row: dict) -> dict:
-    """What was done to the inputs, from the results' framing / pose columns (JSON objects are merged): the
-    short facts only, so that 10,000 cards stay a small page."""
+def card_facts(summary: dict) -> dict:
+    """What a card lists of a clip's summary: every value, nested objects one level flat (`triage.face_box`),
+    verdict and warnings left out (the card shows them apart), and only the short ones, so that 10,000
+    cards stay a small page."""
     facts: dict = {}
-    for name in ("framing", "pose_source", "pose_align", "poses_info"):
-        value = _json_value(row.get(name))
+    for key, value in summary.items():
+        if key in FACTS_LEFT_OUT:
+            continue
         if isinstance(value, dict):
-            facts.update((k, v) for k, v in value.items() if k not in facts)
-        elif value is not None and name not in facts:
-            facts[name] = value
+            for sub, inner in value.items():
+                facts.setdefault(f"{key}.{sub}", inner)
+        else:
+            facts.setdefault(key, value)
     return {k: v for k, v in facts.items() if len(json.dumps(v, default=str)) <= FACT_MAX_CHARS}
 
 
@@ -116,12 +136,14 @@ def clip_rows(results: pd.DataFrame, records: dict | None = None) -> list[dict]:
         row = {k: _clean(v) for k, v in raw.items()}
         flagged, score, reasons = _qc_of(row, records or {})
         finished = row.get("status") in ("done", "skipped")
+        summary = _summary_of(row)
         rows.append(dict(
             clip_id=row.get("clip_id") or f"row {row.get('row')}", row=row.get("row"), status=row.get("status"),
             flagged=flagged and finished, score=score, reasons=reasons, error=row.get("error"),
             frames=row.get("frames"), seconds=row.get("seconds"), output=row.get("output"),
-            fingerprint=row.get("fingerprint"), verdict=row.get("verdict"), warnings=warnings_of(row),
-            facts=facts_of(row), render_seconds=row.get("render_seconds"), assemble_seconds=row.get("assemble_seconds")))
+            fingerprint=row.get("fingerprint"), verdict=row.get("verdict") or summary.get("verdict"),
+            warnings=warnings_of(row, summary), facts=card_facts(summary),
+            render_seconds=row.get("render_seconds"), assemble_seconds=row.get("assemble_seconds")))
     return rows
 
 

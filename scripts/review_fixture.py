@@ -90,10 +90,9 @@ def reference_outcome(name: str, seconds: float) -> dict:
                                 segment_frames=48, overlap_frames=4)
         waveform = sf.read(io.BytesIO(speech(seconds)), dtype="float32")[0]
         framed, poses, info = reference_and_poses(whole, params, round(seconds * FPS), poses=None, waveform=waveform)
-        verdict, warnings, _ = proof.triage_of(whole, params["width"], params["height"], info)
         ref, overlay, _ = proof.clip_images(whole, framed, poses)
-        _REFERENCES[key] = dict(columns=dict(poses_columns(info), verdict=verdict, warnings=json.dumps(warnings)),
-                                ref=ref, overlay=overlay)
+        _REFERENCES[key] = dict(columns=dict(poses_columns(info), verdict=info["verdict"],
+                                             warnings=json.dumps(info["warnings"])), ref=ref, overlay=overlay)
     return _REFERENCES[key]
 
 

@@ -47,9 +47,10 @@ def test_page_has_a_row_per_clip_with_strips_and_links(output_root):
         for picture in ("strip", "ref", "overlay"):
             assert (page.parent / row[picture]).stat().st_size > 1000, picture
         assert row["facts"]["pose_source"] == "gestures:calm" and "crop_box" in row["facts"]
+        assert "reference_anchors.nose" not in row["facts"]  # raw tables stay in results, off the card
     assert rows["clip-000-clean"]["verdict"] == "half_body" and rows["clip-000-clean"]["warnings"] == []
-    assert rows["clip-003-frozen"]["verdict"] == "no_person"
-    assert [w["kind"] for w in rows["clip-003-frozen"]["warnings"]] == ["no_person"]
+    assert rows["clip-002-seam"]["verdict"] == "head_only" and rows["clip-003-frozen"]["verdict"] == "no_person"
+    assert [w["kind"] for w in rows["clip-003-frozen"]["warnings"]][0] == "no_person"
     again = report.write_report(str(output_root))
     assert again.strips_made == 0  # strips made from MP4s are cached under the root
 
@@ -155,7 +156,7 @@ def test_page_in_a_real_browser(output_root, tmp_path):
         assert set(ids[1:4]) == {"clip-001-black", "clip-002-seam", "clip-003-frozen"}
         scores = browser.evaluate("view.slice(1).map(c => c.score)")
         assert scores == sorted(scores, reverse=True) and scores[2] >= 1 > scores[3]
-        expected = {"failed": 1, "flagged": 3, "done": 5, "all": 6, "warned": 1, "warn:no_person": 1}
+        expected = {"failed": 1, "flagged": 3, "done": 5, "all": 6, "warned": 2, "warn:no_person": 1, "warn:head_only": 1}
         for name, count in expected.items():
             browser.evaluate(f"document.querySelector('#filters button[data-filter=\"{name}\"]').click()")
             assert browser.evaluate("document.querySelectorAll('.card').length") == count, name
