@@ -190,3 +190,30 @@ def test_a_thousand_rows_page_as_the_review_page_does(sheet, tmp_path):
         browser.evaluate("document.querySelector('#filters button[data-filter=ready]').click()")
         assert browser.evaluate("document.getElementById('pageinfo').textContent") == "page 1 / 16 · 750 row(s)"
         assert browser.console_errors == []
+
+
+def test_preprocessing_writes_the_review_pictures(tmp_path):
+    """The job's preprocessing leaves each clip's reference and framed-with-poses pictures where the review
+    page finds them (named by clip id and fingerprint), from what it already has in memory."""
+    from pipeline.ledger import REPORT_FOLDER
+    from pipeline.manifest import ClipSpec
+    from pipeline.render import model_identity
+    from pipeline.rows import JobSettings
+    from pipeline.stages import JobBoard, PreprocessStage
+
+    write_png(tmp_path / "half.png", reference_image("half_body"))
+    write_wav(tmp_path / "speech.wav", 1.0)
+    settings = JobSettings(output=str(tmp_path / "out"), preset="tiny", weights=None,
+                           model_identity=model_identity("tiny", None), segment_frames=24, overlap_frames=4)
+    board = JobBoard()
+    stage = PreprocessStage(settings, board)
+    stage.setup()
+    list(stage(ClipSpec(row=0, clip_id="half", image=str(tmp_path / "half.png"), audio=str(tmp_path / "speech.wav"),
+                        fps=12.0, width=128, height=128)))
+    [plan] = board.take_plans()
+    assert not plan.failed
+    name = proof.image_name("half", plan.fingerprint)
+    reference = cv2.imread(str(tmp_path / "out" / REPORT_FOLDER / proof.REFS_FOLDER / name))
+    overlay = cv2.imread(str(tmp_path / "out" / REPORT_FOLDER / proof.OVERLAYS_FOLDER / name))
+    assert reference.shape == (proof.REF_HEIGHT, proof.REF_HEIGHT, 3)
+    assert overlay.shape[0] == proof.PANEL_HEIGHT and overlay.shape[1] >= 3 * proof.PANEL_HEIGHT
