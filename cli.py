@@ -77,11 +77,31 @@ def status(output: str = typer.Argument(..., help="Output root of a run.")) -> N
 def report(
     output: str = typer.Argument(..., help="Output root of a run: local path or fsspec URL."),
     to: str | None = typer.Option(None, help="Folder for the page (default: OUTPUT/_report)."),
+    link_expiry: str = typer.Option("24h", help="How long presigned MP4 links stay valid (e.g. 3600, 30m, 24h; at most 7d)."),
 ) -> None:
-    """Write a static review page (index.html + contact strips): every clip's frames, status, QC flags, errors."""
+    """Write a static review page (index.html + pictures): every clip's frames, reference, framing and poses,
+    verdict, warnings, status, QC flags and errors; a click plays the clip."""
     from pipeline.report import report_command
 
-    raise typer.Exit(report_command(output, to))
+    raise typer.Exit(report_command(output, to, link_expiry))
+
+
+@app.command()
+def proof(
+    manifest: str = typer.Argument(..., help="Parquet manifest: local path or fsspec URL."),
+    to: str = typer.Option(..., help="Folder (or storage URI) for the proof sheet."),
+    preset: str = typer.Option(DEFAULT_WITH_WEIGHTS, help=f"The preset the run will use (its output size): {' | '.join(PRESETS)}."),
+    allow_http: bool = typer.Option(False, help="Allow http(s):// inputs."),
+    input_root: Path | None = typer.Option(None, help="Confine local inputs to this folder."),
+    workers: int | None = typer.Option(None, help="Processes sharing the rows (default: one per CPU)."),
+) -> None:
+    """Before any GPU time: a static page with each row's reference, the framed reference with its poses drawn
+    over it, the verdict and warnings (CPU only, no model). Exit 1 when some row is refused or warned about."""
+    from pipeline.proof import proof_command
+
+    if preset not in PRESETS:
+        raise typer.BadParameter(f"unknown preset {preset!r}: {' | '.join(PRESETS)}", param_hint="--preset")
+    raise typer.Exit(proof_command(manifest, to, preset, allow_http, None if input_root is None else str(input_root), workers))
 
 
 @app.command()

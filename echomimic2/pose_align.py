@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 
 from echomimic2.pose import OFFICIAL_DRAW_PARAMS, validate_pose
-from echomimic2.pose_detect import LOST, VISIBLE, FrameLandmarks, MediaPipeMissing, PoseDetector, official_pose
+from echomimic2.pose_detect import LOST, VISIBLE, FrameLandmarks, official_pose
+from echomimic2.triage import HEAD_ROOM, PersonGeometry, ReferenceTriage, triage_or_unknown
 
 ALIGN_MODES = ("auto", "none")
 
@@ -25,6 +26,7 @@ ANCHORS = (
     ("nose", "body", 0), ("neck", "body", 1), ("right_shoulder", "body", 2), ("left_shoulder", "body", 5),
     ("right_eye_outer", "face", 36), ("left_eye_outer", "face", 45), ("nose_tip", "face", 30), ("chin", "face", 8),
 )
+SHOULDER_ANCHORS = ("neck", "right_shoulder", "left_shoulder")
 ROTATION_GAIN = 0.8  # rotation is used only if it cuts the anchors' RMS error by 20 % or more
 MIN_ROTATION_DEGREES = 2.0
 
@@ -91,7 +93,7 @@ def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
 
 def cover_matrix(side: float, width: int, height: int) -> np.ndarray:
     """A square of `side` scaled to cover width x height, centred (the `none` placement: square
-    output unchanged, another aspect centre-cropped like the reference's fallback crop)."""
+    output unchanged, another aspect centre-cropped)."""
     scale = max(width, height) / side
     return np.array([[scale, 0.0, (width - side * scale) / 2], [0.0, scale, (height - side * scale) / 2]])
 
@@ -133,20 +135,16 @@ def sequence_anchors(poses: list[dict]) -> dict[str, np.ndarray]:
 
 # ---- the reference person ------------------------------------------------------------------------
 
-HEAD_ROOM = 0.14  # brows' top at 14 % of the box: official demo poses have 0.12-0.15
-SHOULDER_LINE = 0.47  # shoulders at 47 %: official demo poses have 0.42-0.50 (hands' area below)
-MAX_SHOULDER_SPAN = 0.55  # of the box width (official demos: ~0.41); wider people get a larger box
 PLACEMENT_SLACK = 0.06  # the box may move by 6 % of the square to stay inside the image (brows: 8-20 %)
-MIN_ZOOM = 0.75  # a box larger than the image may shrink to 75 % before the rest is padded
-DETECTION_SIDE = 1024  # the reference is detected at most this large (MediaPipe works at ~256 px inside)
-MIN_SHOULDER_VISIBILITY = 0.5
+MIN_ZOOM = 0.75  # a half-body square larger than the image may shrink to 75 % before the rest is filled
+FILL_BLUR = 0.06  # the fill's blur (sigma, in output sides): colours continue past the edge, shapes do not
 
 
 @dataclass
 class ReferenceDetection:
     """How the reference was framed; `landmarks` are in the framed output's pixels (None: no person)."""
 
-    method: str  # "person" | "pad" | "crop"
+    method: str  # "person" | "pad" (no person: the whole image fitted, the rest filled)
     reason: str
     width: int
     height: int
@@ -155,80 +153,69 @@ class ReferenceDetection:
     padded: bool = False
     zoom: float = 1.0  # < 1: the box was shrunk to fit the image, the person is 1/zoom larger than in training
     source_scale: float = 1.0  # output pixels per source pixel (> 1: the reference was enlarged, softer)
+    crop_box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # in the source's pixels, may reach outside
+    image_size: tuple[int, int] = (1, 1)  # the source's (width, height)
+    fill: str = "none"  # "none" | "reflect_blur": how output pixels outside the source were made
+    triage: ReferenceTriage | None = None
 
     @property
     def person_found(self) -> bool:
         return self.landmarks is not None
 
+    def padding(self) -> dict[str, float]:
+        """Per side, the share of the output (%) that lies outside the source image."""
+        x0, y0, x1, y1 = self.crop_box
+        image_width, image_height = self.image_size
+        box_width, box_height = x1 - x0, y1 - y0
+        return {"left": max(0.0, -x0) / box_width, "top": max(0.0, -y0) / box_height,
+                "right": max(0.0, x1 - image_width) / box_width, "bottom": max(0.0, y1 - image_height) / box_height}
+
+    def inside_source(self, points: np.ndarray) -> np.ndarray:
+        """Which output-pixel points show the source image (not the fill)."""
+        x0, y0, x1, y1 = self.crop_box
+        source = np.asarray(points, dtype=np.float64) * ((x1 - x0) / self.width, (y1 - y0) / self.height) + (x0, y0)
+        return ((source >= 0) & (source <= self.image_size)).all(axis=-1)
+
     def as_dict(self) -> dict:
         """JSON-ready summary for results."""
         return {"framing": self.method, "framing_reason": self.reason, "person_found": self.person_found,
                 "padded": self.padded, "framing_zoom": self.zoom, "framing_scale": self.source_scale,
+                "framing_fill": self.fill,
+                "framing_padding_pct": {side: round(100 * share, 1) for side, share in self.padding().items()},
                 "reference_anchors": self.anchors}
-
-
-def detect_reference(image_rgb: np.ndarray, detector: PoseDetector | None = None) -> FrameLandmarks | None:
-    """The person in a reference image (pixels of that image), or None when no face and shoulders are
-    found. Large images are detected on a copy at most DETECTION_SIDE px long."""
-    height, width = image_rgb.shape[:2]
-    scale = min(1.0, DETECTION_SIDE / max(width, height))
-    small = image_rgb if scale == 1.0 else cv2.resize(
-        image_rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
-    if detector is None:
-        with PoseDetector(video=False) as own:
-            found = own.detect(small)
-    else:
-        found = detector.detect(small)
-    if found.body is None or min(found.body[11, 2], found.body[12, 2]) < MIN_SHOULDER_VISIBILITY:
-        return None
-    if found.face is None and found.body[[2, 5], 2].min() < MIN_SHOULDER_VISIBILITY:  # no face and no eyes
-        return None
-    scale_x, scale_y = width / small.shape[1], height / small.shape[0]
-    return found.scaled(np.array([[scale_x, 0, 0], [0, scale_y, 0]]), width, height)
-
-
-def _brow_top(found: FrameLandmarks) -> float:
-    if found.face is not None:
-        pose = official_pose(found, (0, 0, 1, 1))
-        return float(pose["faces"][0][:, 1].min())
-    # No face mesh: brows sit above the eyes by ~11 % of the eye-to-shoulder height (astronaut, demos).
-    eyes = found.body[[2, 5], 1].mean()
-    return float(eyes - 0.11 * (found.body[[11, 12], 1].mean() - eyes))
 
 
 def _place(ideal: float, length: float, limit: float, slack: float) -> float:
     """Start of an interval of `length` at most `slack` from `ideal`, covering as much of [0, limit]
-    as that allows (inside it when it fits): the person's placement first, then no padding."""
+    as that allows (inside it when it fits): the person's placement first, then no fill."""
     start = min(max(ideal, 0.0), limit - length) if length <= limit else min(max(ideal, limit - length), 0.0)
     return min(max(start, ideal - slack), ideal + slack)
 
 
-def person_box(found: FrameLandmarks, width: int, height: int) -> tuple[tuple[float, float, float, float], float]:
+def person_box(person: PersonGeometry, image_width: int, image_height: int, width: int, height: int,
+               keep_size: bool = False) -> tuple[tuple[float, float, float, float], float]:
     """((x0, y0, x1, y1) in the image's pixels, of aspect width:height; zoom), framing the person as
     the half-body training data: brows' top at 14 %, shoulders at 47 % of a square, neck centred; a
-    portrait output extends the square downwards, a landscape one sideways. A box larger than the
-    image is first shrunk (zoom < 1: the person larger than in training, down to MIN_ZOOM), then padded."""
-    image_width, image_height = found.width, found.height
-    shoulders = found.body[[11, 12], :2]
-    neck_x, shoulder_y = float(shoulders[:, 0].mean()), float(shoulders[:, 1].mean())
-    brow = _brow_top(found)
-    span = float(abs(shoulders[0, 0] - shoulders[1, 0]))
-    side = max((shoulder_y - brow) / (SHOULDER_LINE - HEAD_ROOM), span / MAX_SHOULDER_SPAN, 1.0)
+    portrait output extends the square downwards, a landscape one sideways, the person's square the
+    same as for a square output. A square larger than the image is first shrunk (zoom < 1: the person
+    larger than in training, down to MIN_ZOOM; never with `keep_size`), then the rest is filled.
+    `keep_size` (head-only references) also keeps the brows exactly at HEAD_ROOM."""
+    side = person.side
+    zoom = 1.0 if keep_size else max(MIN_ZOOM, min(1.0, image_width / side, image_height / side))
+    side *= zoom
     aspect = width / height
     box_width, box_height = (side, side / aspect) if aspect < 1 else (side * aspect, side)
-    fit = min(1.0, image_width / box_width, image_height / box_height)
-    zoom = max(MIN_ZOOM, fit)
-    box_width, box_height, side = box_width * zoom, box_height * zoom, side * zoom
-    x0 = _place(neck_x - box_width / 2, box_width, image_width, PLACEMENT_SLACK * side)
-    y0 = _place(brow - HEAD_ROOM * side, box_height, image_height, PLACEMENT_SLACK * side)
+    x0 = _place(person.neck_x - box_width / 2, box_width, image_width, PLACEMENT_SLACK * side)
+    # A head-only person keeps the training height exactly: moving up to cover the image's top would
+    # only trade a little fill above the head for a face lower than the model expects.
+    y0 = _place(person.brow - HEAD_ROOM * side, box_height, image_height, 0.0 if keep_size else PLACEMENT_SLACK * side)
     return (x0, y0, x0 + box_width, y0 + box_height), zoom
 
 
-def fallback_box(image_width: int, image_height: int, width: int, height: int, mode: str) -> tuple[float, ...]:
-    """No person: "pad" letterboxes the whole image (nothing lost), "crop" centre-crops it."""
+def whole_image_box(image_width: int, image_height: int, width: int, height: int) -> tuple[float, ...]:
+    """No person: the whole image fitted into the output's aspect, centred (nothing cut off)."""
     aspect = width / height
-    wider = image_width / image_height > aspect
-    if (mode == "pad") == wider:
+    if image_width / image_height > aspect:
         box_width, box_height = image_width, image_width / aspect
     else:
         box_width, box_height = image_height * aspect, image_height
@@ -243,9 +230,10 @@ def crop_matrix(crop_box, width: int, height: int) -> np.ndarray:
     return np.array([[scale, 0.0, -x0 * scale], [0.0, height / (y1 - y0), -y0 * height / (y1 - y0)]])
 
 
-def crop_image(image_rgb: np.ndarray, crop_box, width: int, height: int) -> np.ndarray:
-    """The box resampled to width x height; outside the image is one flat colour, the median of the
-    image's border (repeated or mirrored edges would put streaks or a second head into the reference)."""
+def crop_image(image_rgb: np.ndarray, crop_box, width: int, height: int) -> tuple[np.ndarray, str]:
+    """(the box resampled to width x height, the fill method). Where the box has source pixels they are
+    used; outside the image the source is mirrored and blurred strongly ("reflect_blur"): no flat band,
+    no sharp second head or streaks, the colours of the nearest edge continued."""
     matrix = crop_matrix(crop_box, width, height)
     source = image_rgb
     scale = matrix[0, 0]
@@ -254,44 +242,53 @@ def crop_image(image_rgb: np.ndarray, crop_box, width: int, height: int) -> np.n
                                         max(1, round(image_rgb.shape[0] * scale * 2))), interpolation=cv2.INTER_AREA)
         pre = np.array([[source.shape[1] / image_rgb.shape[1], 0, 0], [0, source.shape[0] / image_rgb.shape[0], 0]])
         matrix = _compose(matrix, np.linalg.inv(np.vstack([pre, [0, 0, 1]]))[:2])
-    edge = np.concatenate([source[0], source[-1], source[:, 0], source[:, -1]])
-    fill = tuple(int(v) for v in np.median(edge, axis=0))
-    return cv2.warpAffine(source, matrix, (width, height), flags=cv2.INTER_CUBIC,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+    framed = cv2.warpAffine(source, matrix, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
+    inside = cv2.warpAffine(np.full(source.shape[:2], 255, np.uint8), matrix, (width, height), flags=cv2.INTER_NEAREST,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0
+    if inside.all():
+        return framed, "none"
+    blurred = cv2.GaussianBlur(framed, (0, 0), FILL_BLUR * max(width, height), borderType=cv2.BORDER_REFLECT_101)
+    return np.where(inside[..., None], framed, blurred), "reflect_blur"
 
 
-def frame_reference(image_rgb: np.ndarray, width: int, height: int, fallback: str = "pad",
-                    detector: PoseDetector | None = None) -> tuple[np.ndarray, tuple[float, ...], ReferenceDetection]:
-    """Frame a reference of any size and aspect to width x height around its person.
+def frame_reference(image_rgb: np.ndarray, width: int, height: int, triage: ReferenceTriage | None = None,
+                    person: int | None = None) -> tuple[np.ndarray, tuple[float, ...], ReferenceDetection]:
+    """Frame a reference of any size and aspect to width x height around its person, by its verdict.
 
     Returns (uint8 (height, width, 3) image, crop box (x0, y0, x1, y1) in the source's pixels,
-    possibly reaching outside it where padded, and what was found). Without a person: `fallback`
-    "pad" fits the whole image and pads the rest with its median border colour (no side lost), "crop"
-    centre-crops as before."""
-    if fallback not in ("pad", "crop"):
-        raise ValueError(f"fallback must be 'pad' or 'crop', got {fallback!r}")
+    possibly reaching outside it where filled, and what was done). `triage` (echomimic2.triage) is
+    the reference's verdict for this output size; without it the reference is triaged here (`person`
+    choosing among several people). A half-body person is framed as the training data; a head-only
+    one at the same face size and place (no shrinking: the area below is filled); without a person
+    the whole image is fitted and the rest filled, nothing cut off."""
     if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
         raise ValueError(f"expected a uint8 (H, W, 3) RGB image, got {image_rgb.dtype} {image_rgb.shape}")
     image_height, image_width = image_rgb.shape[:2]
-    try:
-        found, reason = detect_reference(image_rgb, detector), "no face and shoulders found in the reference"
-    except MediaPipeMissing as missing:  # an optional dependency: frame as if no person were found, and say why
-        found, reason = None, f"no person detector ({missing})"
-    if found is None:
-        box = fallback_box(image_width, image_height, width, height, fallback)
-        framed = crop_image(image_rgb, box, width, height)
-        detection = ReferenceDetection(fallback, f"{reason}: {'whole image, padded' if fallback == 'pad' else 'centre crop'}",
-                                       width, height, padded=_outside(box, image_width, image_height),
-                                       source_scale=round(width / (box[2] - box[0]), 4))
+    if triage is None:
+        triage = triage_or_unknown(image_rgb, width, height, person=person)
+    person_geometry = triage.geometry
+    common = dict(image_size=(image_width, image_height), triage=triage)
+    if person_geometry is None:
+        box = whole_image_box(image_width, image_height, width, height)
+        framed, fill = crop_image(image_rgb, box, width, height)
+        why = triage.warnings[0].message if triage.warnings else "no face and shoulders found in the reference"
+        detection = ReferenceDetection("pad", f"{why.split(':')[0]}: whole image fitted, the rest filled", width, height,
+                                       padded=_outside(box, image_width, image_height),
+                                       source_scale=round(width / (box[2] - box[0]), 4), crop_box=box, fill=fill, **common)
         return framed, tuple(float(v) for v in box), detection
-    box, zoom = person_box(found, width, height)
-    framed = crop_image(image_rgb, box, width, height)
-    in_output = found.scaled(crop_matrix(box, width, height), width, height)
+    head_only = triage.verdict == "head_only"
+    box, zoom = person_box(person_geometry, image_width, image_height, width, height, keep_size=head_only)
+    framed, fill = crop_image(image_rgb, box, width, height)
+    in_output = triage.detection.landmarks.scaled(crop_matrix(box, width, height), width, height)
     anchors = anchor_points(official_pose(in_output, (0, 0, 1, 1)))  # box of 1 px: output pixels
-    detection = ReferenceDetection("person", "framed around the detected face and shoulders", width, height,
-                                   in_output, {name: [round(float(v), 1) for v in point] for name, point in anchors.items()},
+    if not person_geometry.shoulders_seen:  # guessed where the image ends: the face alone places the poses
+        anchors = {name: point for name, point in anchors.items() if name not in SHOULDER_ANCHORS}
+    reason = ("head and shoulders only: framed at the training face size, the area below filled" if head_only
+              else "framed around the detected face and shoulders")
+    detection = ReferenceDetection("person", reason, width, height, in_output,
+                                   {name: [round(float(v), 1) for v in point] for name, point in anchors.items()},
                                    padded=_outside(box, image_width, image_height), zoom=round(zoom, 3),
-                                   source_scale=round(width / (box[2] - box[0]), 4))
+                                   source_scale=round(width / (box[2] - box[0]), 4), crop_box=box, fill=fill, **common)
     return framed, tuple(float(v) for v in box), detection
 
 
@@ -357,7 +354,8 @@ def align_poses(poses: list[dict], reference: ReferenceDetection | None, width: 
                     "pose_align_applied": "similarity",
                     "pose_align_reason": f"{len(shared)} anchors shared with the reference",
                     "pose_align_anchors": shared,
-                    "pose_align_scale": round(float(scale * side / max(width, height)), 4),  # relative to `none`'s size
+                    # relative to the pose box drawn over the output's short side (the person's square): 1 = as drawn
+                    "pose_align_scale": round(float(scale * side / min(width, height)), 4),
                     "pose_align_rotation_deg": round(float(angle), 2) if use_rotation else 0.0,
                     "pose_align_matrix": [[round(float(v), 4) for v in row] for row in fitted],  # pose box px -> output px
                     "pose_align_rms_px": round(float(error), 2),

@@ -1,9 +1,11 @@
 """`cli.py preview`: try one clip in the browser before a big run (Gradio 6).
 
 An image, an audio file and optionally poses (a driving video, one `.npz`, or the official per-frame `.npy` files), a preset and
-the main parameters → the one-clip pipeline (`pipeline.EchoMimicV2Pipeline`, the same steps as the batch job)
-renders it with a progress bar per segment; the page shows the video and its QC flags, and "Add to manifest"
-appends the row (inputs copied beside the manifest, so the row stays valid after the preview closes).
+the main parameters → as soon as the inputs are given, the proof sheet's view of them (`pipeline.proof`: the framed
+reference with the poses drawn over it, the reference's verdict and warnings), before anything renders; then the one-clip
+pipeline (`pipeline.EchoMimicV2Pipeline`, the same steps as the batch job) renders it with a progress bar per segment;
+the page shows the video and its QC flags, and "Add to manifest" appends the row (inputs copied beside the manifest, so
+the row stays valid after the preview closes). Steps, guidance and size start at the chosen preset's values.
 
 Tiny preset without weights (the demo model trained on drawn figures: blurry, lip sync on drawings only), the official presets with `--weights`.
 """
@@ -166,6 +168,37 @@ def render_clip(pipelines: Pipelines, preset: str, image: str, audio: str, pose:
     return path, dict(saved or {})
 
 
+def proof_of_inputs(image: str, audio: str, pose: str | None, *, preset: str, size: int | None, fps: float,
+                    seed: int, dest: str) -> tuple[str | None, str]:
+    """The proof sheet's card for the preview's inputs, before rendering: (the overlay picture's path, or None
+    when the inputs are refused; a few lines of Markdown with the verdict, warnings, facts or the error)."""
+    from pipeline.manifest import ClipSpec
+    from pipeline.proof import proof_row, proof_settings
+
+    spec = ClipSpec(row=0, clip_id="preview", image=str(image), audio=str(audio), pose=pose, fps=float(fps),
+                    width=size, height=size, seed=seed)
+    card = proof_row(spec, proof_settings(preset), dest)
+    return (str(Path(dest) / card["overlay"]) if card["overlay"] else None), proof_markdown(card)
+
+
+PROOF_FACTS = (("framing", "framing"), ("framing_fill", "fill"), ("pose_source", "poses"),
+               ("pose_length.action", "pose length"), ("pose_align_applied", "alignment"),
+               ("pose_align_rms_px", "alignment error (px)"), ("hands.in_frame", "hands in frame"), ("size", "size"),
+               ("frames_shown", "frames shown"))
+
+
+def proof_markdown(card: dict) -> str:
+    """A proof card as Markdown: the verdict and warnings first, then what framing and posing did."""
+    if card["status"] == "failed":
+        return f"**refused**: {card['error']}"
+    verdict = (card["verdict"] or "unknown").replace("_", " ")
+    lines = [f"**verdict: {verdict}**" + (" (OK)" if card["verdict"] == "half_body" else "")]
+    lines += [f"- ⚠ `{w['kind']}`: {w['message']}" for w in card["warnings"]]
+    facts = card["facts"]
+    lines.append(" · ".join(f"{label}: {facts[key]}" for key, label in PROOF_FACTS if facts.get(key) is not None))
+    return "\n".join(lines)
+
+
 def qc_markdown(saved: dict) -> str:
     """The clip's QC report as a few lines (the assembler's report, when `save` returns one)."""
     report = saved.get("qc")
@@ -181,12 +214,46 @@ def qc_markdown(saved: dict) -> str:
 # The app
 
 
+SIZES = (128, 256, 512, 768)
+
+
+def preset_values(name: str) -> dict:
+    """What the preview's Steps, Guidance and Size fields show for a preset: its own values."""
+    from echomimic2.presets import PRESETS
+
+    preset = PRESETS[name]
+    return dict(steps=preset.steps, guidance=preset.guidance, size=preset.width,
+                sizes=sorted({*SIZES, preset.width}))
+
+
+def _unless_default(value, default):
+    """None for the preset's own value (a manifest row then follows the preset), else the value."""
+    return None if value is None or value == default else value
+
+
 def build_app(pipelines: Pipelines, *, manifest: str | None = None):
     import gradio as gr
 
     out_dir = tempfile.mkdtemp(prefix="preview-out-")
     presets = pipelines.presets
+    first = preset_values(presets[0])
     last: dict = {}  # the inputs of the last rendered clip, for the manifest button
+
+    def on_preset(name):
+        values = preset_values(name)
+        return (gr.update(value=values["steps"]), gr.update(value=values["guidance"]),
+                gr.update(choices=values["sizes"], value=values["size"]))
+
+    def check(image, audio, poses, preset, size, fps, seed):
+        """The framed reference with the poses over it, verdict and warnings: before the render button."""
+        if not image or not audio:
+            return None, "Give a reference image and an audio file to see how they will be framed and posed."
+        try:
+            pose = _input_files(poses)
+        except ValueError as exc:
+            return None, f"**refused**: {exc}"
+        return proof_of_inputs(image, audio, pose, preset=preset, size=int(size) if size else None, fps=float(fps),
+                               seed=int(seed or 0), dest=tempfile.mkdtemp(prefix="proof-", dir=out_dir))
 
     def run(image, audio, poses, preset, size, fps, steps, guidance, seed, progress=gr.Progress()):
         if not image or not audio:
@@ -195,21 +262,23 @@ def build_app(pipelines: Pipelines, *, manifest: str | None = None):
             pose = _input_files(poses)
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
+        defaults = preset_values(preset)
+        steps = _unless_default(int(steps) if steps else None, defaults["steps"])
+        guidance = _unless_default(float(guidance) if guidance is not None else None, defaults["guidance"])
+        size = _unless_default(int(size) if size else None, defaults["size"])
         progress(0, desc="preparing")
 
         def on_segment(done: int, total: int) -> None:
             progress((done, total), desc=f"segment {done} of {total}", unit="segments")
 
         try:
-            video, saved = render_clip(pipelines, preset, image, audio, pose, fps=float(fps),
-                                       steps=int(steps) if steps else None, guidance=float(guidance) if guidance else None,
-                                       seed=int(seed), size=int(size) if size else None, out_dir=out_dir, on_segment=on_segment)
+            video, saved = render_clip(pipelines, preset, image, audio, pose, fps=float(fps), steps=steps,
+                                       guidance=guidance, seed=int(seed), size=size, out_dir=out_dir, on_segment=on_segment)
         except ValueError as exc:  # the pipeline's input checks name the argument
             raise gr.Error(str(exc)) from None
         last.clear()
-        last.update(image=image, audio=audio, pose=pose, seed=int(seed), steps=int(steps) if steps else None,
-                    guidance=float(guidance) if guidance else None, fps=float(fps),
-                    width=int(size) if size else None, height=int(size) if size else None)
+        last.update(image=image, audio=audio, pose=pose, seed=int(seed), steps=steps, guidance=guidance, fps=float(fps),
+                    width=size, height=size)
         return video, qc_markdown(saved)
 
     def add(clip_id, manifest_path):
@@ -236,15 +305,18 @@ def build_app(pipelines: Pipelines, *, manifest: str | None = None):
                                 ".npy files", elem_id="poses")
                 with gr.Row():
                     preset = gr.Dropdown(presets, value=presets[0], label="Preset", elem_id="preset")
-                    size = gr.Dropdown([None, 128, 256, 512, 768], value=None, label="Size (default: preset's)",
-                                       elem_id="size")
+                    size = gr.Dropdown(first["sizes"], value=first["size"], label="Size (square, px)", elem_id="size")
                 with gr.Row():
                     fps = gr.Slider(1, 60, value=24, step=1, label="fps", elem_id="fps")
-                    steps = gr.Number(value=None, precision=0, label="Steps (default: preset's)", elem_id="steps")
-                    guidance = gr.Number(value=None, label="Guidance (default: preset's)", elem_id="guidance")
+                    steps = gr.Number(value=first["steps"], precision=0, minimum=1, label="Steps", elem_id="steps")
+                    guidance = gr.Number(value=first["guidance"], minimum=0, label="Guidance", elem_id="guidance")
                     seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
                 render = gr.Button("Render", variant="primary", elem_id="render")
             with gr.Column():
+                proof_image = gr.Image(label="Before rendering: the framed reference, the poses drawn over it "
+                                       "(start, middle, end, largest gesture)", elem_id="proof", interactive=False,
+                                       height=170, type="filepath")
+                proof_text = gr.Markdown(elem_id="verdict")
                 video = gr.Video(label="Result", elem_id="result", autoplay=False, height=360)
                 qc_text = gr.Markdown(elem_id="qc")
                 with gr.Row():
@@ -253,6 +325,11 @@ def build_app(pipelines: Pipelines, *, manifest: str | None = None):
                                                elem_id="manifest")
                 add_button = gr.Button("Add to manifest", elem_id="add")
                 added = gr.Markdown(elem_id="added")
+        preset.change(on_preset, preset, [steps, guidance, size])
+        checked = [image, audio, poses, preset, size, fps, seed]
+        for changed in (image, audio, poses, preset, size):
+            changed.change(check, checked, [proof_image, proof_text])
+        fps.release(check, checked, [proof_image, proof_text])
         render.click(run, [image, audio, poses, preset, size, fps, steps, guidance, seed], [video, qc_text])
         add_button.click(add, [clip_id, manifest_path], added)
     return app

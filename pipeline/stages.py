@@ -25,6 +25,7 @@ from pipeline.ledger import Ledger, strip_uri
 from pipeline.manifest import ClipSpec, Problem
 from pipeline.media import decode_audio, decode_reference
 from pipeline.preprocess import RowRefused, read_clip_inputs, refusing, render_params
+from pipeline.proof import write_clip_images
 from pipeline.rows import ClipPlan, JobSettings, SegmentResult, SegmentWork, row_label
 from pipeline.segment_store import clip_audio_uri, read_clip_audio, segment_output, store_clip_audio, store_clip_plan
 from pipeline.steps import audio_features, plan_segments, reference_and_poses, render_frames, segment_inputs
@@ -205,6 +206,7 @@ class PreprocessStage(Stage):
             reference, poses, poses_info = reference_and_poses(whole_reference, params, audio.frames, poses=given,
                                                                waveform=waveform)
             poses_info = dict(poses_info, **source_info)
+        write_clip_images(settings.output, spec.clip_id, fingerprint, whole_reference, reference, poses)  # review page
         del waveform
         segments = plan_segments(audio.frames, settings.segment_frames, settings.overlap_frames)
         pending = [(start, stop) for start, stop in segments

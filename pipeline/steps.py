@@ -23,10 +23,10 @@ __all__ = ["DEFAULT_SEED", "AudioFeatures", "audio_features", "plan_segments", "
 
 def resolve_params(preset_name: str, *, seed: int | None, steps: int | None, guidance: float | None, fps: float,
                    width: int | None, height: int | None, segment_frames: int, overlap_frames: int,
-                   pose_align: str = "auto", gesture: str = "calm") -> dict:
+                   pose_align: str = "auto", gesture: str = "calm", person: int | None = None) -> dict:
     """A clip's render parameters with the preset's defaults filled in: everything that changes its pixels
     (the job fingerprints exactly this dict; `poses_version` re-renders clips when framing, alignment or
-    gestures change)."""
+    gestures change; `person` picks among several people in the reference, None the largest, most central)."""
     from echomimic2 import PRESETS
     from echomimic2.clip_poses import POSES_VERSION
 
@@ -43,6 +43,7 @@ def resolve_params(preset_name: str, *, seed: int | None, steps: int | None, gui
         overlap_frames=overlap_frames,
         pose_align=pose_align,
         gesture=gesture,
+        person=person,
         poses_version=POSES_VERSION,
     )
 
@@ -68,16 +69,18 @@ def audio_features(whisper, waveform: np.ndarray, fps: float) -> AudioFeatures:
 
 
 def reference_and_poses(reference_rgb: np.ndarray, params: dict, frames: int, *, poses: list[dict] | None,
-                        waveform: np.ndarray | None) -> tuple[np.ndarray, list[dict], dict]:
-    """The reference framed around its person at the output size, one pose per frame mapped onto that
-    person (the given poses, or gestures from the audio in the row's style), and what was done (a
-    JSON-ready summary for results). Without a person (or without MediaPipe) the reference is
-    centre-cropped as before framing existed, the poses are used as given, and the summary says why."""
+                        waveform: np.ndarray | None, detection=None) -> tuple[np.ndarray, list[dict], dict]:
+    """The reference judged (`echomimic2.triage`) and framed by its verdict at the output size, one pose per
+    frame mapped onto its person (the given poses, or gestures from the audio in the row's style), and what
+    was done (a JSON-ready summary for results: verdict, warnings, framing, alignment, pose length).
+    `detection`: the reference's remembered `detect_people` for the row's `person` (None: detected here).
+    Without a person (or without MediaPipe) the whole reference is fitted, the rest filled, and the poses
+    are used as given; the summary says why."""
     from echomimic2.clip_poses import reference_and_poses as frame_and_align
 
     return frame_and_align(reference_rgb, params["width"], params["height"], params["fps"], frames, poses=poses,
                            audio=waveform, seed=params["seed"], pose_align=params["pose_align"], gesture=params["gesture"],
-                           framing_fallback="crop")
+                           detection=detection, person=params.get("person"))
 
 
 def segment_inputs(features: np.ndarray, poses: list[dict], fps: float, start: int, stop: int,

@@ -1,12 +1,16 @@
 """Output roots for the review page's tests, screenshots and benchmark: real MP4s made by the assembler (with
-their QC reports) and a results.parquet with the job's columns plus the QC columns.
+their QC reports) and a results.parquet with the job's columns plus the QC columns, each clip's reference
+triage (verdict, warnings) and what framing and posing did, with the reference and framed-with-poses pictures
+preprocessing writes (made by the job's own steps from real references: skimage's astronaut, a crop of her at
+the collar, a plain grey image with no person).
 
     build_output_root(root)             a few clips: clean, a black segment, a seam, a frozen run, a failure
-    build_large_output_root(root, n)    n result rows over those clips' MP4s (hard links) and strips
+    build_large_output_root(root, n)    n result rows over those clips' MP4s (hard links), strips and pictures
 """
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -16,10 +20,10 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from pipeline import qc, report, storage
+from pipeline import proof, qc, report, storage
 from pipeline.assemble import assemble_clip
 from pipeline.ledger import REPORT_FOLDER, STRIPS_FOLDER, strip_name, strip_uri
-from pipeline.results import RESULT_COLUMNS
+from pipeline.results import RESULT_COLUMNS, poses_columns
 from pipeline.segment_store import write_segment
 
 FPS = 12.0
@@ -55,6 +59,41 @@ def speech(seconds: float, sr: int = 16000) -> bytes:
 
 
 KINDS = ("clean", "black", "seam", "frozen", "clean", "failed")
+# The reference each kind of clip was made from: what its pictures, verdict and warnings show.
+REFERENCE_OF = {"clean": "half_body", "black": "half_body", "seam": "collar", "frozen": "no_person"}
+# Columns of the results this fixture writes: the job's, and the triage's where the job has none yet.
+COLUMNS = list(dict.fromkeys([*RESULT_COLUMNS, "verdict", "warnings"]))
+
+
+def reference_image(name: str) -> np.ndarray:
+    from skimage import data
+
+    astronaut = data.astronaut()
+    if name == "half_body":
+        return astronaut
+    if name == "collar":
+        return np.ascontiguousarray(astronaut[:260, 100:400])  # a portrait cut at the collar
+    return np.full((300, 300, 3), 128, np.uint8)
+
+
+_REFERENCES: dict = {}
+
+
+def reference_outcome(name: str, seconds: float) -> dict:
+    """The job's framing, poses, triage and pictures of one reference (computed once per process)."""
+    key = (name, seconds)
+    if key not in _REFERENCES:
+        from pipeline.steps import reference_and_poses, resolve_params
+
+        whole = reference_image(name)
+        params = resolve_params("tiny", seed=0, steps=None, guidance=None, fps=FPS, width=None, height=None,
+                                segment_frames=48, overlap_frames=4)
+        waveform = sf.read(io.BytesIO(speech(seconds)), dtype="float32")[0]
+        framed, poses, info = reference_and_poses(whole, params, round(seconds * FPS), poses=None, waveform=waveform)
+        ref, overlay, _ = proof.clip_images(whole, framed, poses)
+        _REFERENCES[key] = dict(columns=dict(poses_columns(info), verdict=info["verdict"],
+                                             warnings=json.dumps(info["warnings"])), ref=ref, overlay=overlay)
+    return _REFERENCES[key]
 
 
 def _sources(kind: str, seed: int, frames: int) -> tuple[list[tuple[int, int]], list[np.ndarray]]:
@@ -94,9 +133,13 @@ def build_output_root(root: str, kinds=KINDS, *, seconds: float = 3.0, strips_by
             output = storage.join(root, f"{clip_id}.mp4")
             strip = strip_uri(root, clip_id, fingerprint) if strips_by_assembler and i % 2 == 0 else None
             encoded = assemble_clip(segments, frames, FPS, speech(seconds), output, strip_uri=strip)
+            outcome = reference_outcome(REFERENCE_OF[kind], seconds)
+            name = proof.image_name(clip_id, fingerprint)  # as preprocessing writes them (proof.write_clip_images)
+            storage.write_atomic(storage.join(root, REPORT_FOLDER, proof.REFS_FOLDER, name), outcome["ref"])
+            storage.write_atomic(storage.join(root, REPORT_FOLDER, proof.OVERLAYS_FOLDER, name), outcome["overlay"])
             rows.append(dict(row, status="done", output=output, frames=encoded["frames"], seconds=encoded["seconds"],
-                             assemble_seconds=0.8, **qc.qc_columns(encoded["qc"])))
-    results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+                             assemble_seconds=0.8, **qc.qc_columns(encoded["qc"]), **outcome["columns"]))
+    results = pd.DataFrame(rows, columns=COLUMNS)
     _write_results(root, results)
     return results
 
@@ -129,8 +172,12 @@ def build_large_output_root(root: str, n: int = 10_000, *, seed: int = 0) -> pd.
         os.link(source["output"], output)
         os.link(strips / strip_name(source["clip_id"], source["fingerprint"]),
                 strips / strip_name(clip_id, fingerprint))
+        for folder in (proof.REFS_FOLDER, proof.OVERLAYS_FOLDER):
+            pictures = Path(root) / REPORT_FOLDER / folder
+            os.link(pictures / proof.image_name(source["clip_id"], source["fingerprint"]),
+                    pictures / proof.image_name(clip_id, fingerprint))
         score = float(rng.gamma(1.2, 0.3)) if not source["qc_flagged"] else source["qc_score"]
         rows.append(dict(source, row=i, clip_id=clip_id, fingerprint=fingerprint, output=output, qc_score=score))
-    results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    results = pd.DataFrame(rows, columns=COLUMNS)
     _write_results(root, results)
     return results

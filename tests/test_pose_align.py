@@ -10,9 +10,7 @@ import pytest
 
 from echomimic2.pose import OFFICIAL_DRAW_PARAMS, render_pose
 from echomimic2.pose_align import (
-    HEAD_ROOM,
     PLACEMENT_SLACK,
-    SHOULDER_LINE,
     align_poses,
     anchor_points,
     fit_similarity,
@@ -21,6 +19,7 @@ from echomimic2.pose_align import (
     transform_pose,
 )
 from echomimic2.pose_detect import FACE68_FROM_MESH, LOST, FrameLandmarks, official_pose
+from echomimic2.triage import HEAD_ROOM, SHOULDER_LINE
 from tests.synthetic_person import astronaut
 
 SIZES = [(256, 256), (256, 384), (384, 256)]
@@ -72,8 +71,8 @@ def test_astronaut_is_framed_like_half_body_training_data(framed, size):
     shoulders_y = (anchors["left_shoulder"][1] + anchors["right_shoulder"][1]) / 2
     # brows' top at 14 % and shoulders at 47 % of the square (official demo poses: 12-15 %, 42-50 %),
     # give or take the 6 % the box may move to avoid padding
-    # (a box shrunk to fit the image, zoom < 1, shows the person 1/zoom larger below the brows)
-    assert 0.75 <= detection.zoom <= 1.0 and (detection.zoom == 1.0) == (size == (256, 256))
+    # her square fits the photo: no output aspect shrinks her (the rest of a non-square box is filled)
+    assert detection.zoom == 1.0
     assert brow / side == pytest.approx(HEAD_ROOM, abs=PLACEMENT_SLACK + 0.01)
     expected_shoulders = brow / side + (SHOULDER_LINE - HEAD_ROOM) / detection.zoom
     assert shoulders_y / side == pytest.approx(expected_shoulders, abs=0.04)
@@ -104,23 +103,6 @@ def test_a_wide_photo_is_framed_around_the_person_not_centre_cropped():
     for name in ("left_shoulder", "right_shoulder"):
         x, y = detection.anchors[name]
         assert 0.1 * 256 < x < 0.9 * 256 and 0.3 * 256 < y < 0.65 * 256
-
-
-def test_without_a_person_the_whole_image_is_padded_in_not_cropped():
-    rng = np.random.default_rng(1)
-    texture = cv2.resize(rng.integers(0, 255, (30, 45, 3), dtype=np.uint8), (451, 300), interpolation=cv2.INTER_CUBIC)
-    image, box, detection = frame_reference(texture, 256, 256)
-    assert detection.method == "pad" and not detection.person_found and "no face and shoulders" in detection.reason
-    assert box[0] == pytest.approx(0) and box[2] == pytest.approx(451)  # every column kept
-    assert box[1] < 0 and box[3] > 300 and detection.padded
-    assert detection.as_dict()["framing_scale"] == pytest.approx(256 / 451, abs=1e-3)
-    band = round(300 * 256 / 451)  # the picture's height in the output
-    top = (256 - band) // 2
-    expected = cv2.resize(texture, (256, band), interpolation=cv2.INTER_AREA)
-    assert np.abs(image[top + 2:top + band - 2].astype(float) - expected[2:-2]).mean() < 12
-    assert image[:top - 1].std(axis=(0, 1)).max() == 0  # flat padding, no streaks
-    cropped, crop_box, crop_detection = frame_reference(texture, 256, 256, fallback="crop")
-    assert crop_detection.method == "crop" and crop_box[1] == pytest.approx(0) and crop_box[0] > 0
 
 
 # ---- alignment -----------------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """The preview's manifest button (rows appended with their inputs copied beside the manifest, checked as
-`validate` checks them) and, where the one-clip API is present, the Gradio app in a real headless Chromium:
-it starts, takes an upload, renders with the tiny preset, shows a playable video and adds the row."""
+`validate` checks them) and the Gradio app in a real headless Chromium: its fields show the preset's values,
+an upload shows the framed reference with the poses over it, verdict and warnings before anything renders;
+it renders with the tiny preset, shows a playable video and adds the row."""
 import socket
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from pipeline import preview, storage
 from pipeline.manifest import validate_manifest
@@ -79,6 +81,26 @@ def test_uploaded_pose_files(tmp_path):
     assert preview._input_files([str(video)]) == str(video)  # a driving video goes to the pipeline as it is
 
 
+def test_proof_of_the_inputs_before_rendering(tmp_path):
+    from scripts.review_fixture import reference_image
+
+    image = tmp_path / "collar.png"
+    Image.fromarray(reference_image("collar")).save(image)
+    overlay, text = preview.proof_of_inputs(str(image), str(write_wav(tmp_path / "a.wav", 1.0)), None, preset="tiny",
+                                            size=None, fps=24.0, seed=0, dest=str(tmp_path / "proof"))
+    assert Image.open(overlay).height == 160
+    assert text.startswith("**verdict: head only**") and "`head_only`" in text and "framing: person" in text
+    overlay, text = preview.proof_of_inputs(str(tmp_path / "gone.png"), str(tmp_path / "a.wav"), None, preset="tiny",
+                                            size=None, fps=24.0, seed=0, dest=str(tmp_path / "proof2"))
+    assert overlay is None and text.startswith("**refused**: row 0 (clip 'preview'): image: not found")
+
+
+def test_fields_start_at_the_presets_values():
+    assert preview.preset_values("tiny") == dict(steps=3, guidance=1.0, size=256, sizes=[128, 256, 512, 768])
+    assert preview.preset_values("quality")["steps"] == 30 and preview.preset_values("quality")["guidance"] == 2.5
+    assert preview._unless_default(3, 3) is None and preview._unless_default(4, 3) == 4
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -122,3 +144,36 @@ def test_preview_renders_a_tiny_clip_in_a_real_browser(tmp_path):
     frame = pd.read_parquet(manifest)
     assert frame["clip_id"].tolist() == ["preview-001"]
     assert validate_manifest(str(manifest))[1] == []
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)")
+def test_preview_shows_the_proof_before_rendering_in_a_real_browser(tmp_path):
+    """Issue 34: the framed reference with the poses over it, verdict and warnings on upload, before the render
+    button; issue 38: Steps, Guidance and Size show the preset's values (not 0 and an empty list)."""
+    pytest.importorskip("gradio")
+    from scripts.review_fixture import reference_image
+
+    image = tmp_path / "half.png"
+    Image.fromarray(reference_image("half_body")).save(image)
+    app = preview.build_app(preview.Pipelines(), manifest=str(tmp_path / "manifest.parquet"))
+    app.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        with Chromium(width=1280, height=900, timeout=120) as browser:
+            browser.open(app.local_url, wait_for="document.querySelector('#render')")
+            assert browser.evaluate("document.querySelector('#steps input').value") == "3"
+            assert browser.evaluate("document.querySelector('#guidance input').value") == "1"
+            assert browser.evaluate("document.querySelector('#size input').value") == "256"
+            assert browser.evaluate("document.querySelector('#proof img')") is None
+            browser.set_files("#image input[type=file]", [image])
+            browser.set_files("#audio input[type=file]", [write_wav(tmp_path / "speech.wav", 1.0)])
+            verdict = browser.wait_until("document.querySelector('#verdict').innerText.includes('verdict:')"
+                                         " && document.querySelector('#verdict').innerText", timeout=90)
+            assert "verdict: half body" in verdict and "gestures:calm" in verdict
+            shown = browser.wait_until("(() => { const i = document.querySelector('#proof img');"
+                                       " return i && i.complete && i.naturalWidth; })()", timeout=30)
+            assert shown > 3 * 160  # three or four panels of the framed reference with the poses over it
+            assert browser.evaluate("document.querySelector('#result video')") is None  # nothing rendered
+            errors = [e for e in browser.console_errors if "favicon" not in e]
+            assert errors == []
+    finally:
+        app.close()

@@ -1,6 +1,7 @@
 """The review page: written from results.parquet and real assembled MP4s (local and S3 roots), then opened in a
-real headless Chromium (DevTools protocol): no console errors, one card per clip, filters, sorting, paging on
-10,000 rows, working strip images and MP4 links."""
+real headless Chromium (DevTools protocol): no console errors, one card per clip with its strip, reference,
+framed-with-poses picture, verdict, warnings and facts, filters (status and warning kind), sorting, paging on
+10,000 rows, a click that plays the clip in place, MP4 links presigned for --link-expiry."""
 import json
 import re
 import time
@@ -40,10 +41,16 @@ def test_page_has_a_row_per_clip_with_strips_and_links(output_root):
     assert rows["clip-005-failed"]["error"].startswith("row 5 (clip 'clip-005-failed'): audio:")
     for clip_id, row in rows.items():
         if row["status"] == "failed":
-            assert row["strip"] is None and row["link"] is None
+            assert row["strip"] is None and row["link"] is None and row["ref"] is None and row["overlay"] is None
             continue
         assert row["link"] == f"../{clip_id}.mp4" and (page.parent / row["link"]).is_file()
-        assert (page.parent / row["strip"]).stat().st_size > 1000
+        for picture in ("strip", "ref", "overlay"):
+            assert (page.parent / row[picture]).stat().st_size > 1000, picture
+        assert row["facts"]["pose_source"] == "gestures:calm" and "crop_box" in row["facts"]
+        assert "reference_anchors.nose" not in row["facts"]  # raw tables stay in results, off the card
+    assert rows["clip-000-clean"]["verdict"] == "half_body" and rows["clip-000-clean"]["warnings"] == []
+    assert rows["clip-002-seam"]["verdict"] == "head_only" and rows["clip-003-frozen"]["verdict"] == "no_person"
+    assert [w["kind"] for w in rows["clip-003-frozen"]["warnings"]][0] == "no_person"
     again = report.write_report(str(output_root))
     assert again.strips_made == 0  # strips made from MP4s are cached under the root
 
@@ -95,8 +102,29 @@ def test_report_of_an_s3_root_inside_it_and_into_a_local_folder(s3_bucket, tmp_p
     local = report.write_report(root, str(tmp_path / "review"))
     assert local.strips_made == 0  # taken from the root's strips, not decoded again
     rows = page_data(tmp_path / "review" / "index.html")
-    assert (tmp_path / "review" / rows[1]["strip"]).stat().st_size > 1000
+    for picture in ("strip", "ref", "overlay"):  # copied beside the page
+        assert (tmp_path / "review" / rows[1][picture]).stat().st_size > 1000, picture
     assert rows[0]["link"].startswith("http") and "clip-000-clean.mp4" in rows[0]["link"]  # a signed URL
+    assert link_lifetime(rows[0]["link"]) == pytest.approx(86400, abs=60)  # a day by default
+    short = report.write_report(root, str(tmp_path / "short"), link_seconds=report.parse_duration("30m"))
+    assert link_lifetime(page_data(Path(short.page))[0]["link"]) == pytest.approx(1800, abs=60)
+
+
+def link_lifetime(url: str) -> float:
+    """Seconds a presigned URL stays valid from now (SigV2's Expires=<epoch> or SigV4's X-Amz-Expires=<s>)."""
+    from urllib.parse import parse_qs, urlparse
+
+    query = parse_qs(urlparse(url).query)
+    if "X-Amz-Expires" in query:
+        return float(query["X-Amz-Expires"][0])
+    return float(query["Expires"][0]) - time.time()
+
+
+def test_link_expiry_durations():
+    assert [report.parse_duration(t) for t in ("3600", "90s", "30m", "24h", "7d")] == [3600, 90, 1800, 86400, 604800]
+    for bad in ("soon", "0", "8d", "-1h"):
+        with pytest.raises(ValueError):
+            report.parse_duration(bad)
 
 
 def test_cli_report_exit_codes(output_root, tmp_path):
@@ -108,6 +136,8 @@ def test_cli_report_exit_codes(output_root, tmp_path):
     assert result.exit_code == 0 and "review page:" in result.output and (tmp_path / "r" / "index.html").is_file()
     result = CliRunner().invoke(app, ["report", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "no results.parquet" in result.output
+    result = CliRunner().invoke(app, ["report", str(output_root), "--link-expiry", "forever"])
+    assert result.exit_code == 2 and "--link-expiry" in result.output
 
 
 CARD_IDS = "Array.from(document.querySelectorAll('.card')).map(c => c.dataset.clip)"
@@ -120,17 +150,17 @@ def test_page_in_a_real_browser(output_root, tmp_path):
         browser.open((output_root / "_report" / "index.html").as_uri())
         assert browser.evaluate("document.querySelectorAll('.card').length") == len(KINDS)
         loaded = "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0) && document.images.length"
-        assert browser.wait_until(loaded) == len(KINDS) - 1  # every finished clip's strip decodes
+        assert browser.wait_until(loaded) == 3 * (len(KINDS) - 1)  # every finished clip's strip, reference, overlay
         ids = browser.evaluate(CARD_IDS)
         assert ids[0] == "clip-005-failed"  # worst first: failures, then the highest QC score
         assert set(ids[1:4]) == {"clip-001-black", "clip-002-seam", "clip-003-frozen"}
         scores = browser.evaluate("view.slice(1).map(c => c.score)")
         assert scores == sorted(scores, reverse=True) and scores[2] >= 1 > scores[3]
-        expected = {"failed": 1, "flagged": 3, "done": 5, "all": 6}
+        expected = {"failed": 1, "flagged": 3, "done": 5, "all": 6, "warned": 2, "warn:no_person": 1, "warn:head_only": 1}
         for name, count in expected.items():
-            browser.evaluate(f"document.querySelector('#filters button[data-filter={name}]').click()")
+            browser.evaluate(f"document.querySelector('#filters button[data-filter=\"{name}\"]').click()")
             assert browser.evaluate("document.querySelectorAll('.card').length") == count, name
-            assert browser.evaluate("location.hash").startswith(f"#filter={name}")
+            assert browser.evaluate("location.hash").startswith(f"#filter={name.replace(':', '%3A')}")
         browser.evaluate("document.querySelector('#filters button[data-filter=flagged]').click()")
         assert all(c.endswith(("black", "seam", "frozen")) for c in browser.evaluate(CARD_IDS))
         link = browser.evaluate("document.querySelector('.card a').href")
@@ -139,6 +169,28 @@ def test_page_in_a_real_browser(output_root, tmp_path):
         assert browser.evaluate(CARD_IDS) == ["clip-002-seam"]
         shot = browser.screenshot(tmp_path / "report.png")
         assert shot.stat().st_size > 10_000
+        assert browser.console_errors == []
+
+
+@needs_chromium
+def test_a_click_plays_the_clip_and_warning_kinds_filter(output_root):
+    report.write_report(str(output_root))
+    with Chromium(width=1280, height=900) as browser:
+        browser.open((output_root / "_report" / "index.html").as_uri())
+        browser.evaluate("document.querySelector('#filters button[data-filter=\"warn:no_person\"]').click()")
+        assert browser.evaluate(CARD_IDS) == ["clip-003-frozen"]
+        assert browser.evaluate("location.hash").startswith("#filter=warn%3Ano_person")
+        card = "document.querySelector('.card[data-clip=\"clip-003-frozen\"]')"
+        assert "no person" in browser.evaluate(f"{card}.querySelector('.verdict').textContent")
+        assert "no_person" in browser.evaluate(f"{card}.querySelector('.warnings').textContent")
+        assert browser.evaluate(f"{card}.querySelector('video')") is None
+        browser.evaluate(f"{card}.querySelector('.media').click()")
+        playing = (f"(() => {{ const v = {card}.querySelector('video');"
+                   " return v && !v.paused && v.currentTime > 0 ? v.currentTime : 0; })()")
+        assert browser.wait_until(playing, timeout=20) > 0  # the MP4 itself, decoded and playing in the page
+        assert browser.evaluate(f"{card}.querySelector('video').src").endswith("/clip-003-frozen.mp4")
+        browser.evaluate(f"{card}.querySelector('details.facts').open = true")
+        assert "framing" in browser.evaluate(f"{card}.querySelector('details.facts').innerText")
         assert browser.console_errors == []
 
 

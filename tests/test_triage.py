@@ -1,0 +1,236 @@
+"""Reference triage and framing by verdict, on cases built from skimage's astronaut (a real half-body
+photo MediaPipe detects offline): a crop at the collar, two copies side by side, a texture, a tiny copy,
+a small copy on a large canvas, a copy cut through the face. Detection runs once per case (module
+fixture); every verdict, framing and warning is asserted on those detections."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from echomimic2.clip_poses import reference_and_poses
+from echomimic2.pose_align import PLACEMENT_SLACK, frame_reference
+from echomimic2.triage import (
+    HEAD_ROOM,
+    SHOULDER_LINE,
+    VERDICTS,
+    WARNING_KINDS,
+    PeopleDetection,
+    PeopleDetector,
+    ReferenceTriage,
+    detect_people,
+    face_box,
+    triage_reference,
+)
+from tests.synthetic_person import astronaut
+
+
+def _texture() -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return cv2.resize(rng.integers(0, 255, (30, 45, 3), dtype=np.uint8), (451, 300), interpolation=cv2.INTER_CUBIC)
+
+
+def _small_on_canvas() -> np.ndarray:
+    canvas = np.full((700, 700, 3), 200, np.uint8)
+    canvas[200:500, 200:500] = cv2.resize(astronaut(), (300, 300), interpolation=cv2.INTER_AREA)
+    return canvas
+
+
+CASES = {
+    "half_body": lambda: astronaut(),
+    "head_only": lambda: astronaut()[:230],  # cut at the collar, just below the chin
+    "several_people": lambda: np.concatenate([astronaut(), astronaut()], axis=1),
+    "no_person": _texture,
+    "image_too_small": lambda: cv2.resize(astronaut(), (96, 96), interpolation=cv2.INTER_AREA),
+    "too_small": _small_on_canvas,  # at a 768 output; at 256 the same person is half_body
+    "cut_off": lambda: np.ascontiguousarray(astronaut()[:, 200:]),  # cut through the face
+}
+OUTPUT = {"too_small": (768, 768)}
+
+
+@pytest.fixture(scope="module")
+def cases():
+    """{name: (image, detection)}: each case detected once."""
+    with PeopleDetector() as detector:
+        return {name: (image, detect_people(image, detector=detector)) for name, image in
+                ((name, make()) for name, make in CASES.items())}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_case_gets_its_verdict_with_a_warning_and_the_numbers(cases, name):
+    image, detection = cases[name]
+    triage = triage_reference(image, *OUTPUT.get(name, (256, 256)), detection=detection)
+    assert triage.verdict == name and triage.ok == (name == "half_body")
+    kinds = [warning.kind for warning in triage.warnings]
+    assert kinds == ([] if name == "half_body" else [name])  # one problem each, nothing else found
+    assert all(warning.message for warning in triage.warnings) and set(kinds) <= set(WARNING_KINDS)
+    facts = triage.facts
+    assert facts["image_size"] == [image.shape[1], image.shape[0]]
+    if name != "no_person":
+        for key in ("face_box", "shoulder_span", "hands_visible", "person_share", "person_box"):
+            assert key in facts, key
+        assert 0 < facts["person_share"] <= 1
+    data = json.loads(json.dumps(triage.to_json()))  # JSON-ready, and back
+    assert ReferenceTriage.from_json(data) == triage
+
+
+def test_the_numbers_behind_the_verdicts(cases):
+    facts = {name: triage_reference(None, *OUTPUT.get(name, (256, 256)), detection=cases[name][1]).facts for name in CASES}
+    assert facts["half_body"]["image_bottom_in_box"] > 0.95 and facts["head_only"]["image_bottom_in_box"] < 0.6
+    assert facts["several_people"]["people"] == 2 and len(facts["several_people"]["faces"]) == 2
+    assert facts["no_person"]["people"] == 0 and not facts["no_person"]["person_found"]
+    assert facts["image_too_small"]["image_upscale"] > 2 and facts["too_small"]["person_upscale"] > 2
+    assert facts["too_small"]["image_upscale"] < 2
+    assert facts["cut_off"]["face_box"][0] < 0  # the face runs past the left edge
+    # the half-body astronaut's shoulders are ~190 px apart in her 512 px photo
+    assert 150 < facts["half_body"]["shoulder_span"] < 230 and facts["half_body"]["shoulders"] == "detected"
+
+
+def test_a_remembered_detection_triages_again_for_another_size_without_detecting(cases):
+    image, detection = cases["too_small"]
+    remembered = PeopleDetection.from_json(json.dumps(detection.to_json()))
+    assert triage_reference(None, 256, 256, detection=remembered).verdict == "half_body"
+    assert triage_reference(None, 768, 768, detection=remembered).verdict == "too_small"
+    stale = dict(detection.to_json(), version=0)
+    with pytest.raises(ValueError, match="version"):
+        PeopleDetection.from_json(stale)
+
+
+def test_several_people_the_largest_most_central_or_the_one_asked_for(cases):
+    image, detection = cases["several_people"]
+    nose_x = detection.landmarks.body[0, 0]
+    chosen = detection.faces[detection.person]
+    assert chosen[0] <= nose_x <= chosen[2]  # the landmarks are that face's person
+    with PeopleDetector() as detector:
+        for index in (0, 1):
+            asked = detect_people(image, person=index, detector=detector)
+            face = asked.faces[index]
+            assert asked.person == index and face[0] <= asked.landmarks.body[0, 0] <= face[2]
+            triage = triage_reference(None, 256, 256, detection=asked)
+            assert triage.verdict == "half_body" and triage.facts["person_chosen_by"] == "manifest"
+        assert detection.faces[0][2] < 512 < detection.faces[1][0]  # 0 is the leftmost
+        with pytest.raises(ValueError, match="person 2 asked for, but 2 face"):
+            detect_people(image, person=2, detector=detector)
+
+
+# ---- framing by verdict ---------------------------------------------------------------------------
+
+
+def _framed(cases, name, size):
+    image, detection = cases[name]
+    return frame_reference(image, *size, triage=triage_reference(image, *size, detection=detection))
+
+
+def _face_in_output(framing) -> tuple[float, ...]:
+    return face_box(framing.landmarks)
+
+
+def test_a_head_only_reference_keeps_the_training_face_size_and_place(cases):
+    """The collar crop's face lands where the full photo's does: no shrink, the area below filled."""
+    _, _, full = _framed(cases, "half_body", (256, 256))
+    framed, box, collar = _framed(cases, "head_only", (256, 256))
+    assert collar.zoom == 1.0 and full.zoom == 1.0 and collar.fill == "reflect_blur"
+    assert collar.padding()["bottom"] > 0.3 and collar.as_dict()["framing_padding_pct"]["bottom"] > 30
+    assert np.allclose(_face_in_output(collar), _face_in_output(full), atol=0.04 * 256)
+    brow = collar.landmarks.face[:, 1].min() / 256
+    assert brow == pytest.approx(HEAD_ROOM, abs=PLACEMENT_SLACK + 0.03)
+    # MediaPipe guesses shoulders too high where the image ends: the face places them, and alignment uses the face
+    assert "left_shoulder" not in collar.anchors and {"chin", "nose_tip", "left_eye_outer"} <= set(collar.anchors)
+    geometry = collar.triage.geometry
+    assert not geometry.shoulders_seen
+    assert (geometry.shoulder_y - box[1]) / (box[3] - box[1]) == pytest.approx(SHOULDER_LINE, abs=0.01)
+    assert geometry.shoulder_y == pytest.approx(full.triage.geometry.shoulder_y, abs=0.04 * 512)
+    _assert_fill_is_not_flat(framed, collar)
+
+
+def _assert_fill_is_not_flat(framed: np.ndarray, framing) -> None:
+    """Outside the source the output is neither one flat colour nor sharp (a blurred reflection)."""
+    ys, xs = np.mgrid[:framed.shape[0], :framed.shape[1]]
+    outside = ~framing.inside_source(np.stack([xs + 0.5, ys + 0.5], axis=-1))
+    assert outside.sum() > 100
+    fill = framed[outside].astype(float)
+    assert fill.std(axis=0).max() > 3  # not flat
+    gradient = np.abs(np.diff(framed.astype(float), axis=1)).mean(axis=2)
+    assert gradient[outside[:, 1:]].mean() < 0.5 * gradient[~outside[:, 1:]].mean()  # softer than the photo
+
+
+@pytest.mark.parametrize("size", [(256, 384), (384, 256)])
+def test_non_square_outputs_place_the_person_as_the_square_and_fill_without_bands(cases, size):
+    width, height = size
+    _, _, square = _framed(cases, "half_body", (256, 256))
+    framed, _, framing = _framed(cases, "half_body", size)
+    assert framing.zoom == square.zoom == 1.0  # the person is not shrunk for the aspect
+    shift = ((width - 256) / 2, 0)  # landscape: the square centred; portrait: the square on top
+    expected = np.array(_face_in_output(square)) + np.array(shift * 2)
+    assert np.allclose(_face_in_output(framing), expected, atol=PLACEMENT_SLACK * 256 + 2)
+    for name in ("left_shoulder", "right_shoulder"):
+        x, y = np.array(framing.anchors[name]) - shift
+        assert np.allclose((x, y), square.anchors[name], atol=PLACEMENT_SLACK * 256 + 2)
+    assert framing.fill == "reflect_blur"
+    _assert_fill_is_not_flat(framed, framing)
+    # every source pixel the box covers is used: the fill starts only where the photo ends
+    inside = framing.inside_source(np.array([[width / 2, height / 2]]))
+    assert inside.all()
+
+
+def test_no_person_fits_the_whole_image_and_fills_the_rest(cases):
+    image, _ = cases["no_person"]
+    framed, box, framing = _framed(cases, "no_person", (256, 256))
+    assert framing.method == "pad" and not framing.person_found and framing.padded
+    assert box[0] == pytest.approx(0) and box[2] == pytest.approx(451)  # every column kept
+    band = round(300 * 256 / 451)
+    top = (256 - band) // 2
+    expected = cv2.resize(image, (256, band), interpolation=cv2.INTER_AREA)
+    assert np.abs(framed[top + 2:top + band - 2].astype(float) - expected[2:-2]).mean() < 12
+    _assert_fill_is_not_flat(framed, framing)
+
+
+# ---- what a clip's summary says ---------------------------------------------------------------------
+
+
+def _speech(seconds: float = 2.0) -> np.ndarray:
+    t = np.arange(int(16_000 * seconds)) / 16_000
+    return (0.2 * np.sin(2 * np.pi * 150 * t) * (0.5 - 0.5 * np.cos(2 * np.pi * 4 * t))).astype(np.float32)
+
+
+def test_the_summary_says_verdict_warnings_framing_alignment_and_pose_length(cases):
+    image, detection = cases["head_only"]
+    framed, poses, summary = reference_and_poses(image, 256, 256, 24, 40, audio=_speech(), detection=detection)
+    json.dumps(summary)
+    assert summary["verdict"] == "head_only" and summary["triage"]["image_bottom_in_box"] < 0.6
+    kinds = [w["kind"] for w in summary["warnings"]]
+    assert kinds[0] == "head_only" and "hands_over_fill" in kinds  # the hands move over the filled collar area
+    assert summary["framing_fill"] == "reflect_blur" and summary["framing_padding_pct"]["bottom"] > 30
+    assert summary["framing_zoom"] == 1.0 and len(summary["crop_box"]) == 4
+    for key in ("pose_align_scale", "pose_align_rotation_deg", "pose_align_rms_px"):
+        assert key in summary
+    assert summary["pose_length"] == {"given": 40, "frames": 40, "action": "generated"}
+    assert summary["hands"]["in_frame"] == 1.0 and summary["hands"]["over_fill"] > 0.5
+    # aligned by the face as the full photo is: the same scale (within 5 %) and a small error
+    _, _, full = reference_and_poses(astronaut(), 256, 256, 24, 40, audio=_speech(), detection=cases["half_body"][1])
+    assert summary["pose_align_scale"] == pytest.approx(full["pose_align_scale"], rel=0.05)
+    assert summary["pose_align_rms_px"] < 5
+    # a given sequence: extended by ping-pong, or cut
+    _, extended, summary = reference_and_poses(image, 256, 256, 24, 50, poses=poses[:7], detection=detection)
+    assert len(extended) == 50 and summary["pose_length"] == {"given": 7, "frames": 50, "action": "extended by ping-pong"}
+    _, cut, summary = reference_and_poses(image, 256, 256, 24, 20, poses=poses, detection=detection)
+    assert len(cut) == 20 and summary["pose_length"] == {"given": 40, "frames": 20, "action": "cut"}
+
+
+def test_hands_out_of_frame_is_a_warning(cases):
+    """Poses given without alignment whose hands hang below the frame."""
+    image, detection = cases["half_body"]
+    _, poses, _ = reference_and_poses(image, 256, 256, 24, 10, audio=_speech(0.5), detection=detection)
+    low = []
+    for pose in poses:
+        hands = np.array(pose["hands"]) + (0, 0.5)  # half a frame down
+        low.append(dict(pose, hands=hands))
+    _, _, summary = reference_and_poses(image, 256, 256, 24, 10, poses=low, pose_align="none", detection=detection)
+    assert "hands_out_of_frame" in [w["kind"] for w in summary["warnings"]] and summary["hands"]["in_frame"] < 0.75
+    assert summary["verdict"] == "half_body"  # a pose warning, not a verdict
+
+
+def test_the_vocabulary():
+    assert VERDICTS[-1] == "half_body" and "hands_out_of_frame" in WARNING_KINDS and "half_body" not in WARNING_KINDS
