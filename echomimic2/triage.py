@@ -286,6 +286,10 @@ class ReferenceTriage:
         found = None if self.detection is None else self.detection.landmarks
         return person_geometry(found) if person_found(found) else None
 
+    def summary(self) -> dict:
+        """What a clip's results record of its triage (the `verdict` and `warnings` columns, and the facts)."""
+        return {"verdict": self.verdict, "warnings": [w.to_json() for w in self.warnings], "triage": self.facts}
+
     def to_json(self) -> dict:
         return {"verdict": self.verdict, "ok": self.ok, "warnings": [w.to_json() for w in self.warnings],
                 "facts": self.facts}
