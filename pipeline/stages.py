@@ -349,7 +349,8 @@ class AssembleStage(Stage):
                     for start, stop in plan.segments]
         output = ledger.output_uri(plan.clip_id)
         encoded = assemble_clip(segments, plan.frames, plan.fps, audio, output,
-                                strip_uri=strip_uri(settings.output, plan.clip_id, plan.fingerprint))
+                                strip_uri=strip_uri(settings.output, plan.clip_id, plan.fingerprint),
+                                reference_face=plan.poses_info.get("reference_face_box"))
         ledger.record_clip(plan.clip_id, plan.fingerprint, bytes=encoded["bytes"], frames=encoded["frames"],
                            seconds=encoded["seconds"], output=output, qc=encoded["qc"], poses=plan.poses_info)
         ledger.delete_segments(plan.clip_id)
