@@ -306,7 +306,7 @@ def _triage_specs(specs, preset: str | None, output: str | None):
             try:
                 judged = triage_spec(spec, spec.width or chosen.width, spec.height or chosen.height, cache, detector, limits)
             except Exception as exc:  # noqa: BLE001 - one row's reference, named; the others go on
-                field = "person" if spec.person is not None and "person" in str(exc) else "image"
+                field = "person" if spec.person is not None and str(exc).startswith(f"person {spec.person} ") else "image"
                 problems.append(Problem(spec.row, spec.clip_id, field, storage.describe_error(exc)))
                 continue
             warnings += [(spec.row, spec.clip_id, w.kind, w.message) for w in judged.warnings]

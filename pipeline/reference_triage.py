@@ -54,9 +54,9 @@ class DetectionCache:
 def remembered_detection(cache: DetectionCache, image_bytes: bytes, image_rgb: np.ndarray, person: int | None,
                          detector=None):
     """The reference's `PeopleDetection`: remembered, or detected now and remembered; None without
-    mediapipe (triage then says so). ValueError when `person` asks for a face that is not there."""
+    mediapipe (triage then says so). InputError when `person` asks for a face that is not there."""
     from echomimic2.pose_detect import MediaPipeMissing
-    from echomimic2.triage import detect_people
+    from echomimic2.triage import PersonNotFound, detect_people
 
     image_sha = content_hash(image_bytes)
     found = cache.get(image_sha, person)
@@ -66,6 +66,8 @@ def remembered_detection(cache: DetectionCache, image_bytes: bytes, image_rgb: n
         found = detect_people(image_rgb, person, detector)
     except MediaPipeMissing:
         return None
+    except PersonNotFound as missing:  # the row's `person` is wrong: said as the row's problem, plainly
+        raise storage.InputError(str(missing)) from None
     cache.put(image_sha, person, found)
     return found
 
