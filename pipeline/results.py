@@ -12,7 +12,9 @@ from pipeline.ledger import Ledger
 from pipeline.manifest import Problem
 from pipeline.qc import QC_COLUMNS
 
-POSES_COLUMNS = ("framing", "pose_source", "pose_align", "poses_info")  # poses_info: the whole summary, JSON
+# verdict: the reference's triage (echomimic2.triage); warnings: JSON [{kind, message}]; poses_info: the whole
+# summary, JSON (framing, fill, padding, alignment, pose length, hands: README's "What the factory does to your inputs")
+POSES_COLUMNS = ("framing", "pose_source", "pose_align", "verdict", "warnings", "poses_info")
 RESULT_COLUMNS = ("row", "clip_id", "status", "output", "frames", "seconds", "fingerprint", "error",
                   "preprocess_seconds", "render_seconds", "assemble_seconds", *QC_COLUMNS, *POSES_COLUMNS)
 TIMING_COLUMNS = ("preprocess_seconds", "render_seconds", "assemble_seconds")
@@ -32,7 +34,8 @@ def poses_columns(info: dict | None) -> dict:
     if not info:
         return dict.fromkeys(POSES_COLUMNS)
     return dict(framing=info.get("framing"), pose_source=info.get("pose_source"),
-                pose_align=info.get("pose_align_applied", info.get("pose_align")),
+                pose_align=info.get("pose_align_applied", info.get("pose_align")), verdict=info.get("verdict"),
+                warnings=None if "warnings" not in info else json.dumps(info["warnings"]),
                 poses_info=json.dumps(info, default=str))
 
 

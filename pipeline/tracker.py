@@ -158,6 +158,9 @@ class Tracker:
         if plan.failed:
             clip.plan = clip.plan or plan
             self._finish(clip, "failed", error=plan.error)
+        elif plan.skip_reason is not None:  # --unsuitable skip: a result with its reason
+            clip.plan = plan
+            self._finish(clip, "skipped", error=plan.skip_reason)
         elif plan.skipped:
             clip.plan = plan
             self._finish(clip, "skipped", output=self.ledger.output_uri(plan.clip_id), frames=plan.finished.get("frames"),

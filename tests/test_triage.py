@@ -4,6 +4,7 @@ a small copy on a large canvas, a copy cut through the face. Detection runs once
 fixture); every verdict, framing and warning is asserted on those detections."""
 from __future__ import annotations
 
+import io
 import json
 
 import cv2
@@ -234,3 +235,105 @@ def test_hands_out_of_frame_is_a_warning(cases):
 
 def test_the_vocabulary():
     assert VERDICTS[-1] == "half_body" and "hands_out_of_frame" in WARNING_KINDS and "half_body" not in WARNING_KINDS
+
+
+# ---- the job, validate, plan and status use the one triage ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """PNG references (half body, collar crop, texture) and a short WAV in one folder."""
+    from conftest import wav_bytes
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("triage_inputs")
+    for name, image in (("face", astronaut()), ("collar", astronaut()[:230]), ("texture", _texture())):
+        Image.fromarray(np.ascontiguousarray(image)).save(folder / f"{name}.png")
+    (folder / "a.wav").write_bytes(wav_bytes(0.5))
+    return folder
+
+
+def _no_detection(*args, **kwargs):
+    raise AssertionError("detected again: the detection should have been remembered")
+
+
+def test_the_job_judges_once_and_skips_fails_or_warns_by_policy(inputs, tmp_path, monkeypatch, capsys):
+    from rich.console import Console
+
+    import echomimic2.triage
+    from pipeline.commands import status_command
+    from pipeline.job import Tracker, write_results
+    from pipeline.ledger import Ledger
+    from pipeline.manifest import ClipSpec
+    from pipeline.render import model_identity
+    from pipeline.rows import JobSettings
+    from pipeline.stages import JobBoard, PreprocessStage
+
+    output = tmp_path / "out"
+    spec = ClipSpec(row=0, clip_id="collar", image=str(inputs / "collar.png"), audio=str(inputs / "a.wav"), fps=12.0,
+                    width=256, height=256)
+
+    def plan_with(policy: str):
+        board = JobBoard()
+        stage = PreprocessStage(JobSettings(output=str(output), preset="tiny", weights=None, segment_frames=8,
+                                            overlap_frames=2, model_identity=model_identity("tiny", None),
+                                            unsuitable=policy), board)
+        stage.setup()
+        works = list(stage(spec))
+        [plan] = board.take_plans()
+        return plan, works
+
+    skipped, works = plan_with("skip")
+    assert works == [] and not skipped.failed and skipped.pending == []
+    assert skipped.skip_reason.startswith("row 0 (clip 'collar'): image: unsuitable reference (head_only): head-and-shoulders")
+    assert skipped.poses_info["verdict"] == "head_only"
+    assert len(list((output / "_cache" / "detections").glob("*-auto-v*.json"))) == 1  # remembered by the image's hash
+    monkeypatch.setattr(echomimic2.triage, "detect_people", _no_detection)  # from now on: remembered only
+    failed, works = plan_with("fail")
+    assert works == [] and failed.error.startswith("row 0 (clip 'collar'): image: unsuitable reference (head_only)")
+    warned, works = plan_with("warn")
+    assert works and warned.poses_info["verdict"] == "head_only" and warned.poses_info["framing_zoom"] == 1.0
+    assert warned.poses_info["pose_length"]["action"] == "generated"
+
+    # the skipped row is a result with its reason; status counts rows per warning kind
+    settings = JobSettings(output=str(output), preset="tiny", weights=None, model_identity="m+w", segment_frames=8,
+                           overlap_frames=2)
+    tracker = Tracker(settings, [spec], [], Console(file=io.StringIO()))
+    tracker.on_plan(skipped)
+    [row] = tracker.results()
+    assert row["status"] == "skipped" and row["error"] == skipped.skip_reason and row["verdict"] == "head_only"
+    assert [w["kind"] for w in json.loads(row["warnings"])] == ["head_only"]
+    (output / "_ledger").mkdir(exist_ok=True)  # what a job's start leaves
+    write_results(Ledger(str(output)), [row])
+    capsys.readouterr()
+    assert status_command(str(output)) == 0
+    report = capsys.readouterr().out
+    assert "warnings (rows): head_only 1" in report and "skipped row 0 (clip 'collar'): image: unsuitable" in report
+
+
+def test_validate_warns_per_row_and_field_and_fails_only_when_strict(inputs, tmp_path, monkeypatch, capsys):
+    from conftest import write_manifest
+
+    import echomimic2.triage
+    from pipeline.commands import EXIT_OK, EXIT_PROBLEMS, plan_command, validate_command
+
+    manifest = write_manifest(str(inputs), [dict(clip_id="face", image="face.png", audio="a.wav"),
+                                            dict(clip_id="collar", image="collar.png", audio="a.wav"),
+                                            dict(clip_id="texture", image="texture.png", audio="a.wav", width=256, height=256)])
+    output = str(tmp_path / "out")
+    assert validate_command(manifest, preset="tiny", output=output) == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("row 1 (clip 'collar'): image: warning: head_only: head-and-shoulders only")
+    assert lines[1].startswith("row 2 (clip 'texture'): image: warning: no_person: no face and shoulders found")
+    assert lines[-1] == ("3 row(s) OK, 0 with problems (0 problem(s)), 2 with reference warnings (2 warning(s); "
+                         "--strict fails on them)")
+    monkeypatch.setattr(echomimic2.triage, "detect_people", _no_detection)  # validate --output remembered them
+    assert validate_command(manifest, preset="tiny", output=output, strict=True) == EXIT_PROBLEMS
+    capsys.readouterr()
+    assert plan_command(manifest, output=output) == 0
+    table = capsys.readouterr().out
+    assert "head_only" in table and "no_person" in table and "half_body" in table
+    monkeypatch.undo()
+    asked = write_manifest(str(inputs), [dict(clip_id="face", image="face.png", audio="a.wav", person=3)])
+    assert validate_command(asked, preset="tiny") == EXIT_PROBLEMS
+    assert capsys.readouterr().out.splitlines()[0] == "row 0 (clip 'face'): person: person 3 asked for, but 1 face(s) found (0 is the leftmost)"
