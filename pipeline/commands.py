@@ -40,11 +40,11 @@ RENDER_FLOP_PARTS = ("reference", "denoise", "decode")  # the render actor's wor
 console = Console(highlight=False, soft_wrap=True)  # soft wrap: one line per problem, even in logs
 
 
-def run_command(manifest: str, output: str, weights: Path | None = None, preset: str | None = None,
+def run_command(manifest: str, output: str, weights: str | Path | None = None, preset: str | None = None,
                 address: str | None = None, gpus: int | None = None, cpus: int | None = None, force: bool = False,
                 segment_frames: int | None = None, overlap_frames: int | None = None, allow_http: bool = False,
                 input_root: Path | None = None, shared_fs: bool = False, random_weights: bool = False,
-                compile_cache: str | None = None, fp8: bool = False) -> int:
+                compile_cache: str | None = None, fp8: bool = False, notify: str | None = None) -> int:
     from dataclasses import replace
 
     import ray
@@ -76,7 +76,16 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
     elif weights is None:
         console.print("[yellow]note[/yellow]: no --weights: the tiny DEMO model runs, trained on drawn figures, not people: "
                       "blurry figures whose mouths follow the speech and hands the poses. See README for the official weights.")
-    refused = refuse_before_starting(output, weights, input_root)
+    from pipeline.weights_source import WeightsSourceError, is_remote, local_weights
+
+    weights_uri = None if weights is None else str(weights)  # what workers resolve on their own node
+    if is_remote(weights_uri):  # copied to this node's cache and checked before any worker starts
+        try:
+            weights = local_weights(weights_uri, PRESETS[preset].variant)
+        except WeightsSourceError as exc:
+            console.print(f"[red]error[/red]: {escape(storage.redact(str(exc)))}")
+            return EXIT_JOB_FAILED
+    refused = refuse_before_starting(output, None if weights is None else Path(weights), input_root)
     if refused:
         console.print(f"[red]error[/red]: {escape(refused)}")
         return EXIT_JOB_FAILED
@@ -93,7 +102,7 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
 
     # Everything that needs no Ray is checked first: a misspelt manifest or a finished rerun answers in seconds.
     settings = JobSettings(
-        output=output, preset=preset, weights=None if weights is None else str(weights), model_identity=identity,
+        output=output, preset=preset, weights=weights_uri, model_identity=identity,
         segment_frames=segment_frames or DEFAULT_SEGMENT_FRAMES,
         overlap_frames=DEFAULT_OVERLAP_FRAMES if overlap_frames is None else overlap_frames,
         force=force, allow_http=allow_http, input_root=None if input_root is None else str(input_root),
@@ -141,7 +150,8 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
         # The job's first write, once nothing refuses it any more (a multi-node refusal leaves the root untouched).
         record_start(manifest, settings)
         report = run_job(manifest, specs, problems, settings, render_actors=render_actors, render_gpus_per_actor=gpus_per_actor,
-                         preprocess_actors=preprocess_actors, console=console, finished=finished, stamps=stamps)
+                         preprocess_actors=preprocess_actors, console=console, finished=finished, stamps=stamps,
+                         notify=notify)
     except JobInterrupted as stop:
         interrupted = True
         console.print(f"[yellow]interrupted[/yellow] (signal {stop.signal_number}): finished clips are kept, results "
@@ -264,7 +274,11 @@ def validate_command(manifest: str, allow_http: bool = False, input_root: Path |
     return EXIT_PROBLEMS if problems else EXIT_OK
 
 
-def status_command(output: str) -> int:
+def status_command(output: str, watch: bool = False, interval: float = 2.0, timeout: float | None = None) -> int:
+    if watch:
+        from pipeline.watch import watch_command
+
+        return watch_command(output, interval=interval, timeout=timeout, console=console)
     from pipeline.job import read_results
     from pipeline.ledger import Ledger
 

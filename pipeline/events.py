@@ -205,3 +205,76 @@ def notify(url: str, summary: dict, *, attempts: int = NOTIFY_ATTEMPTS, timeout:
     thread = threading.Thread(target=post, daemon=True, name="job-notify")
     thread.start()
     return thread
+
+
+# -- the driver's side: one object the job's tracker calls, feeding the event stream and the driver's metrics --
+class JobObserver:
+    """The tracker's hooks: events written under the output root, driver-side metrics, the --notify POST."""
+
+    def __init__(self, output: str, preset: str, rows: int, model: str = "", notify_url: str | None = None):
+        from pipeline import metrics
+
+        self.metrics, self.output, self.preset, self.rows = metrics, output, preset, rows
+        self.notify_url = notify_url
+        self.writer = EventWriter(output)
+        self.started = time.time()
+        self.worked = self.finished = 0
+        self.started_clips: set[str] = set()
+        self.deaths = 0
+        self.writer.emit("job_started", rows=rows, preset=preset, model=model)
+
+    @property
+    def job_id(self) -> str:
+        return self.writer.job_id
+
+    def planned(self, plan) -> None:
+        if not (plan.failed or plan.skipped):
+            self.writer.emit("clip_planned", row=plan.row, clip_id=plan.clip_id, frames=plan.frames,
+                             segments=len(plan.segments), pending=len(plan.pending))
+
+    def segment(self, result) -> None:
+        if result.error is not None:
+            self.writer.emit("segment_failed", row=result.row, clip_id=result.clip_id, start=result.start,
+                             stop=result.stop, attempts=result.attempts, error=result.error)
+        elif result.clip_id not in self.started_clips:
+            self.started_clips.add(result.clip_id)
+            self.writer.emit("clip_started", row=result.row, clip_id=result.clip_id)
+
+    def clip_finished(self, result: dict) -> None:
+        status = result["status"]
+        fields = dict(result=result)
+        if status == "skipped":
+            fields["skipped_reason"] = SKIP_REASON
+        self.writer.emit(f"clip_{status}", **fields)
+        self.metrics.clip_finished(result, self.preset)
+        self.finished += 1
+        self.worked += status != "skipped"
+
+    def render_deaths(self, deaths: int) -> None:
+        if deaths > self.deaths:
+            for _ in range(deaths - self.deaths):
+                self.writer.emit("worker_died", stage="render", deaths=deaths)
+            self.deaths = deaths
+
+    def eta_seconds(self) -> float | None:
+        """Rows left at the rate clips were rendered or failed so far (skips cost nothing)."""
+        if not self.worked:
+            return None
+        return (self.rows - self.finished) * (time.time() - self.started) / self.worked
+
+    def tick(self, segments_waiting: int, clips_assembling: int) -> None:
+        """Every pass of the driver's loop: gauges, and the events of the last seconds as a part when due."""
+        self.metrics.queues(segments_waiting, clips_assembling)
+        self.metrics.job_progress(self.rows, self.eta_seconds())
+        self.writer.flush_if_due()
+
+    def ended(self, results: list[dict], interrupted: int | None = None) -> None:
+        """The results are written: the last events, then the summary POSTed (waited for a bounded time)."""
+        counts = {status: sum(r["status"] == status for r in results) for status in ("done", "skipped", "failed")}
+        seconds = time.time() - self.started
+        self.metrics.job_progress(self.rows, 0.0)
+        self.writer.emit("job_ended", interrupted=interrupted, seconds=round(seconds, 3), **counts)
+        self.writer.flush()
+        if self.notify_url:
+            notify(self.notify_url, job_summary(self.job_id, self.output, results, seconds, interrupted)).join(
+                NOTIFY_WAIT_SECONDS)

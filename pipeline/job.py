@@ -33,7 +33,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from pipeline import storage
+from pipeline import metrics, storage
+from pipeline.events import JobObserver
 from pipeline.ledger import Ledger
 from pipeline.manifest import ClipSpec, Problem, parse_manifest, read_manifest
 from pipeline.qc import QC_COLUMNS, qc_columns
@@ -120,6 +121,7 @@ class ClipState:
 @dataclass
 class JobReport:
     results: list[dict]
+    job_id: str = ""  # its event stream: <output>/_events/<job_id>/
 
 
 @ray.remote(num_cpus=AssembleStage.resources.num_cpus, max_retries=ASSEMBLY_RETRIES)
@@ -153,13 +155,14 @@ def record_start(manifest: str, settings: JobSettings) -> None:
 
 def run_job(manifest: str, specs: list[ClipSpec], problems: list[Problem], settings: JobSettings, *, render_actors: int,
             render_gpus_per_actor: float, preprocess_actors: int, console: Console | None = None,
-            finished: list[ClipPlan] = (), stamps: RerunStamps | None = None) -> JobReport:
+            finished: list[ClipPlan] = (), stamps: RerunStamps | None = None, notify: str | None = None) -> JobReport:
     """Run the whole job (the manifest's rows as `load_specs` gave them) on the connected Ray cluster; rows
     with a plan in `finished` (proven unchanged by `stamps`, `pipeline.rerun`) are skipped without Ray, which
-    is needed only when some row is left. Raises JobError if it cannot start."""
+    is needed only when some row is left. Raises JobError if it cannot start. `notify`: a URL the job's summary
+    is POSTed to at the end (`events.JobObserver`)."""
     console = console or Console()
     ledger = Ledger(settings.output)
-    tracker = Tracker(settings, specs, problems, console)
+    tracker = Tracker(settings, specs, problems, console, notify=notify)
     for plan in finished:
         tracker.on_plan(plan)
     skipped = {plan.clip_id for plan in finished}
@@ -189,6 +192,7 @@ def run_job(manifest: str, specs: list[ClipSpec], problems: list[Problem], setti
             write_results(ledger, results)
             _record_stamps(stamps, results, skipped, console)
             ledger.record_job("end", interrupted=signal_number, done=sum(r["status"] == "done" for r in results))
+            tracker.observer.ended(results, interrupted=signal_number)
             raise JobInterrupted(signal_number) from None
         except Exception as exc:  # e.g. actors that cannot start (bad weights): finished clips stay in the ledger
             raise JobError(f"the pipeline stopped: {storage.describe_error(exc)}") from exc
@@ -198,7 +202,8 @@ def run_job(manifest: str, specs: list[ClipSpec], problems: list[Problem], setti
     ledger.record_job("end", done=sum(r["status"] == "done" for r in results),
                       skipped=sum(r["status"] == "skipped" for r in results),
                       failed=sum(r["status"] == "failed" for r in results))
-    return JobReport(results)
+    tracker.observer.ended(results)
+    return JobReport(results, tracker.observer.job_id)
 
 
 def _record_stamps(stamps: RerunStamps | None, results: list[dict], skipped: set[str], console: Console) -> None:
@@ -231,6 +236,7 @@ class StageRunner:
             warnings.simplefilter("ignore")
             restarted = context.was_current_actor_reconstructed
         stage.on_worker_start(restarted=restarted, node_id=context.get_node_id())
+        metrics.worker_started(stage.name, restarted)
         stage.setup()
         self.stage, self.row_type = stage, row_type
 
@@ -274,7 +280,8 @@ def _configure_ray_data() -> None:
 class Tracker:
     """The driver's view of every clip: segments awaited, assemblies in flight, final rows, progress."""
 
-    def __init__(self, settings: JobSettings, specs: list[ClipSpec], problems: list[Problem], console: Console):
+    def __init__(self, settings: JobSettings, specs: list[ClipSpec], problems: list[Problem], console: Console,
+                 notify: str | None = None):
         self.settings, self.console = settings, console
         self.ledger = Ledger(settings.output)
         self.assembler = AssembleStage(settings)
@@ -292,8 +299,10 @@ class Tracker:
         self.segments_done = 0
         self.segment_task = self.progress.add_task("segments", total=None)
         self.last_log = time.monotonic()  # non-terminal output (a log file) gets a plain progress line instead
+        self.observer = JobObserver(settings.output, settings.preset, total_rows, settings.model_identity, notify)
         for refused in self.refused:
             console.print(f"[red]failed[/red] {escape(refused['error'])}")
+            self.observer.clip_finished(_result_row(refused))
 
     def follow(self, dataset, board) -> None:
         """Consume the pipeline's segment results and the board's plans until every clip has its result.
@@ -334,12 +343,14 @@ class Tracker:
     def take_plans(self, board) -> None:
         for plan in board.take_plans():
             self.on_plan(plan)
+        self.observer.render_deaths(board.render_deaths())
 
     # -- rows from the pipeline ------------------------------------------------------------
     def on_plan(self, plan: ClipPlan) -> None:
         clip = self.clips[plan.clip_id]
         if clip.result is not None:
             return  # already failed: a late plan of that clip is ignored
+        self.observer.planned(plan)
         if plan.failed:
             clip.plan = clip.plan or plan
             self._finish(clip, "failed", error=plan.error)
@@ -360,6 +371,7 @@ class Tracker:
         self.progress.advance(self.segment_task)
         if clip.result is not None:
             return  # already failed: late segments of that clip are ignored
+        self.observer.segment(result)
         if result.error is not None:
             self._finish(clip, "failed", error=result.error)
         else:
@@ -424,6 +436,7 @@ class Tracker:
                            preprocess_seconds=plan.preprocess_seconds if plan and not (plan.failed or plan.skipped) else None,
                            render_seconds=clip.render_seconds, **values)
         self.progress.advance(self.clip_task)
+        self.observer.clip_finished(_result_row(clip.result))
         if status == "failed":
             self.console.print(f"[red]failed[/red] {escape(values['error'])}")
         elif status == "done":
@@ -437,6 +450,7 @@ class Tracker:
         return f"clips: {done} done, {failed} failed"
 
     def _refresh(self) -> None:
+        self.observer.tick(sum(len(c.waiting) for c in self.clips.values() if c.result is None), len(self.assemblies))
         self.progress.update(self.clip_task, description=self._clip_description())
         planned = sum(self.planned_segments.values())
         all_planned = all(c.plan is not None or c.result is not None for c in self.clips.values())
@@ -455,7 +469,11 @@ class Tracker:
 
     def results(self) -> list[dict]:
         rows = self.refused + [c.result for c in self.clips.values() if c.result is not None]
-        return sorted(({name: row.get(name) for name in RESULT_COLUMNS} for row in rows), key=lambda r: r["row"])
+        return sorted((_result_row(row) for row in rows), key=lambda r: r["row"])
+
+
+def _result_row(row: dict) -> dict:
+    return {name: row.get(name) for name in RESULT_COLUMNS}
 
 
 def _refused_rows(problems: list[Problem]) -> list[dict]:
