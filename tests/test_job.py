@@ -28,8 +28,8 @@ from pipeline.commands import (
     status_command,
     validate_command,
 )
-from pipeline.job import read_results
 from pipeline.ledger import Ledger
+from pipeline.results import read_results
 
 REPO = Path(__file__).resolve().parent.parent
 # Small segments so that every clip has several (and they spread over both render actors).
@@ -255,9 +255,9 @@ def test_segments_that_overtake_their_clip_plan_still_complete_it(tmp_path):
     """Render actors work in parallel, so a segment's result may reach the driver before its clip's plan."""
     from rich.console import Console
 
-    from pipeline.job import Tracker
     from pipeline.manifest import ClipSpec
     from pipeline.rows import ClipPlan, JobSettings, SegmentResult
+    from pipeline.tracker import Tracker
 
     class RecordingTracker(Tracker):
         started: list = []
@@ -283,12 +283,12 @@ def test_segment_progress_has_no_total_until_every_clip_is_planned(tmp_path, mon
     a retried plan must not count its segments twice; a log (no terminal) gets plain progress lines."""
     from rich.console import Console
 
-    from pipeline import job
-    from pipeline.job import Tracker
+    from pipeline import tracker as tracker_module
     from pipeline.manifest import ClipSpec
     from pipeline.rows import ClipPlan, JobSettings
+    from pipeline.tracker import Tracker
 
-    monkeypatch.setattr(job, "LOG_PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(tracker_module, "LOG_PROGRESS_SECONDS", 0.0)
     settings = JobSettings(output=str(tmp_path), preset="tiny", weights=None, model_identity="m+w",
                            segment_frames=16, overlap_frames=4)
     log = io.StringIO()

@@ -132,8 +132,8 @@ def same(a, b) -> bool:
 def test_demo_job_scraped_by_prometheus(prometheus_and_ray, tmp_path):
     from pipeline.commands import EXIT_ROWS_FAILED, run_command
     from pipeline.events import read_events, replay
-    from pipeline.job import read_results
     from pipeline.ledger import Ledger
+    from pipeline.results import read_results
 
     web_port = prometheus_and_ray
     manifest, output = demo_manifest_with_a_broken_row(tmp_path), str(tmp_path / "out")
