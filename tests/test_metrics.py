@@ -8,19 +8,16 @@ import json
 import math
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 
 from pipeline import metrics
+from scripts.metrics_screenshot import demo_manifest_with_a_broken_row, free_port, query, start_prometheus
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "cluster" / "grafana-dashboard.json"
@@ -70,33 +67,14 @@ def test_local_prometheus_config_is_valid():
 
 
 # -- the job, scraped ---------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def query(port: int, expr: str) -> list[dict]:
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=10) as response:
-        answer = json.load(response)
-    assert answer["status"] == "success", answer
-    return answer["data"]["result"]
-
-
 @pytest.fixture
 def prometheus_and_ray(tmp_path):
     if PROMETHEUS is None:
         pytest.skip("no prometheus binary: install Debian's prometheus package (make system-tools)")
     import ray
 
-    export_port, web_port = free_port(), free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}, "scrape_configs": [
-        {"job_name": "ray", "static_configs": [{"targets": [f"127.0.0.1:{export_port}"]}]}]}))
-    server = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                               f"--web.listen-address=127.0.0.1:{web_port}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    export_port = free_port()
+    server, web_port = start_prometheus(tmp_path, export_port)
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, object_store_memory=500_000_000,
              _metrics_export_port=export_port, _temp_dir="/tmp/ray", logging_level="WARNING")
     try:
@@ -105,18 +83,6 @@ def prometheus_and_ray(tmp_path):
         ray.shutdown()
         server.terminate()
         server.wait(timeout=30)
-
-
-def demo_manifest_with_a_broken_row(folder: Path) -> Path:
-    """The demo manifest's rows (their assets by absolute path), small frames, and a row whose audio is missing."""
-    demo = pd.read_parquet(REPO / "manifests" / "demo.parquet")
-    for column in ("image", "audio", "pose"):
-        demo[column] = [None if not isinstance(v, str) else str(REPO / "manifests" / v) for v in demo[column]]
-    broken = dict(demo.iloc[0], clip_id="demo-missing-audio", audio=str(folder / "missing.wav"), pose=None)
-    frame = pd.concat([demo, pd.DataFrame([broken])], ignore_index=True)
-    frame["fps"], frame["width"], frame["height"] = 12.0, 128, 128
-    frame.to_parquet(folder / "manifest.parquet", index=False)
-    return folder / "manifest.parquet"
 
 
 def same(a, b) -> bool:
@@ -128,7 +94,7 @@ def same(a, b) -> bool:
     return a == b
 
 
-@pytest.mark.slow  # ~130 s on the busy 2-core machine (the job ~100 s); quick: the definitions, dashboard and events tests
+@pytest.mark.slow  # 85-130 s on the busy 2-core machine (Ray ~20 s, the job 60-100 s); quick: the definitions, dashboard, events tests
 def test_demo_job_scraped_by_prometheus(prometheus_and_ray, tmp_path):
     from pipeline.commands import EXIT_ROWS_FAILED, run_command
     from pipeline.events import read_events, replay
