@@ -20,12 +20,13 @@ $(VENV)/.test: $(VENV)/.runtime requirements-test.txt $(wildcard requirements-te
 	if [ -f requirements-test-nodeps.txt ]; then $(VENV)/bin/pip install -q --no-deps -r requirements-test-nodeps.txt; fi
 	touch $@
 
-# ffprobe, espeak-ng and Chromium are optional (tests fall back to imageio-ffmpeg's binary; the browser tests
-# of the review page and the preview skip without Chromium); install them where we can.
+# ffprobe, espeak-ng, Chromium and Prometheus are optional (tests fall back to imageio-ffmpeg's binary; the browser
+# tests of the review page and the preview, and the Prometheus scrape of a job, skip without them); install them
+# where we can.
 system-tools:
-	@{ command -v ffprobe && command -v chromium; } >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends ffmpeg espeak-ng chromium >/dev/null; } || \
-	  echo "note: no system ffprobe or chromium; tests use imageio-ffmpeg's ffmpeg and skip the browser tests"
+	@{ command -v ffprobe && command -v chromium && command -v prometheus; } >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends ffmpeg espeak-ng chromium prometheus >/dev/null; } || \
+	  echo "note: no system ffprobe, chromium or prometheus; tests use imageio-ffmpeg's ffmpeg and skip the browser and Prometheus tests"
 
 demo: $(VENV)/.runtime
 	$(PY) cli.py run manifests/demo.parquet --output out/demo --preset tiny

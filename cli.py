@@ -21,7 +21,9 @@ app.add_typer(poses_app, name="poses")
 def run(
     manifest: str = typer.Argument(..., help="Parquet manifest: local path or fsspec URL."),
     output: str = typer.Option(..., "--output", "-o", help="Output root: local path or fsspec URL."),
-    weights: Path | None = typer.Option(None, help="Official weights folder; without it the tiny demo model runs (trained on drawn figures)."),
+    weights: str | None = typer.Option(
+        None, help="Official weights: a folder, an fsspec URI (s3://bucket/EchoMimicV2/) or hf://BadToBest/EchoMimicV2, "
+                   "copied once per node; without it the tiny demo model runs (trained on drawn figures)."),
     preset: str | None = typer.Option(None, help=f"{' | '.join(PRESETS)} (default: {DEFAULT_WITH_WEIGHTS} with --weights, else {DEFAULT_WITHOUT_WEIGHTS})."),
     address: str | None = typer.Option(
         None, help="Ray cluster to join: auto, or <head-ip>:6379 (default: RAY_ADDRESS if set, else start a local Ray)."),
@@ -45,6 +47,9 @@ def run(
     unsuitable: str = typer.Option(
         "warn", help="A reference that is not a half-body portrait (see `validate`): warn (render, results say why), "
                      "skip (not rendered, a result with the reason) or fail (the row fails)."),
+    notify: str | None = typer.Option(
+        None, help="POST the job's summary (JSON: counts, failures, the output root without credentials) to this URL "
+                   "at the end; retried, waited for at most 15 s."),
 ) -> None:
     """Render one MP4 per manifest row into OUTPUT (resumable: finished clips are skipped)."""
     arguments = dict(locals())  # the parameters only, taken before the import adds a name
@@ -75,11 +80,16 @@ def validate(
 
 
 @app.command()
-def status(output: str = typer.Argument(..., help="Output root of a run.")) -> None:
-    """Summarise an output root and list failures with their reasons."""
+def status(
+    output: str = typer.Argument(..., help="Output root of a run."),
+    watch: bool = typer.Option(False, help="Follow the running job live (its event stream) until it ends."),
+    interval: float = typer.Option(2.0, help="--watch: seconds between looks."),
+    timeout: float | None = typer.Option(None, help="--watch: give up (exit 2) after this many seconds."),
+) -> None:
+    """Summarise an output root and list failures with their reasons (--watch: live, until the job ends)."""
     from pipeline.commands import status_command
 
-    raise typer.Exit(status_command(output))
+    raise typer.Exit(status_command(output, watch=watch, interval=interval, timeout=timeout))
 
 
 @app.command()
@@ -181,13 +191,19 @@ def doctor(
 
 @weights_app.command("check")
 def weights_check(
-    directory: Path = typer.Argument(..., help="Folder in the official layout (see README)."),
+    directory: str = typer.Argument(..., help="Folder in the official layout (see README), an fsspec URI or hf://org/name."),
     variant: str = typer.Option("both", help="quality | acc | both"),
 ) -> None:
     """Per file: keys found / missing / unexpected; exit non-zero on any problem."""
     from echomimic2.checkpoints import weights_check_command
+    from pipeline.weights_source import WeightsSourceError, local_weights
 
-    raise typer.Exit(weights_check_command(directory, variant))
+    try:
+        folder = local_weights(directory)  # a URI: this node's copy, downloaded once
+    except WeightsSourceError as exc:
+        typer.echo(str(exc))
+        raise typer.Exit(2) from None
+    raise typer.Exit(weights_check_command(folder, variant))
 
 
 @poses_app.command("extract")

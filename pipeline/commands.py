@@ -41,11 +41,12 @@ RENDER_FLOP_PARTS = ("reference", "denoise", "decode")  # the render actor's wor
 console = Console(highlight=False, soft_wrap=True)  # soft wrap: one line per problem, even in logs
 
 
-def run_command(manifest: str, output: str, weights: Path | None = None, preset: str | None = None,
+def run_command(manifest: str, output: str, weights: str | Path | None = None, preset: str | None = None,
                 address: str | None = None, gpus: int | None = None, cpus: int | None = None, force: bool = False,
                 segment_frames: int | None = None, overlap_frames: int | None = None, allow_http: bool = False,
                 input_root: Path | None = None, shared_fs: bool = False, random_weights: bool = False,
-                compile_cache: str | None = None, fp8: bool = False, unsuitable: str = "warn") -> int:
+                compile_cache: str | None = None, fp8: bool = False, unsuitable: str = "warn",
+                notify: str | None = None) -> int:
     """`cli.py run`: the options and the manifest are checked before anything slow starts; then the job runs
     under the project's signal handlers (installed before Ray starts) and its outcome becomes the exit code."""
     from pipeline.job import JobError, JobInterrupted, load_specs, pipeline_left_open, record_start, run_job
@@ -56,6 +57,8 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
         console.print(f"[red]error[/red]: --unsuitable must be one of {', '.join(UNSUITABLE_POLICIES)}, got {escape(repr(unsuitable))}")
         return EXIT_JOB_FAILED
     preset, refused = _choose_preset(preset, weights, random_weights)
+    weights_uri = None if weights is None else str(weights)  # a URI: what each worker resolves on its node
+    weights, refused = (weights, refused) if refused else _weights_here(weights_uri, preset)
     refused = refused or refuse_before_starting(output, weights, input_root)
     if refused:
         console.print(f"[red]error[/red]: {escape(refused)}")
@@ -70,6 +73,7 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
         specs, problems = load_specs(manifest, allow_http=allow_http)
         settings = _job_settings(output, preset, weights, random_weights, fp8, segment_frames, overlap_frames, force,
                                  allow_http, input_root, compile_cache, unsuitable)
+        settings = replace(settings, weights=weights_uri)
         specs, problems, finished, stamps = _skip_finished(specs, problems, settings)
         workers = WorkerCounts()
         needs_ray = len(finished) < len(specs)
@@ -89,7 +93,7 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
         record_start(manifest, settings)
         report = run_job(manifest, specs, problems, settings, render_actors=workers.render,
                          render_gpus_per_actor=workers.gpus_per_render, preprocess_actors=workers.preprocess,
-                         console=console, finished=finished, stamps=stamps)
+                         console=console, finished=finished, stamps=stamps, notify=notify)
     except JobInterrupted as stop:
         interrupted = True
         console.print(f"[yellow]interrupted[/yellow] (signal {stop.signal_number}): finished clips are kept, results "
@@ -108,6 +112,20 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
 
             ray.shutdown()
     return _print_outcome(report, output)
+
+
+def _weights_here(weights: str | None, preset: str) -> tuple[Path | None, str | None]:
+    """(a local weights folder on this node, or why there is none): a URI is copied to this node's cache and
+    checked like `weights check` before any worker starts (pipeline.weights_source)."""
+    from echomimic2 import PRESETS
+    from pipeline.weights_source import WeightsSourceError, is_remote, local_weights
+
+    if not is_remote(weights):
+        return (None if weights is None else Path(weights)), None
+    try:
+        return local_weights(weights, PRESETS[preset].variant), None
+    except WeightsSourceError as exc:
+        return None, storage.redact(str(exc))
 
 
 def _choose_preset(preset: str | None, weights: Path | None, random_weights: bool) -> tuple[str | None, str | None]:
@@ -406,7 +424,11 @@ def _triage_specs(specs, preset: str | None, output: str | None):
     return warnings, problems
 
 
-def status_command(output: str) -> int:
+def status_command(output: str, watch: bool = False, interval: float = 2.0, timeout: float | None = None) -> int:
+    if watch:  # live, from the job's event stream (pipeline/watch.py)
+        from pipeline.watch import watch_command
+
+        return watch_command(output, interval=interval, timeout=timeout, console=console)
     from pipeline.ledger import Ledger
     from pipeline.results import read_results
 

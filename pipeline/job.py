@@ -49,6 +49,7 @@ class JobError(Exception):
 @dataclass
 class JobReport:
     results: list[dict]
+    job_id: str = ""  # its event stream: <output>/_events/<job_id>/
 
 
 def pipeline_left_open() -> bool:
@@ -88,16 +89,17 @@ def record_start(manifest: str, settings: JobSettings) -> None:
 
 def run_job(manifest: str, specs: list[ClipSpec], problems: list[Problem], settings: JobSettings, *, render_actors: int,
             render_gpus_per_actor: float, preprocess_actors: int, console: Console | None = None,
-            finished: list[ClipPlan] = (), stamps: RerunStamps | None = None) -> JobReport:
+            finished: list[ClipPlan] = (), stamps: RerunStamps | None = None, notify: str | None = None) -> JobReport:
     """Run the whole job (the manifest's rows as `load_specs` gave them) on the connected Ray cluster; rows
     with a plan in `finished` (proven unchanged by `stamps`, `pipeline.rerun`) are skipped without Ray, which
-    is needed only when some row is left. Raises JobInterrupted (results written) or JobError."""
+    is needed only when some row is left. Raises JobInterrupted (results written) or JobError. `notify`: a URL the
+    job's summary is POSTed to at its end (`events.JobObserver`)."""
     console = console or Console()
     _left_open[0] = False
     ledger = Ledger(settings.output)
     skipped = {plan.clip_id for plan in finished}
     to_run = [spec for spec in specs if spec.clip_id not in skipped]
-    tracker = Tracker(settings, specs, problems, console)
+    tracker = Tracker(settings, specs, problems, console, notify=notify)
     for plan in finished:
         tracker.on_plan(plan)
     try:
@@ -139,7 +141,7 @@ def run_job(manifest: str, specs: list[ClipSpec], problems: list[Problem], setti
         raise JobError(cause) from exc
     _left_open[0] = tracker.pipeline_open
     results = _write_outcome(tracker, ledger, stamps, skipped, console)
-    return JobReport(results)
+    return JobReport(results, tracker.observer.job_id)
 
 
 def _write_outcome(tracker: Tracker, ledger: Ledger, stamps: RerunStamps | None, skipped: set[str], console: Console,
@@ -151,6 +153,7 @@ def _write_outcome(tracker: Tracker, ledger: Ledger, stamps: RerunStamps | None,
     ledger.record_job("end", done=sum(r["status"] == "done" for r in results),
                       skipped=sum(r["status"] == "skipped" for r in results),
                       failed=sum(r["status"] == "failed" for r in results), **end)
+    tracker.observer.ended(results, interrupted=end.get("interrupted"))
     return results
 
 

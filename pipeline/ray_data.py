@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import ray
 
+from pipeline import metrics
 from pipeline.rows import from_batch, to_batch
 from pipeline.stages import Stage
 
@@ -62,6 +63,7 @@ class StageRunner:
             warnings.simplefilter("ignore")
             restarted = context.was_current_actor_reconstructed
         stage.on_worker_start(restarted=restarted, node_id=context.get_node_id())
+        metrics.worker_started(stage.name, restarted)
         stage.setup()
         self.stage, self.row_type = stage, row_type
 

@@ -43,7 +43,10 @@ def load_model(settings: JobSettings, device: str):
                                   fp8=settings.fp8)
     if settings.weights is None:
         return EchoMimicV2.tiny(device=device, fp8=settings.fp8)
-    return EchoMimicV2.from_official(settings.weights, variant=variant, device=device, dtype=dtype, compile=compile_networks,
+    from pipeline.weights_source import local_weights
+
+    weights = local_weights(settings.weights, variant)  # a URI: this node's checked copy (downloaded once)
+    return EchoMimicV2.from_official(weights, variant=variant, device=device, dtype=dtype, compile=compile_networks,
                                      fp8=settings.fp8)
 
 

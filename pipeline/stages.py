@@ -140,15 +140,14 @@ class PreprocessStage(Stage):
         self.settings, self.board = settings, board
 
     def setup(self) -> None:
-        from pathlib import Path
-
         from echomimic2.audio import WhisperFeatures
+        from pipeline.weights_source import local_weights
 
         self.ledger = Ledger(self.settings.output)
         if self.settings.weights is None:
             self.whisper = WhisperFeatures.tiny(seed=0)
         else:
-            self.whisper = WhisperFeatures.from_official(Path(self.settings.weights) / "audio_processor" / "tiny.pt")
+            self.whisper = WhisperFeatures.from_official(local_weights(self.settings.weights) / "audio_processor" / "tiny.pt")
 
     def __call__(self, spec: ClipSpec) -> Iterator[SegmentWork]:
         started = time.perf_counter()
@@ -270,6 +269,7 @@ class RenderStage(Stage):
             self.compile_cache.load()
         self.model = load_model(self.settings, device)
         self.setup_seconds = time.perf_counter() - self.setup_started
+        self.device, self.rendering_seconds = device, 0.0  # the busy ratio's parts (metrics.render_busy)
         if not self.settings.model_identity.startswith(self.model.identity + "+"):
             raise RuntimeError(f"weights changed since the job started: model is {self.model.identity}, "
                                f"the job's fingerprints use {self.settings.model_identity}")
@@ -297,9 +297,20 @@ class RenderStage(Stage):
                 continue
             self.board.end(key)
             self.segments_rendered += 1
+            self._record_metrics(work, seconds, attempt.number)
             if self.compile_cache is not None:
                 self.compile_cache.save_if_new()  # kernels this worker generated, for the next worker to reuse
             return SegmentResult(work.row, *key, seconds=seconds, attempts=attempt.number)
+
+    def _record_metrics(self, work: SegmentWork, seconds: float, attempts: int) -> None:
+        from pipeline import metrics
+
+        height, width = work.reference.shape[:2]
+        metrics.segment_rendered(self.settings.preset, seconds, work.stop - work.start, attempts, self.device,
+                                 nbytes=(work.stop - work.start) * height * width * 3)  # the uint8 frames stored
+        self.rendering_seconds += seconds
+        since_setup = time.perf_counter() - self.setup_started - self.setup_seconds
+        metrics.render_busy(min(1.0, self.rendering_seconds / max(since_setup, 1e-6)), self.device)
 
     def _worker_start(self) -> dict:
         """On a worker's first segment: worker start → segment finished, of which the setup (compile cache and
@@ -353,6 +364,9 @@ class AssembleStage(Stage):
         ledger.record_clip(plan.clip_id, plan.fingerprint, bytes=encoded["bytes"], frames=encoded["frames"],
                            seconds=encoded["seconds"], output=output, qc=encoded["qc"], poses=plan.poses_info)
         ledger.delete_segments(plan.clip_id)
+        from pipeline import metrics
+
+        metrics.clip_written(encoded["bytes"])
         return dict(output=output, frames=encoded["frames"], assemble_seconds=time.perf_counter() - started,
                     **qc_columns(encoded["qc"]))
 

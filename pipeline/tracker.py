@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pipeline import storage
+from pipeline.events import JobObserver
 from pipeline.ledger import Ledger
 from pipeline.manifest import ClipSpec, Problem
 from pipeline.qc import QC_COLUMNS, qc_columns
@@ -71,7 +72,8 @@ class Tracker:
     `render_restarts()` is how often render workers have died so far."""
 
     def __init__(self, settings: JobSettings, specs: list[ClipSpec], problems: list[Problem], console: Console,
-                 assemble: Callable | None = None, render_restarts: Callable[[], int] = lambda: 0):
+                 assemble: Callable | None = None, render_restarts: Callable[[], int] = lambda: 0,
+                 notify: str | None = None):
         self.settings, self.console = settings, console
         self.ledger = Ledger(settings.output)
         self.assemble, self.render_restarts = assemble, render_restarts
@@ -92,8 +94,11 @@ class Tracker:
         self.segments_done = 0
         self.segment_task = self.progress.add_task("segments", total=None)
         self.last_log = time.monotonic()  # non-terminal output (a log file) gets a plain progress line instead
+        # the event stream and the driver's metrics (pipeline/events.py, pipeline/metrics.py)
+        self.observer = JobObserver(settings.output, settings.preset, total_rows, settings.model_identity, notify)
         for refused in self.refused:
             console.print(f"[red]failed[/red] {escape(refused['error'])}")
+            self.observer.clip_finished(_result_row(refused))
 
     def follow(self, dataset, board) -> None:
         """Consume the pipeline's segment results and the board's plans until every clip has its result.
@@ -113,7 +118,9 @@ class Tracker:
                 self.on_segment(item_of(SegmentResult, row))
             if row is not None or time.monotonic() - watched >= WATCH_WORKERS_SECONDS:
                 watched = time.monotonic()
-                stopped = self.on_render_deaths(self.render_restarts() - self.restarts_at_last_segment)
+                restarts = self.render_restarts()
+                self.observer.render_deaths(restarts)
+                stopped = self.on_render_deaths(restarts - self.restarts_at_last_segment)
             self.collect_assemblies(wait=False)
             self._refresh()
         if stopped:
@@ -155,6 +162,7 @@ class Tracker:
         clip = self.clips[plan.clip_id]
         if clip.result is not None:
             return  # already failed: a late plan of that clip is ignored
+        self.observer.planned(plan)
         if plan.failed:
             clip.plan = clip.plan or plan
             self._finish(clip, "failed", error=plan.error)
@@ -180,6 +188,7 @@ class Tracker:
             self.restarts_at_last_segment = self.render_restarts()
         if clip.result is not None:
             return  # already failed: late segments of that clip are ignored
+        self.observer.segment(result)
         if result.error is not None:
             self._finish(clip, "failed", error=result.error)
         else:
@@ -253,6 +262,7 @@ class Tracker:
                            preprocess_seconds=plan.preprocess_seconds if plan and not (plan.failed or plan.skipped) else None,
                            render_seconds=clip.render_seconds, **values)
         self.progress.advance(self.clip_task)
+        self.observer.clip_finished(_result_row(clip.result))
         if status == "failed":
             self.console.print(f"[red]failed[/red] {escape(values['error'])}")
         elif status == "done":
@@ -266,6 +276,7 @@ class Tracker:
         return f"clips: {done} done, {failed} failed"
 
     def _refresh(self) -> None:
+        self.observer.tick(sum(len(c.waiting) for c in self.clips.values() if c.result is None), len(self.assemblies))
         self.progress.update(self.clip_task, description=self._clip_description())
         planned = sum(self.planned_segments.values())
         all_planned = all(c.plan is not None or c.result is not None for c in self.clips.values())
@@ -278,4 +289,8 @@ class Tracker:
 
     def results(self) -> list[dict]:
         rows = self.refused + [c.result for c in self.clips.values() if c.result is not None]
-        return sorted(({name: row.get(name) for name in RESULT_COLUMNS} for row in rows), key=lambda r: r["row"])
+        return sorted((_result_row(row) for row in rows), key=lambda r: r["row"])
+
+
+def _result_row(row: dict) -> dict:
+    return {name: row.get(name) for name in RESULT_COLUMNS}
