@@ -119,7 +119,7 @@ def run_job(manifest: str, specs: list[ClipSpec], problems: list[Problem], setti
                 dataset = on_ray_data(dataset, stage, row_type, **pool)
             render, assemble = stages[1][0], stages[2][0]
             tracker.assemble = lambda plan: assemble_task.remote(assemble, plan)
-            tracker.render_restarts = lambda: worker_restarts(render)
+            tracker.count_render_restarts = lambda: worker_restarts(render)
             with tracker.progress:
                 tracker.follow(dataset, board)
     except (KeyboardInterrupt, JobInterrupted) as stop:  # committed clips stay; the others say why they stopped
