@@ -134,7 +134,7 @@ def test_a_head_only_reference_keeps_the_training_face_size_and_place(cases):
     framed, box, collar = _framed(cases, "head_only", (256, 256))
     assert collar.zoom == 1.0 and full.zoom == 1.0 and collar.fill == "reflect_blur"
     assert collar.padding()["bottom"] > 0.3 and collar.as_dict()["framing_padding_pct"]["bottom"] > 30
-    assert np.allclose(_face_in_output(collar), _face_in_output(full), atol=0.04 * 256)
+    assert np.allclose(_face_in_output(collar), _face_in_output(full), atol=0.02 * 256)  # measured: within 1 px
     brow = collar.landmarks.face[:, 1].min() / 256
     assert brow == pytest.approx(HEAD_ROOM, abs=PLACEMENT_SLACK + 0.03)
     # MediaPipe guesses shoulders too high where the image ends: the face places them, and alignment uses the face
