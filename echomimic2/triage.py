@@ -360,9 +360,9 @@ def triage_reference(image_rgb: np.ndarray | None, width: int, height: int, dete
     })
     margin_x, margin_y = EDGE_MARGIN * image_width, EDGE_MARGIN * image_height
     cut = []
-    if box is not None and box[0] < -margin_x or box is not None and box[2] > image_width + margin_x:
+    if box is not None and (box[0] < -margin_x or box[2] > image_width + margin_x):
         cut.append("the face runs past the image's side")
-    elif box is not None and box[1] < -margin_y:
+    if box is not None and box[1] < -margin_y:
         cut.append("the face runs past the image's top")
     if geometry.shoulders_seen:
         shoulder_xs = found.body[[11, 12], 0]

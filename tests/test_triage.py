@@ -134,7 +134,7 @@ def test_a_head_only_reference_keeps_the_training_face_size_and_place(cases):
     framed, box, collar = _framed(cases, "head_only", (256, 256))
     assert collar.zoom == 1.0 and full.zoom == 1.0 and collar.fill == "reflect_blur"
     assert collar.padding()["bottom"] > 0.3 and collar.as_dict()["framing_padding_pct"]["bottom"] > 30
-    assert np.allclose(_face_in_output(collar), _face_in_output(full), atol=0.04 * 256)
+    assert np.allclose(_face_in_output(collar), _face_in_output(full), atol=0.02 * 256)  # measured: within 1 px
     brow = collar.landmarks.face[:, 1].min() / 256
     assert brow == pytest.approx(HEAD_ROOM, abs=PLACEMENT_SLACK + 0.03)
     # MediaPipe guesses shoulders too high where the image ends: the face places them, and alignment uses the face
@@ -258,6 +258,8 @@ def _no_detection(*args, **kwargs):
 
 
 def test_the_job_judges_once_and_skips_fails_or_warns_by_policy(inputs, tmp_path, monkeypatch, capsys):
+    from dataclasses import replace
+
     from rich.console import Console
 
     import echomimic2.triage
@@ -273,12 +275,13 @@ def test_the_job_judges_once_and_skips_fails_or_warns_by_policy(inputs, tmp_path
     spec = ClipSpec(row=0, clip_id="collar", image=str(inputs / "collar.png"), audio=str(inputs / "a.wav"), fps=12.0,
                     width=256, height=256)
 
+    board = JobBoard()
+    stage = PreprocessStage(JobSettings(output=str(output), preset="tiny", weights=None, segment_frames=8,
+                                        overlap_frames=2, model_identity=model_identity("tiny", None)), board)
+    stage.setup()  # one worker (its whisper encoder loaded once) under each policy in turn
+
     def plan_with(policy: str):
-        board = JobBoard()
-        stage = PreprocessStage(JobSettings(output=str(output), preset="tiny", weights=None, segment_frames=8,
-                                            overlap_frames=2, model_identity=model_identity("tiny", None),
-                                            unsuitable=policy), board)
-        stage.setup()
+        stage.settings = replace(stage.settings, unsuitable=policy)
         works = list(stage(spec))
         [plan] = board.take_plans()
         return plan, works
@@ -337,3 +340,30 @@ def test_validate_warns_per_row_and_field_and_fails_only_when_strict(inputs, tmp
     asked = write_manifest(str(inputs), [dict(clip_id="face", image="face.png", audio="a.wav", person=3)])
     assert validate_command(asked, preset="tiny") == EXIT_PROBLEMS
     assert capsys.readouterr().out.splitlines()[0] == "row 0 (clip 'face'): person: person 3 asked for, but 1 face(s) found (0 is the leftmost)"
+
+
+def test_the_manifest_person_column():
+    import pandas as pd
+
+    from pipeline.manifest import parse_manifest
+
+    frame = pd.DataFrame([dict(clip_id="a", image="a.png", audio="a.wav", person=1),
+                          dict(clip_id="b", image="b.png", audio="b.wav", person=-1),
+                          dict(clip_id="c", image="c.png", audio="c.wav", person=None)])
+    specs, problems = parse_manifest(frame, base_uri="/data")
+    assert [(spec.clip_id, spec.person) for spec in specs] == [("a", 1), ("c", None)]
+    assert [str(p) for p in problems] == ["row 1 (clip 'b'): person: must be in 0..63, got -1"]
+
+
+def test_the_job_and_the_api_frame_a_reference_without_a_person_alike(cases):
+    """One rule: the job's step (pipeline.steps, which once centre-cropped) fits the whole image, as the engine does."""
+    from pipeline.steps import reference_and_poses as job_step
+    from pipeline.steps import resolve_params
+
+    image, detection = cases["no_person"]
+    params = resolve_params("tiny", seed=None, steps=None, guidance=None, fps=12.0, width=None, height=None,
+                            segment_frames=8, overlap_frames=2)
+    framed, _, summary = job_step(image, params, 10, poses=None, waveform=None, detection=detection)
+    assert summary["framing"] == "pad" and summary["crop_box"][0] == 0 and summary["crop_box"][2] == 451
+    engine, _, _ = reference_and_poses(image, 256, 256, 12.0, 10, detection=detection)
+    np.testing.assert_array_equal(framed, engine)
