@@ -42,6 +42,9 @@ def run(
         False, help="Opt-in fast mode: fp8 matmuls in the denoising UNet (Ada/Hopper or newer). Measured on an H200: "
                     "no faster, 1.3 GiB less memory, frames up to 21 levels from fp32 (BENCHMARKS.md). Part of each "
                     "clip's fingerprint."),
+    unsuitable: str = typer.Option(
+        "warn", help="A reference that is not a half-body portrait (see `validate`): warn (render, results say why), "
+                     "skip (not rendered, a result with the reason) or fail (the row fails)."),
 ) -> None:
     """Render one MP4 per manifest row into OUTPUT (resumable: finished clips are skipped)."""
     arguments = dict(locals())  # the parameters only, taken before the import adds a name
@@ -57,8 +60,14 @@ def validate(
     manifest: str = typer.Argument(..., help="Parquet manifest: local path or fsspec URL."),
     allow_http: bool = typer.Option(False, help="Allow http(s):// inputs."),
     input_root: Path | None = typer.Option(None, help="Confine local inputs to this folder."),
+    strict: bool = typer.Option(False, help="Reference warnings (not a half-body portrait) fail too."),
+    preset: str | None = typer.Option(
+        None, help=f"Output size the references are judged at, for rows without width/height (default: {DEFAULT_WITH_WEIGHTS})."),
+    output: str | None = typer.Option(None, help="The job's output root: remember each reference's detection there for `run`."),
+    triage: bool = typer.Option(True, help="Judge each reference (MediaPipe on CPU, ~0.1-0.3 s per new image)."),
 ) -> None:
-    """Check every row before any GPU time is spent; one line per problem; exit 1 if any."""
+    """Check every row before any GPU time is spent; one line per problem or reference warning; exit 1 on a
+    problem (or a warning with --strict)."""
     arguments = dict(locals())  # the parameters only, taken before the import adds a name
     from pipeline.commands import validate_command
 
@@ -122,8 +131,10 @@ def plan(
     manifest: str = typer.Argument(..., help="Parquet manifest: local path or fsspec URL."),
     segment_frames: int | None = typer.Option(None),
     overlap_frames: int | None = typer.Option(None),
+    triage: bool = typer.Option(True, help="Judge each reference (its verdict in the table)."),
+    output: str | None = typer.Option(None, help="The job's output root: remember each reference's detection there."),
 ) -> None:
-    """Print frames, segments and estimated GPU time per preset, without rendering."""
+    """Print frames, segments, each reference's verdict and estimated GPU time per preset, without rendering."""
     arguments = dict(locals())  # the parameters only, taken before the import adds a name
     from pipeline.commands import plan_command
 

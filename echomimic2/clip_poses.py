@@ -52,9 +52,7 @@ def reference_and_poses(image_rgb: np.ndarray, width: int, height: int, fps: flo
         sequence = default_pose_sequence(n_frames, fps)
     summary = {
         "pose_source": source,
-        "verdict": triage.verdict,
-        "warnings": [warning.to_json() for warning in triage.warnings],
-        "triage": triage.facts,
+        **triage.summary(),
         "crop_box": [round(v, 1) for v in crop_box],
         "reference_size": [int(image_rgb.shape[1]), int(image_rgb.shape[0])],
         **framing.as_dict(),

@@ -182,7 +182,18 @@ class ReferenceDetection:
                 "padded": self.padded, "framing_zoom": self.zoom, "framing_scale": self.source_scale,
                 "framing_fill": self.fill,
                 "framing_padding_pct": {side: round(100 * share, 1) for side, share in self.padding().items()},
-                "reference_anchors": self.anchors}
+                "reference_anchors": self.anchors, "reference_face_box": self.face_box()}
+
+    def face_box(self) -> list[float] | None:
+        """The framed reference's face (all Face Mesh points) as fractions of the output (x0, y0, x1, y1), what
+        the QC's face check compares the render with; [] when detection found no face, None when unknown."""
+        if self.landmarks is not None and self.landmarks.face is not None:
+            face = self.landmarks.face / (self.width, self.height)
+            return [round(float(v), 4) for v in (*face.min(axis=0), *face.max(axis=0))]
+        detection = None if self.triage is None else self.triage.detection
+        if detection is None or detection.faces:
+            return None
+        return []
 
 
 def _place(ideal: float, length: float, limit: float, slack: float) -> float:

@@ -50,6 +50,10 @@ DETECTION_SIDE = 1024  # references are detected at most this large (MediaPipe w
 DETECTION_VERSION = 1  # part of a remembered detection's key: bump when detection changes its output
 
 
+class PersonNotFound(ValueError):
+    """A `person` index beyond the faces found in the reference."""
+
+
 @dataclass(frozen=True)
 class TriageWarning:
     kind: str  # one of WARNING_KINDS
@@ -158,7 +162,7 @@ def detect_people(image_rgb: np.ndarray, person: int | None = None, detector: Pe
                   ) -> PeopleDetection:
     """Faces and the chosen person's landmarks in a uint8 RGB reference (pixels of that image). With
     several faces the person is `person` (0 = leftmost face) or the largest, most central one, and the
-    landmarks are detected in that person's part of the image only. Raises ValueError for a `person`
+    landmarks are detected in that person's part of the image only. Raises PersonNotFound for a `person`
     index beyond the faces found; MediaPipeMissing without mediapipe."""
     import cv2
 
@@ -173,7 +177,7 @@ def detect_people(image_rgb: np.ndarray, person: int | None = None, detector: Pe
         image_rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
     faces = detector.faces(small)
     if person is not None and not 0 <= person < max(len(faces), 1):
-        raise ValueError(f"person {person} asked for, but {len(faces)} face(s) found (0 is the leftmost)")
+        raise PersonNotFound(f"person {person} asked for, but {len(faces)} face(s) found (0 is the leftmost)")
     chosen = (person if person is not None else default_person(faces, small.shape[1])) if faces else None
     region = (0, 0, small.shape[1], small.shape[0])
     if len(faces) > 1:
@@ -286,6 +290,10 @@ class ReferenceTriage:
         found = None if self.detection is None else self.detection.landmarks
         return person_geometry(found) if person_found(found) else None
 
+    def summary(self) -> dict:
+        """What a clip's results record of its triage (the `verdict` and `warnings` columns, and the facts)."""
+        return {"verdict": self.verdict, "warnings": [w.to_json() for w in self.warnings], "triage": self.facts}
+
     def to_json(self) -> dict:
         return {"verdict": self.verdict, "ok": self.ok, "warnings": [w.to_json() for w in self.warnings],
                 "facts": self.facts}
@@ -352,9 +360,9 @@ def triage_reference(image_rgb: np.ndarray | None, width: int, height: int, dete
     })
     margin_x, margin_y = EDGE_MARGIN * image_width, EDGE_MARGIN * image_height
     cut = []
-    if box is not None and box[0] < -margin_x or box is not None and box[2] > image_width + margin_x:
+    if box is not None and (box[0] < -margin_x or box[2] > image_width + margin_x):
         cut.append("the face runs past the image's side")
-    elif box is not None and box[1] < -margin_y:
+    if box is not None and box[1] < -margin_y:
         cut.append("the face runs past the image's top")
     if geometry.shoulders_seen:
         shoulder_xs = found.body[[11, 12], 0]

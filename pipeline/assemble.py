@@ -142,7 +142,7 @@ def segment_joins(segments) -> list[tuple[int, int]]:
 def assemble_clip(segments: list[tuple[int, int, str]], total_frames: int, fps: float, audio: bytes,
                   output_uri: str, *, scratch_dir: str | Path | None = None, read_segment=None,
                   strip_uri: str | None = None, joins: list[tuple[int, int]] | None = None,
-                  thresholds: qc.Thresholds = qc.DEFAULT_THRESHOLDS) -> dict:
+                  thresholds: qc.Thresholds = qc.DEFAULT_THRESHOLDS, reference_face: list[float] | None = None) -> dict:
     """Encode the stitched segments with ``audio`` (the bytes of the row's audio file, as read once by preprocessing) into ``output_uri``.
     The video is exactly ``total_frames / fps`` seconds; the audio is padded with silence or trimmed to
     that. Returns ``dict(frames=, seconds=, bytes=, qc=)``, ``qc`` being the clip's QC report
@@ -158,7 +158,8 @@ def assemble_clip(segments: list[tuple[int, int, str]], total_frames: int, fps: 
         audio_path.write_bytes(audio)
         video_path = scratch / "clip.mp4"
         frames = stitched_frames(segments, total_frames, read_segment=read_segment)
-        meter = qc.FrameMeter(total_frames, float(rate), joins=segment_joins(segments) if joins is None else joins)
+        meter = qc.FrameMeter(total_frames, float(rate), joins=segment_joins(segments) if joins is None else joins,
+                              reference_face=reference_face)  # the framed reference's face box, for the face check
         first = next(frames)
         height, width = first.shape[1:3]
         if height % 2 or width % 2:

@@ -58,7 +58,17 @@ class EchoMimicV2Output:
     sample_rate: int = SAMPLE_RATE
     segments: list[tuple[int, int]] = field(default_factory=list)  # the frame ranges rendered
     audio_file: bytes = field(default=b"", repr=False)  # what `save` muxes: the given file, or a WAV of the waveform
-    poses_info: dict = field(default_factory=dict)  # framing, pose source and alignment (as the job's results)
+    poses_info: dict = field(default_factory=dict)  # verdict, warnings, framing, pose source, alignment (as the job's results)
+
+    @property
+    def verdict(self) -> str | None:
+        """The reference's triage verdict (echomimic2.triage): "half_body" when it suits the model."""
+        return self.poses_info.get("verdict")
+
+    @property
+    def warnings(self) -> list[dict]:
+        """[{kind, message}]: what about the reference or the poses may look wrong, as the job's results say."""
+        return self.poses_info.get("warnings", [])
 
     def save(self, path: str | Path) -> dict:
         """Write an H.264 yuv420p + AAC MP4 (any fsspec URL), atomically, with the job's encoder; the
@@ -67,7 +77,8 @@ class EchoMimicV2Output:
         from pipeline.assemble import array_chunks, assemble_clip, segment_joins
 
         return assemble_clip([(0, len(self.frames), self.frames)], len(self.frames), self.fps, self.audio_file,
-                             str(path), read_segment=array_chunks, joins=segment_joins(self.segments))
+                             str(path), read_segment=array_chunks, joins=segment_joins(self.segments),
+                             reference_face=self.poses_info.get("reference_face_box"))
 
 
 @dataclass
@@ -80,6 +91,8 @@ class ClipInputs:
     poses: list[dict] | None  # given as dicts, or parsed from pose files; None: from a driving video or gestures
     params: dict  # steps.resolve_params: seed, steps, guidance, fps, width, height, segment plan, poses
     pose_input: PoseInput | None = None  # a pose file, folder or driving video as its source read it
+    detection: object = None  # the reference's echomimic2.triage.PeopleDetection (None: no mediapipe)
+    triage: object = None  # its echomimic2.triage.ReferenceTriage at the output size
 
 
 class EchoMimicV2Pipeline:
@@ -135,8 +148,8 @@ class EchoMimicV2Pipeline:
     def __call__(self, image, audio, poses=None, *, width: int | None = None, height: int | None = None,
                  fps: float = 24.0, steps: int | None = None, guidance: float | None = None, seed: int = 0,
                  segment_frames: int | None = None, overlap_frames: int | None = None, pose_align: str = "auto",
-                 gesture: str = "calm", callback: Callable[[SegmentStep], None] | None = None,
-                 progress: bool = True) -> EchoMimicV2Output:
+                 gesture: str = "calm", person: int | None = None, unsuitable: str = "warn",
+                 callback: Callable[[SegmentStep], None] | None = None, progress: bool = True) -> EchoMimicV2Output:
         """Render one clip.
 
         image: a path, the file's bytes, a uint8 (H, W, 3) RGB array or a PIL image (framed to width×height
@@ -144,14 +157,18 @@ class EchoMimicV2Pipeline:
         poses: None (hand gestures from the audio, `gesture` = calm | lively | none), a list of official pose
         dicts, a folder of official per-frame `.npy` files, a `.npz` sequence, or a driving video (mp4, mov,
         webm, mkv); a shorter sequence is extended, never the video cut. The reference is framed around its
-        person and the poses mapped onto it (`pose_align` = auto | none), as the job does.
+        person and the poses mapped onto it (`pose_align` = auto | none), as the job does. The reference is
+        judged first (`echomimic2.triage`; `person` picks among several people, 0 = leftmost face): one that is
+        not a half-body portrait warns (`unsuitable="warn"`, a UserWarning; the output's `verdict` and
+        `warnings` say why) or raises ValueError before any rendering (`unsuitable="fail"`).
         width/height/steps/guidance default to the preset's; segment_frames/overlap_frames to the job's.
         callback(SegmentStep) runs after each segment; progress shows a bar on stderr.
         """
         # 1. check inputs: decode the image and the audio once, resolve the parameters
         clip = self.check_inputs(image, audio, poses, width=width, height=height, fps=fps, steps=steps,
                                  guidance=guidance, seed=seed, segment_frames=segment_frames,
-                                 overlap_frames=overlap_frames, pose_align=pose_align, gesture=gesture)
+                                 overlap_frames=overlap_frames, pose_align=pose_align, gesture=gesture,
+                                 person=person, unsuitable=unsuitable)
         params = clip.params
         # 2. audio features: whisper states, and the video's frame count (the audio's length)
         features = audio_features(self.whisper, clip.waveform, params["fps"])
@@ -161,7 +178,8 @@ class EchoMimicV2Pipeline:
         if clip.pose_input is not None:
             given, source_info = clip.pose_input.sequence(params["fps"], features.frames, self.limits)
         clip.reference, frame_poses, poses_info = reference_and_poses(clip.reference, params, features.frames,
-                                                                      poses=given, waveform=clip.waveform)
+                                                                      poses=given, waveform=clip.waveform,
+                                                                      detection=clip.detection)
         poses_info = dict(poses_info, **source_info)
         # 4. plan segments: overlapping frame ranges, each rendered on its own
         segments = plan_segments(features.frames, params["segment_frames"], params["overlap_frames"])
@@ -174,9 +192,9 @@ class EchoMimicV2Pipeline:
 
     def check_inputs(self, image, audio, poses=None, *, width=None, height=None, fps=24.0, steps=None,
                      guidance=None, seed=0, segment_frames=None, overlap_frames=None, pose_align="auto",
-                     gesture="calm") -> ClipInputs:
-        """Every argument checked (ValueError naming it), then the image framed and the audio decoded
-        exactly as the job's preprocessing does."""
+                     gesture="calm", person=None, unsuitable="warn") -> ClipInputs:
+        """Every argument checked (ValueError naming it), then the image decoded and judged and the audio
+        decoded exactly as the job's preprocessing does."""
         segment_frames = self.segment_frames if segment_frames is None else segment_frames
         overlap_frames = self.overlap_frames if overlap_frames is None else overlap_frames
         from pipeline.manifest import GESTURE_STYLES, POSE_ALIGN_MODES
@@ -185,9 +203,13 @@ class EchoMimicV2Pipeline:
             raise ValueError(f"pose_align: expected one of {', '.join(POSE_ALIGN_MODES)}, got {pose_align!r}")
         if gesture not in GESTURE_STYLES:
             raise ValueError(f"gesture: expected one of {', '.join(GESTURE_STYLES)}, got {gesture!r}")
+        if unsuitable not in ("warn", "fail"):
+            raise ValueError(f"unsuitable: expected warn or fail, got {unsuitable!r}")
+        if person is not None and (not _is_int(person) or person < 0):
+            raise ValueError(f"person: expected an int >= 0 or None, got {person!r}")
         params = resolve_params(self.preset.name, seed=seed, steps=steps, guidance=guidance, fps=fps, width=width,
                                 height=height, segment_frames=segment_frames, overlap_frames=overlap_frames,
-                                pose_align=pose_align, gesture=gesture)
+                                pose_align=pose_align, gesture=gesture, person=person)
         for name in ("width", "height"):
             value = params[name]
             if not _is_int(value) or value < SIZE_MULTIPLE or value % SIZE_MULTIPLE:
@@ -203,10 +225,11 @@ class EchoMimicV2Pipeline:
         plan_segments(segment_frames + 1, segment_frames, overlap_frames)  # ValueError on a bad pair
         image_data, image_name = _image_file(image, self.limits)
         reference = decode_reference(image_data, self.limits, image_name)  # framed in step 3, with the poses
+        detection, triage = _judge(image_data, reference, params, unsuitable)
         waveform, audio_file = _audio(audio, self.limits)
         pose_input = read_pose_input(str(poses), self.limits) if isinstance(poses, (str, Path)) else None
         given = pose_input.poses if pose_input is not None else _given_poses(poses)
-        return ClipInputs(reference, waveform, audio_file, given, params, pose_input)
+        return ClipInputs(reference, waveform, audio_file, given, params, pose_input, detection, triage)
 
     def render_segments(self, clip: ClipInputs, features: AudioFeatures, poses: list[dict],
                         segments: list[tuple[int, int]], *, callback=None, progress: bool = True):
@@ -230,6 +253,27 @@ class EchoMimicV2Pipeline:
                 if callback is not None:
                     callback(SegmentStep(i=i, total=len(segments), start=start, stop=stop, frames=frames))
         return rendered
+
+
+def _judge(image_data: bytes, reference: np.ndarray, params: dict, unsuitable: str):
+    """(detection, triage) of the reference at the output size, as the job judges it; an unsuitable one
+    warns or (unsuitable="fail") raises ValueError naming the verdict and why."""
+    import warnings
+
+    from echomimic2.triage import triage_or_unknown
+    from pipeline.reference_triage import DetectionCache, remembered_detection, unsuitable_reason
+
+    try:
+        detection = remembered_detection(DetectionCache(None), image_data, reference, params["person"])
+    except ValueError as exc:  # a person beyond the faces found
+        raise ValueError(f"person: {exc}") from None
+    triage = triage_or_unknown(reference, params["width"], params["height"], detection)
+    if not triage.ok:
+        reason = "image: " + unsuitable_reason(triage.verdict, [w.to_json() for w in triage.warnings])
+        if unsuitable == "fail":
+            raise ValueError(reason)
+        warnings.warn(reason, UserWarning, stacklevel=4)
+    return detection, triage
 
 
 def _is_int(value) -> bool:

@@ -44,7 +44,7 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
                 address: str | None = None, gpus: int | None = None, cpus: int | None = None, force: bool = False,
                 segment_frames: int | None = None, overlap_frames: int | None = None, allow_http: bool = False,
                 input_root: Path | None = None, shared_fs: bool = False, random_weights: bool = False,
-                compile_cache: str | None = None, fp8: bool = False) -> int:
+                compile_cache: str | None = None, fp8: bool = False, unsuitable: str = "warn") -> int:
     from dataclasses import replace
 
     import ray
@@ -54,10 +54,14 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
     from pipeline.job import JobError, JobInterrupted, load_specs, record_start, run_job
     from pipeline.manifest import process_local_problems
     from pipeline.multinode import refuse_node_local_paths, work_runs_off_this_node
+    from pipeline.reference_triage import UNSUITABLE_POLICIES
     from pipeline.render import model_identity
     from pipeline.rerun import RerunStamps
     from pipeline.rows import JobSettings
 
+    if unsuitable not in UNSUITABLE_POLICIES:
+        console.print(f"[red]error[/red]: --unsuitable must be one of {', '.join(UNSUITABLE_POLICIES)}, got {escape(repr(unsuitable))}")
+        return EXIT_JOB_FAILED
     preset = preset or default_preset(with_weights=bool(weights or random_weights))
     if preset not in PRESETS:
         console.print(f"[red]error[/red]: unknown preset {escape(repr(preset))} (choose from {', '.join(PRESETS)})")
@@ -97,7 +101,7 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
         segment_frames=segment_frames or DEFAULT_SEGMENT_FRAMES,
         overlap_frames=DEFAULT_OVERLAP_FRAMES if overlap_frames is None else overlap_frames,
         force=force, allow_http=allow_http, input_root=None if input_root is None else str(input_root),
-        random_weights=random_weights, compile_cache=compile_cache, fp8=fp8)
+        random_weights=random_weights, compile_cache=compile_cache, fp8=fp8, unsuitable=unsuitable)
     restorers = [stop_on_signals()]  # undone in reverse order when the job ends
     started_ray = interrupted = False
     try:
@@ -157,7 +161,9 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
         if started_ray and not interrupted:  # interrupted: see end_process_if_interrupted
             ray.shutdown()
     counts = {status: sum(r["status"] == status for r in report.results) for status in ("done", "skipped", "failed")}
-    console.print(f"finished: {counts['done']} rendered, {counts['skipped']} already done, {counts['failed']} failed; "
+    unsuitable = sum(r["status"] == "skipped" and r.get("error") is not None for r in report.results)
+    console.print(f"finished: {counts['done']} rendered, {counts['skipped'] - unsuitable} already done, "
+                  f"{unsuitable} skipped as unsuitable, {counts['failed']} failed; "
                   f"results in {escape(storage.redact(storage.join(output, 'results.parquet')))}")
     return EXIT_ROWS_FAILED if counts["failed"] else EXIT_OK
 
@@ -247,7 +253,11 @@ def _init_ray(address: str | None, gpus: int | None) -> None:
              _temp_dir="/tmp/ray")  # Ray's socket paths must stay short (AF_UNIX limit)
 
 
-def validate_command(manifest: str, allow_http: bool = False, input_root: Path | None = None) -> int:
+def validate_command(manifest: str, allow_http: bool = False, input_root: Path | None = None, strict: bool = False,
+                     preset: str | None = None, output: str | None = None, triage: bool = True) -> int:
+    """Problems fail a row; reference warnings (echomimic2.triage: not a half-body portrait at the row's size)
+    are listed and fail only with `strict`. `output`: the job's output root, where detections are remembered
+    for `run` (nothing is written there otherwise)."""
     from pipeline.manifest import validate_manifest
 
     if input_root is not None:
@@ -256,12 +266,54 @@ def validate_command(manifest: str, allow_http: bool = False, input_root: Path |
         except storage.InputError as exc:
             console.print(f"--input-root: {exc}", markup=False)
             return EXIT_PROBLEMS
+    from echomimic2 import PRESETS
+
+    if preset is not None and preset not in PRESETS:
+        console.print(f"--preset: unknown preset {preset!r} (choose from {', '.join(PRESETS)})", markup=False)
+        return EXIT_PROBLEMS
     specs, problems = validate_manifest(manifest, allow_http=allow_http, input_root=input_root)
+    warnings = []
+    if triage and specs:
+        found, problems_found = _triage_specs(specs, preset, output)
+        warnings = [f"row {row} (clip {clip_id!r}): image: warning: {kind}: {message}" for row, clip_id, kind, message in found]
+        problems = sorted(problems + problems_found, key=lambda p: -1 if p.row is None else p.row)
+        specs = [spec for spec in specs if spec.row not in {p.row for p in problems_found}]
     for problem in problems:
         console.print(str(problem), markup=False)
+    for warning in warnings:
+        console.print(warning, markup=False)
     rows = {p.row for p in problems}
-    console.print(f"{len(specs)} row(s) OK, {len(rows)} with problems ({len(problems)} problem(s))")
-    return EXIT_PROBLEMS if problems else EXIT_OK
+    warned_rows = len({line.split(":", 1)[0] for line in warnings})
+    console.print(f"{len(specs)} row(s) OK, {len(rows)} with problems ({len(problems)} problem(s))"
+                  + (f", {warned_rows} with reference warnings ({len(warnings)} warning(s)"
+                     f"{'' if strict else '; --strict fails on them'})" if warnings else ""))
+    return EXIT_PROBLEMS if problems or (strict and warnings) else EXIT_OK
+
+
+def _triage_specs(specs, preset: str | None, output: str | None):
+    """([(row, clip_id, warning kind, message)], [Problem]) of each row's reference at its output size (the
+    row's width/height, else `preset`'s, default the full-size default's), one detector for all rows."""
+    from echomimic2 import PRESETS
+    from echomimic2.presets import DEFAULT_WITH_WEIGHTS
+    from pipeline.manifest import Limits, Problem
+    from pipeline.reference_triage import DetectionCache, people_detector, triage_spec
+
+    chosen = PRESETS[preset or DEFAULT_WITH_WEIGHTS]
+    cache, detector, limits = DetectionCache(output), people_detector(), Limits()
+    warnings, problems = [], []
+    try:
+        for spec in specs:
+            try:
+                judged = triage_spec(spec, spec.width or chosen.width, spec.height or chosen.height, cache, detector, limits)
+            except Exception as exc:  # noqa: BLE001 - one row's reference, named; the others go on
+                field = "person" if spec.person is not None and str(exc).startswith(f"person {spec.person} ") else "image"
+                problems.append(Problem(spec.row, spec.clip_id, field, storage.describe_error(exc)))
+                continue
+            warnings += [(spec.row, spec.clip_id, w.kind, w.message) for w in judged.warnings]
+    finally:
+        if detector is not None:
+            detector.close()
+    return warnings, problems
 
 
 def status_command(output: str) -> int:
@@ -303,6 +355,15 @@ def status_command(output: str) -> int:
     failed = results[results["status"] == "failed"]
     for _, row in failed.iterrows():
         console.print(f"[red]failed[/red] {escape(row['error'])}")
+    if "warnings" in results:
+        from pipeline.reference_triage import warning_counts
+
+        unsuitable = results[(results["status"] == "skipped") & results["error"].notna()]
+        for _, row in unsuitable.iterrows():  # run --unsuitable skip
+            console.print(f"[yellow]skipped[/yellow] {escape(row['error'])}")
+        counts = warning_counts(results["warnings"])
+        if counts:
+            console.print("warnings (rows): " + ", ".join(f"{kind} {count}" for kind, count in counts.items()))
     from pipeline.report import flagged_lines
 
     for line in flagged_lines(results):  # done, but a QC check is over its threshold
@@ -310,8 +371,10 @@ def status_command(output: str) -> int:
     return EXIT_OK
 
 
-def plan_command(manifest: str, segment_frames: int | None = None, overlap_frames: int | None = None) -> int:
-    """Frames and segments per row (from audio headers: nothing is decoded), and GPU time per preset."""
+def plan_command(manifest: str, segment_frames: int | None = None, overlap_frames: int | None = None,
+                 triage: bool = True, output: str | None = None) -> int:
+    """Frames and segments per row (from audio headers: no audio is decoded), each reference's verdict
+    (`triage`; detections remembered under `output` when given), and GPU time per preset."""
     from echomimic2 import PRESETS
     from pipeline.manifest import Limits, Problem, parse_manifest, read_manifest
     from pipeline.media import audio_duration_seconds, refuse_too_long
@@ -330,7 +393,14 @@ def plan_command(manifest: str, segment_frames: int | None = None, overlap_frame
         return EXIT_JOB_FAILED
     limits = Limits()
     measured = [preset for preset in PRESETS.values() if preset.cost is not None]
-    table = Table("row", "clip_id", "seconds", "fps", "frames", "segments", "size")
+    verdicts: dict[int, str] = {}
+    if triage:
+        found, triage_problems = _triage_specs(specs, None, output)
+        problems += triage_problems
+        verdicts = {spec.row: "half_body" for spec in specs}
+        for row, _clip_id, kind, _message in found:
+            verdicts[row] = kind if verdicts[row] == "half_body" else f"{verdicts[row]}, {kind}"
+    table = Table("row", "clip_id", "seconds", "fps", "frames", "segments", "size", *(["reference"] if triage else []))
     total_frames = total_segments = 0
     per_preset = {preset.name: 0.0 for preset in measured}
     for spec in specs:
@@ -350,7 +420,8 @@ def plan_command(manifest: str, segment_frames: int | None = None, overlap_frame
                 frames, segment_frames, overlap_frames, spec.width or preset.width, spec.height or preset.height,
                 spec.steps or preset.steps, preset.guidance if spec.guidance is None else spec.guidance)
         size = f"{spec.width}x{spec.height}" if spec.width and spec.height else "preset's"
-        table.add_row(str(spec.row), spec.clip_id, f"{seconds:.2f}", f"{spec.fps:g}", str(frames), str(len(segments)), size)
+        table.add_row(str(spec.row), spec.clip_id, f"{seconds:.2f}", f"{spec.fps:g}", str(frames), str(len(segments)), size,
+                      *([verdicts.get(spec.row, "unreadable")] if triage else []))
     console.print(table)
     console.print(f"total: {len(specs)} row(s), {total_frames} frames, {total_segments} segments "
                   f"({segment_frames} frames, overlap {overlap_frames})")

@@ -49,7 +49,9 @@ from pipeline.stages import (
     Stage,
 )
 
-POSES_COLUMNS = ("framing", "pose_source", "pose_align", "poses_info")  # poses_info: the whole summary, JSON
+# verdict: the reference's triage (echomimic2.triage); warnings: JSON [{kind, message}]; poses_info: the whole
+# summary, JSON (framing, fill, padding, alignment, pose length, hands: README's "What the factory does to your inputs")
+POSES_COLUMNS = ("framing", "pose_source", "pose_align", "verdict", "warnings", "poses_info")
 RESULT_COLUMNS = ("row", "clip_id", "status", "output", "frames", "seconds", "fingerprint", "error",
                   "preprocess_seconds", "render_seconds", "assemble_seconds", *QC_COLUMNS, *POSES_COLUMNS)
 ACTOR_RESTARTS = 2  # a preprocess actor that dies is replaced this often; Ray's default is forever
@@ -343,6 +345,9 @@ class Tracker:
         if plan.failed:
             clip.plan = clip.plan or plan
             self._finish(clip, "failed", error=plan.error)
+        elif plan.skip_reason is not None:  # --unsuitable skip: a result with its reason
+            clip.plan = plan
+            self._finish(clip, "skipped", error=plan.skip_reason)
         elif plan.skipped:
             clip.plan = plan
             self._finish(clip, "skipped", output=self.ledger.output_uri(plan.clip_id), frames=plan.finished.get("frames"),
@@ -472,7 +477,8 @@ def poses_columns(info: dict | None) -> dict:
     if not info:
         return dict.fromkeys(POSES_COLUMNS)
     return dict(framing=info.get("framing"), pose_source=info.get("pose_source"),
-                pose_align=info.get("pose_align_applied", info.get("pose_align")),
+                pose_align=info.get("pose_align_applied", info.get("pose_align")), verdict=info.get("verdict"),
+                warnings=None if "warnings" not in info else json.dumps(info["warnings"]),
                 poses_info=json.dumps(info, default=str))
 
 

@@ -27,7 +27,8 @@ MAX_CLIP_ID_LEN = 128
 CHECK_THREADS = 8  # input checks are I/O-bound (object-store round trips)
 
 REQUIRED_COLUMNS = ("clip_id", "image", "audio")
-OPTIONAL_COLUMNS = ("pose", "seed", "steps", "guidance", "fps", "width", "height", "pose_align", "gesture")
+OPTIONAL_COLUMNS = ("pose", "seed", "steps", "guidance", "fps", "width", "height", "pose_align", "gesture", "person")
+MAX_PERSON = 63  # `person` indexes the faces found in the reference, left to right
 POSE_ALIGN_MODES = ALIGN_MODES  # their home is the engine's; named here for the manifest's checks
 GESTURE_STYLES = tuple(GESTURE_STYLE_TABLE)
 _CLIP_ID = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -48,6 +49,7 @@ class ClipSpec:
     height: int | None = None
     pose_align: str = "auto"  # map the poses onto the reference's person ("none": as given)
     gesture: str = "calm"  # without poses: hand gestures from the audio in this style ("none": hands at rest)
+    person: int | None = None  # which person of several in the reference (0 = leftmost face); None: largest, most central
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,7 @@ _OVERRIDES = {
     "height": lambda v: _as_int(v, 64, 2048, 64),
     "pose_align": lambda v: _as_choice(v, POSE_ALIGN_MODES),
     "gesture": lambda v: _as_choice(v, GESTURE_STYLES),
+    "person": lambda v: _as_int(v, 0, MAX_PERSON),
 }
 
 

@@ -20,7 +20,8 @@ def render_params(spec: ClipSpec, settings: JobSettings) -> dict:
     """The row's parameters with the preset's defaults filled in: everything that changes its pixels."""
     return resolve_params(settings.preset, seed=spec.seed, steps=spec.steps, guidance=spec.guidance, fps=spec.fps,
                           width=spec.width, height=spec.height, segment_frames=settings.segment_frames,
-                          overlap_frames=settings.overlap_frames, pose_align=spec.pose_align, gesture=spec.gesture)
+                          overlap_frames=settings.overlap_frames, pose_align=spec.pose_align, gesture=spec.gesture,
+                          person=spec.person)
 
 
 class RowRefused(Exception):

@@ -69,6 +69,14 @@ class Thresholds:
     lip_sync_min_correlation: float = 0.0
     lip_sync_min_faces: int = 8  # fewer sampled frames with a face: not measured
     lip_sync_min_energy_variation: float = 0.2  # std/mean of the sampled audio energy; steadier: not measured
+    # Face position: the rendered face box (face mesh, median over the sampled frames with a face) against the
+    # framed reference's. The model keeps the reference's face in place, so a centre this many reference face
+    # widths away, or a face this many times larger or smaller, means the face moved.
+    face_max_shift: float = 0.5
+    face_max_scale: float = 1.5
+    # A reference with a face whose render shows one in under this share of the sampled frames: the face
+    # vanished. A reference without a face whose render shows one in at least this share: a face appeared.
+    face_min_share: float = 0.5
 
 
 DEFAULT_THRESHOLDS = Thresholds()
@@ -105,6 +113,12 @@ class FaceMouth:
                                                                   refine_landmarks=False)
 
     def opening(self, frame: np.ndarray) -> float | None:
+        found = self.measure(frame)
+        return None if found is None else found[0]
+
+    def measure(self, frame: np.ndarray) -> tuple[float | None, tuple[float, float, float, float]] | None:
+        """(mouth opening or None, face box (x0, y0, x1, y1) of the mesh's points as fractions of the frame),
+        or None without a face."""
         with FaceMouth._lock:
             found = FaceMouth._mesh.process(np.ascontiguousarray(frame, dtype=np.uint8)).multi_face_landmarks
         if not found:
@@ -116,7 +130,8 @@ class FaceMouth:
             return math.hypot((points[a].x - points[b].x) * width, (points[a].y - points[b].y) * height)
 
         eyes = distance(33, 263)
-        return distance(13, 14) / eyes if eyes > 0 else None
+        xs, ys = [p.x for p in points], [p.y for p in points]
+        return (distance(13, 14) / eyes if eyes > 0 else None), (min(xs), min(ys), max(xs), max(ys))
 
     def close(self) -> None:
         """Nothing to free per clip: the mesh is kept for the next one."""
@@ -138,6 +153,11 @@ class Measured:
     streams: dict | None = None  # mp4_streams() of the written file
     mouth: list[tuple[int, float]] = field(default_factory=list)  # (frame, opening) where a face was found
     face_note: str | None = None  # why no mouth was measured
+    face_boxes: list[tuple[int, tuple]] = field(default_factory=list)  # (frame, box as fractions) where a face was found
+    face_samples: int = 0  # sampled frames given to the face mesh
+    # The framed reference's face box as fractions of the frame (echomimic2.triage facts): [] when the
+    # reference has no face, None when not known (the face position check is then not measured).
+    reference_face: list[float] | None = None
     audio_energy: Callable[[float], float] | None = None  # RMS of the audio around a time (seconds)
 
 
@@ -145,8 +165,11 @@ class FrameMeter:
     """Feed it the clip's frames in order (``add``, chunks of ``(n, H, W, 3)``); then ``measured``."""
 
     def __init__(self, total_frames: int, fps: float, *, joins: list[tuple[int, int]] = (), face_samples: int = FACE_SAMPLES,
-                 strip_frames: int = STRIP_FRAMES):
+                 strip_frames: int = STRIP_FRAMES, reference_face: list[float] | None = None):
         self.total_frames, self.fps, self.joins = total_frames, fps, list(joins)
+        self.reference_face = reference_face
+        self.face_boxes: list[tuple[int, tuple]] = []
+        self.face_samples = 0
         self.position = 0
         # Seams compare the change across each cross-fade with the clip's own change over as many frames.
         self._lags = sorted({stop - start + 1 for start, stop in self.joins})
@@ -190,13 +213,17 @@ class FrameMeter:
             except Exception as exc:  # noqa: BLE001 - no mediapipe here: the check is skipped, the clip is fine
                 self.face_note = f"face mesh unavailable ({type(exc).__name__})"
                 return
-        opening = self._face.opening(np.clip(np.nan_to_num(frame), 0, 255).astype(np.uint8))
-        if opening is None:
+        found = self._face.measure(np.clip(np.nan_to_num(frame), 0, 255).astype(np.uint8))
+        self.face_samples += 1
+        if found is None:
             self._face_misses += 1
             if not self.mouth and self._face_misses >= FACE_GIVE_UP_AFTER:
                 self.face_note = "no face found"
                 self.close()
-        else:
+            return
+        opening, box = found
+        self.face_boxes.append((self.position, box))
+        if opening is not None:
             self.mouth.append((self.position, opening))
 
     def close(self) -> None:
@@ -213,6 +240,7 @@ class FrameMeter:
             luma_mean=np.array(self._mean), luma_spread=np.array(self._spread), change=np.array(self._change),
             nonfinite=np.array(self._nonfinite, bool), joins=self.joins,
             lag_change={k: np.array(v) for k, v in self._lag_change.items()}, streams=streams, mouth=self.mouth,
+            face_boxes=self.face_boxes, face_samples=self.face_samples, reference_face=self.reference_face,
             face_note=note, audio_energy=None if audio is None else _energy_at(audio, sample_rate, self.fps))
 
     def strip_jpeg(self, quality: int = 80) -> bytes | None:
@@ -475,6 +503,32 @@ def check_lip_sync(m: Measured, t: Thresholds) -> CheckResult:
                        if correlation < t.lip_sync_min_correlation else None)
 
 
+def check_face_position(m: Measured, t: Thresholds) -> CheckResult:
+    """The rendered face where the framed reference's is: moved, resized, vanished or appeared flags the clip."""
+    if m.reference_face is None:
+        return CheckResult(dict(face_position=None, face_position_note="reference face not known"), None)
+    share = len(m.face_boxes) / m.face_samples if m.face_samples else 0.0
+    values = dict(face_share=round(share, 3), reference_face=list(m.reference_face))
+    if not m.reference_face:
+        severity = share / t.face_min_share
+        return CheckResult(values, severity, f"face appeared: the reference has no face, {share:.0%} of the sampled "
+                                             "frames show one" if severity >= 1 else None)
+    if share < t.face_min_share:
+        severity = max(1.0, (1 - share) / (1 - t.face_min_share))
+        return CheckResult(values, severity, f"face vanished: the reference's face is in {share:.0%} of the sampled frames")
+    rendered = np.median(np.array([box for _, box in m.face_boxes], dtype=np.float64), axis=0)
+    reference = np.array(m.reference_face, dtype=np.float64)
+    reference_width = max(reference[2] - reference[0], 1e-6)
+    shift = float(np.linalg.norm((rendered[:2] + rendered[2:]) / 2 - (reference[:2] + reference[2:]) / 2)) / reference_width
+    scale = float((rendered[2] - rendered[0]) / reference_width)
+    severity = max(shift / t.face_max_shift, max(scale, 1 / max(scale, 1e-6)) / t.face_max_scale)
+    values.update(face_box=[round(float(v), 4) for v in rendered], face_shift=round(shift, 3), face_scale=round(scale, 3))
+    reason = None
+    if severity > 1:
+        reason = (f"face moved: {shift:.2f} reference face widths from the reference's face, {scale:.2f}x its size")
+    return CheckResult(values, severity, reason)
+
+
 CHECKS: dict[str, Callable[[Measured, Thresholds], CheckResult]] = {
     "duration": check_duration,
     "av_sync": check_av_sync,
@@ -483,6 +537,7 @@ CHECKS: dict[str, Callable[[Measured, Thresholds], CheckResult]] = {
     "nonfinite": check_nonfinite,
     "seams": check_seams,
     "lip_sync": check_lip_sync,
+    "face_position": check_face_position,
 }
 
 

@@ -39,6 +39,7 @@ class JobSettings:
     random_weights: bool = False  # benchmarks only: full-size networks with random weights (EchoMimicV2.random)
     compile_cache: str | None = None  # folder or URI of the render workers' compiled kernels (None: under output)
     fp8: bool = False  # the opt-in fast mode (EchoMimicV2.from_official's fp8): fp8 matmuls in the denoising UNet
+    unsuitable: str = "warn"  # a reference that is not half-body: warn (render), skip (a result with the reason) or fail
 
 
 def row_label(spec_or_row: ClipSpec | int, clip_id: str | None = None) -> str:
@@ -70,6 +71,7 @@ class ClipPlan:
     pending: list[tuple[int, int]] = field(default_factory=list)
     preprocess_seconds: float = 0.0
     poses_info: dict = field(default_factory=dict)  # framing, pose source and alignment (steps.reference_and_poses)
+    skip_reason: str | None = None  # not rendered: its reference is unsuitable and the job's policy is skip
 
     @property
     def failed(self) -> bool:

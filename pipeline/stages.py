@@ -25,6 +25,7 @@ from pipeline.manifest import ClipSpec, Problem
 from pipeline.media import decode_audio, decode_reference
 from pipeline.preprocess import RowRefused, read_clip_inputs, refusing, render_params
 from pipeline.proof import write_clip_images
+from pipeline.reference_triage import judge_reference, people_detector
 from pipeline.rows import ClipPlan, JobSettings, SegmentResult, SegmentWork, row_label
 from pipeline.segment_store import clip_audio_uri, read_clip_audio, segment_output, store_clip_audio
 from pipeline.steps import audio_features, plan_segments, reference_and_poses, render_frames, segment_inputs
@@ -164,7 +165,7 @@ class PreprocessStage(Stage):
             return
         plan.preprocess_seconds = time.perf_counter() - started
         self.board.post_plan(plan)  # before its segments: the driver knows a plan before any of its results
-        if plan.skipped:
+        if plan.skipped or plan.skip_reason:
             return
         params = plan.params
         for start, stop in plan.pending:
@@ -178,6 +179,12 @@ class PreprocessStage(Stage):
             yield SegmentWork(spec.row, spec.clip_id, plan.fingerprint, start, stop, seed=params["seed"],
                               steps=params["steps"], guidance=params["guidance"], reference=reference, audio=tokens,
                               poses=pose_images, preprocess_seconds=time.perf_counter() - segment_started)
+
+    def people_detector(self):
+        """The worker's face and pose detector for references, made on first use (None without mediapipe)."""
+        if not hasattr(self, "_people"):
+            self._people = people_detector()
+        return self._people
 
     def plan(self, spec: ClipSpec):
         """(ClipPlan, reference image, AudioFeatures, poses); the plan alone when the clip is finished.
@@ -196,6 +203,14 @@ class PreprocessStage(Stage):
         width, height, fps = params["width"], params["height"], params["fps"]
         with refusing(spec, "image", spec.image):
             whole_reference = decode_reference(inputs.image, settings.limits, _name(spec.image))
+        with refusing(spec, "image" if spec.person is None else "person", spec.image):  # detected once per image
+            detection, triage, unsuitable = judge_reference(spec, settings, inputs.image, whole_reference,
+                                                            self.people_detector())
+        if unsuitable is not None and settings.unsuitable == "fail":
+            raise RowRefused([unsuitable])
+        if unsuitable is not None:  # skip: a result with its reason, before any audio is decoded
+            return ClipPlan(spec.row, spec.clip_id, fingerprint, skip_reason=str(unsuitable),
+                            poses_info=triage.summary()), None, None, None
         with refusing(spec, "audio", spec.audio):
             waveform = decode_audio(inputs.audio, settings.limits, _name(spec.audio))
             audio = audio_features(self.whisper, waveform, fps)
@@ -203,7 +218,7 @@ class PreprocessStage(Stage):
             given, source_info = (None, {}) if inputs.pose is None else inputs.pose.sequence(fps, audio.frames,
                                                                                              settings.limits)
             reference, poses, poses_info = reference_and_poses(whole_reference, params, audio.frames, poses=given,
-                                                               waveform=waveform)
+                                                               waveform=waveform, detection=detection)
             poses_info = dict(poses_info, **source_info)
         write_clip_images(settings.output, spec.clip_id, fingerprint, whole_reference, reference, poses)  # review page
         del waveform
@@ -336,7 +351,8 @@ class AssembleStage(Stage):
                     for start, stop in plan.segments]
         output = ledger.output_uri(plan.clip_id)
         encoded = assemble_clip(segments, plan.frames, plan.fps, audio, output,
-                                strip_uri=strip_uri(settings.output, plan.clip_id, plan.fingerprint))
+                                strip_uri=strip_uri(settings.output, plan.clip_id, plan.fingerprint),
+                                reference_face=plan.poses_info.get("reference_face_box"))
         ledger.record_clip(plan.clip_id, plan.fingerprint, bytes=encoded["bytes"], frames=encoded["frames"],
                            seconds=encoded["seconds"], output=output, qc=encoded["qc"], poses=plan.poses_info)
         ledger.delete_segments(plan.clip_id)

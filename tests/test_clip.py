@@ -110,3 +110,22 @@ def test_every_input_form_gives_the_same_clip_inputs(pipe, tmp_path):
         assert len(other) == len(read[0])
         for a, b in zip(read[0], other):
             np.testing.assert_allclose(a["hands"], b["hands"])
+
+
+def test_the_reference_is_judged_before_rendering(pipe):
+    """The one-clip API triages as the job does: an unsuitable reference warns, or with unsuitable="fail"
+    raises before anything renders; `person` beyond the faces found is named."""
+    from tests.synthetic_person import astronaut
+
+    audio = wav_bytes(0.5)
+    collar = np.ascontiguousarray(astronaut()[:230])
+    with pytest.raises(ValueError, match=r"^image: unsuitable reference \(head_only\): head-and-shoulders only"):
+        pipe.check_inputs(collar, audio, width=SIZE, height=SIZE, unsuitable="fail")
+    with pytest.warns(UserWarning, match=r"unsuitable reference \(head_only\)"):
+        clip = pipe.check_inputs(collar, audio, width=SIZE, height=SIZE)
+    assert clip.triage.verdict == "head_only" and clip.detection.landmarks is not None
+    with pytest.raises(ValueError, match=r"^person: person 2 asked for, but 1 face\(s\) found"):
+        pipe.check_inputs(astronaut(), audio, width=SIZE, height=SIZE, person=2)
+    with pytest.raises(ValueError, match="^unsuitable: expected warn or fail"):
+        pipe.check_inputs(astronaut(), audio, unsuitable="skip")
+    assert pipe.check_inputs(astronaut(), audio, width=256, height=256).triage.ok

@@ -89,7 +89,7 @@ def test_schema_problems(tmp_path):
     _, problems = parse_manifest(df)
     assert {str(p) for p in problems} == {
         "manifest: column 'extra': unknown column (allowed: clip_id, image, audio, pose, seed, steps, "
-        "guidance, fps, width, height, pose_align, gesture)",
+        "guidance, fps, width, height, pose_align, gesture, person)",
         "manifest: column 'audio': required column is missing"}
 
 

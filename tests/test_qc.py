@@ -263,3 +263,42 @@ def test_contact_strip_is_written_beside_the_clip(tmp_path):
     assemble_clip(segments, 30, FPS, speech_like(1.2), str(tmp_path / "c.mp4"), strip_uri=str(strip))
     image = Image.open(strip)
     assert image.size == (qc.STRIP_FRAMES * round(128 * qc.STRIP_HEIGHT / 96), qc.STRIP_HEIGHT)
+
+
+@pytest.fixture(scope="module")
+def framed_astronaut():
+    """The astronaut framed at 256x256 as the job frames a reference, and what framing recorded."""
+    pytest.importorskip("mediapipe")
+    from echomimic2.pose_align import frame_reference
+    from tests.synthetic_person import astronaut
+
+    framed, _, framing = frame_reference(astronaut(), 256, 256)
+    return framed, framing.as_dict()["reference_face_box"]
+
+
+def face_position(frames: np.ndarray, reference_face) -> dict:
+    meter = qc.FrameMeter(len(frames), FPS, face_samples=len(frames), reference_face=reference_face)
+    meter.add(frames)
+    return qc.run_checks(meter.measured(), checks={"face_position": qc.check_face_position})
+
+
+def test_face_position_flags_a_face_that_moved_vanished_or_appeared(framed_astronaut):
+    framed, reference_face = framed_astronaut
+    assert len(reference_face) == 4 and reference_face[0] < reference_face[2]
+    still = np.stack([framed] * 8)
+    report = face_position(still, reference_face)
+    check = report["checks"]["face_position"]
+    assert not report["flagged"] and check["face_share"] == 1.0 and check["face_shift"] < 0.05
+    assert 0.95 < check["face_scale"] < 1.05  # the QC's mesh measures the box framing recorded
+    moved = np.stack([np.roll(framed, 70, axis=1)] * 8)  # the face 70 px (more than a face width) to the right
+    report = face_position(moved, reference_face)
+    assert report["flagged"] and report["reasons"][0].startswith("face moved: ")
+    assert report["checks"]["face_position"]["face_shift"] > 1
+    vanished = talking_scene(3, 8, size=(256, 256))
+    report = face_position(vanished, reference_face)
+    assert report["flagged"] and report["reasons"][0].startswith("face vanished: ")
+    report = face_position(still, [])  # a reference without a face (a cat) rendered with one
+    assert report["flagged"] and report["reasons"][0].startswith("face appeared: ")
+    assert not face_position(vanished, [])["flagged"]
+    unknown = face_position(still, None)["checks"]["face_position"]
+    assert unknown["severity"] is None and unknown["face_position_note"] == "reference face not known"

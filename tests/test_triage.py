@@ -4,6 +4,7 @@ a small copy on a large canvas, a copy cut through the face. Detection runs once
 fixture); every verdict, framing and warning is asserted on those detections."""
 from __future__ import annotations
 
+import io
 import json
 
 import cv2
@@ -133,7 +134,7 @@ def test_a_head_only_reference_keeps_the_training_face_size_and_place(cases):
     framed, box, collar = _framed(cases, "head_only", (256, 256))
     assert collar.zoom == 1.0 and full.zoom == 1.0 and collar.fill == "reflect_blur"
     assert collar.padding()["bottom"] > 0.3 and collar.as_dict()["framing_padding_pct"]["bottom"] > 30
-    assert np.allclose(_face_in_output(collar), _face_in_output(full), atol=0.04 * 256)
+    assert np.allclose(_face_in_output(collar), _face_in_output(full), atol=0.02 * 256)  # measured: within 1 px
     brow = collar.landmarks.face[:, 1].min() / 256
     assert brow == pytest.approx(HEAD_ROOM, abs=PLACEMENT_SLACK + 0.03)
     # MediaPipe guesses shoulders too high where the image ends: the face places them, and alignment uses the face
@@ -234,3 +235,135 @@ def test_hands_out_of_frame_is_a_warning(cases):
 
 def test_the_vocabulary():
     assert VERDICTS[-1] == "half_body" and "hands_out_of_frame" in WARNING_KINDS and "half_body" not in WARNING_KINDS
+
+
+# ---- the job, validate, plan and status use the one triage ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """PNG references (half body, collar crop, texture) and a short WAV in one folder."""
+    from conftest import wav_bytes
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("triage_inputs")
+    for name, image in (("face", astronaut()), ("collar", astronaut()[:230]), ("texture", _texture())):
+        Image.fromarray(np.ascontiguousarray(image)).save(folder / f"{name}.png")
+    (folder / "a.wav").write_bytes(wav_bytes(0.5))
+    return folder
+
+
+def _no_detection(*args, **kwargs):
+    raise AssertionError("detected again: the detection should have been remembered")
+
+
+def test_the_job_judges_once_and_skips_fails_or_warns_by_policy(inputs, tmp_path, monkeypatch, capsys):
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    import echomimic2.triage
+    from pipeline.commands import status_command
+    from pipeline.job import Tracker, write_results
+    from pipeline.ledger import Ledger
+    from pipeline.manifest import ClipSpec
+    from pipeline.render import model_identity
+    from pipeline.rows import JobSettings
+    from pipeline.stages import JobBoard, PreprocessStage
+
+    output = tmp_path / "out"
+    spec = ClipSpec(row=0, clip_id="collar", image=str(inputs / "collar.png"), audio=str(inputs / "a.wav"), fps=12.0,
+                    width=256, height=256)
+
+    board = JobBoard()
+    stage = PreprocessStage(JobSettings(output=str(output), preset="tiny", weights=None, segment_frames=8,
+                                        overlap_frames=2, model_identity=model_identity("tiny", None)), board)
+    stage.setup()  # one worker (its whisper encoder loaded once) under each policy in turn
+
+    def plan_with(policy: str):
+        stage.settings = replace(stage.settings, unsuitable=policy)
+        works = list(stage(spec))
+        [plan] = board.take_plans()
+        return plan, works
+
+    skipped, works = plan_with("skip")
+    assert works == [] and not skipped.failed and skipped.pending == []
+    assert skipped.skip_reason.startswith("row 0 (clip 'collar'): image: unsuitable reference (head_only): head-and-shoulders")
+    assert skipped.poses_info["verdict"] == "head_only"
+    assert len(list((output / "_cache" / "detections").glob("*-auto-v*.json"))) == 1  # remembered by the image's hash
+    monkeypatch.setattr(echomimic2.triage, "detect_people", _no_detection)  # from now on: remembered only
+    failed, works = plan_with("fail")
+    assert works == [] and failed.error.startswith("row 0 (clip 'collar'): image: unsuitable reference (head_only)")
+    warned, works = plan_with("warn")
+    assert works and warned.poses_info["verdict"] == "head_only" and warned.poses_info["framing_zoom"] == 1.0
+    assert warned.poses_info["pose_length"]["action"] == "generated"
+
+    # the skipped row is a result with its reason; status counts rows per warning kind
+    settings = JobSettings(output=str(output), preset="tiny", weights=None, model_identity="m+w", segment_frames=8,
+                           overlap_frames=2)
+    tracker = Tracker(settings, [spec], [], Console(file=io.StringIO()))
+    tracker.on_plan(skipped)
+    [row] = tracker.results()
+    assert row["status"] == "skipped" and row["error"] == skipped.skip_reason and row["verdict"] == "head_only"
+    assert [w["kind"] for w in json.loads(row["warnings"])] == ["head_only"]
+    (output / "_ledger").mkdir(exist_ok=True)  # what a job's start leaves
+    write_results(Ledger(str(output)), [row])
+    capsys.readouterr()
+    assert status_command(str(output)) == 0
+    report = capsys.readouterr().out
+    assert "warnings (rows): head_only 1" in report and "skipped row 0 (clip 'collar'): image: unsuitable" in report
+
+
+def test_validate_warns_per_row_and_field_and_fails_only_when_strict(inputs, tmp_path, monkeypatch, capsys):
+    from conftest import write_manifest
+
+    import echomimic2.triage
+    from pipeline.commands import EXIT_OK, EXIT_PROBLEMS, plan_command, validate_command
+
+    manifest = write_manifest(str(inputs), [dict(clip_id="face", image="face.png", audio="a.wav"),
+                                            dict(clip_id="collar", image="collar.png", audio="a.wav"),
+                                            dict(clip_id="texture", image="texture.png", audio="a.wav", width=256, height=256)])
+    output = str(tmp_path / "out")
+    assert validate_command(manifest, preset="tiny", output=output) == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("row 1 (clip 'collar'): image: warning: head_only: head-and-shoulders only")
+    assert lines[1].startswith("row 2 (clip 'texture'): image: warning: no_person: no face and shoulders found")
+    assert lines[-1] == ("3 row(s) OK, 0 with problems (0 problem(s)), 2 with reference warnings (2 warning(s); "
+                         "--strict fails on them)")
+    monkeypatch.setattr(echomimic2.triage, "detect_people", _no_detection)  # validate --output remembered them
+    assert validate_command(manifest, preset="tiny", output=output, strict=True) == EXIT_PROBLEMS
+    capsys.readouterr()
+    assert plan_command(manifest, output=output) == 0
+    table = capsys.readouterr().out
+    assert "head_only" in table and "no_person" in table and "half_body" in table
+    monkeypatch.undo()
+    asked = write_manifest(str(inputs), [dict(clip_id="face", image="face.png", audio="a.wav", person=3)])
+    assert validate_command(asked, preset="tiny") == EXIT_PROBLEMS
+    assert capsys.readouterr().out.splitlines()[0] == "row 0 (clip 'face'): person: person 3 asked for, but 1 face(s) found (0 is the leftmost)"
+
+
+def test_the_manifest_person_column():
+    import pandas as pd
+
+    from pipeline.manifest import parse_manifest
+
+    frame = pd.DataFrame([dict(clip_id="a", image="a.png", audio="a.wav", person=1),
+                          dict(clip_id="b", image="b.png", audio="b.wav", person=-1),
+                          dict(clip_id="c", image="c.png", audio="c.wav", person=None)])
+    specs, problems = parse_manifest(frame, base_uri="/data")
+    assert [(spec.clip_id, spec.person) for spec in specs] == [("a", 1), ("c", None)]
+    assert [str(p) for p in problems] == ["row 1 (clip 'b'): person: must be in 0..63, got -1"]
+
+
+def test_the_job_and_the_api_frame_a_reference_without_a_person_alike(cases):
+    """One rule: the job's step (pipeline.steps, which once centre-cropped) fits the whole image, as the engine does."""
+    from pipeline.steps import reference_and_poses as job_step
+    from pipeline.steps import resolve_params
+
+    image, detection = cases["no_person"]
+    params = resolve_params("tiny", seed=None, steps=None, guidance=None, fps=12.0, width=None, height=None,
+                            segment_frames=8, overlap_frames=2)
+    framed, _, summary = job_step(image, params, 10, poses=None, waveform=None, detection=detection)
+    assert summary["framing"] == "pad" and summary["crop_box"][0] == 0 and summary["crop_box"][2] == 451
+    engine, _, _ = reference_and_poses(image, 256, 256, 12.0, 10, detection=detection)
+    np.testing.assert_array_equal(framed, engine)

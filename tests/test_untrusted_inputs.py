@@ -257,7 +257,7 @@ def test_status_lists_the_failures_of_the_hostile_run(hostile_job):
 
 
 def test_validate_prints_one_line_per_problem_and_exits_1(hostile_job):
-    validate = cli("validate", hostile_job.manifest, "--input-root", str(hostile_job.local / "root"),
+    validate = cli("validate", hostile_job.manifest, "--input-root", str(hostile_job.local / "root"), "--no-triage",
                    cwd=hostile_job.local)
     assert validate.returncode == EXIT_PROBLEMS, validate.stdout + validate.stderr
     *problems, summary = validate.stdout.splitlines()
@@ -279,7 +279,7 @@ def test_input_root_refuses_a_symlink_out_of_a_local_manifest_folder(tmp_path):
     (root / "link.png").symlink_to(tmp_path / "private.png")
     manifest = write_manifest(str(root), [dict(clip_id="inside", image="face.png", audio="voice.wav"),
                                           dict(clip_id="link", image="link.png", audio="voice.wav")])
-    validate = cli("validate", manifest, "--input-root", str(root), cwd=tmp_path)
+    validate = cli("validate", manifest, "--input-root", str(root), "--no-triage", cwd=tmp_path)
     assert validate.returncode == EXIT_PROBLEMS
     assert validate.stdout.splitlines() == [
         f"row 1 (clip 'link'): image: {root / 'link.png'} resolves to {tmp_path / 'private.png'}, "
