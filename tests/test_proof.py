@@ -217,3 +217,14 @@ def test_preprocessing_writes_the_review_pictures(tmp_path):
     overlay = cv2.imread(str(tmp_path / "out" / REPORT_FOLDER / proof.OVERLAYS_FOLDER / name))
     assert reference.shape == (proof.REF_HEIGHT, proof.REF_HEIGHT, 3)
     assert overlay.shape[0] == proof.PANEL_HEIGHT and overlay.shape[1] >= 3 * proof.PANEL_HEIGHT
+
+
+def test_detections_are_remembered_for_the_run(manifest, tmp_path):
+    """`proof --output ROOT` remembers each reference's detection where the run looks for it (one per image)."""
+    from pipeline.reference_triage import DETECTIONS_FOLDER
+
+    root = tmp_path / "renders"
+    proof.write_proof(str(manifest), str(tmp_path / "p"), preset="tiny", workers=1, output=str(root))
+    remembered = sorted(p.name for p in (root / DETECTIONS_FOLDER).iterdir())
+    assert len(remembered) == 4  # half (four rows), collar, blank, two
+    assert not (Path.cwd() / DETECTIONS_FOLDER).exists()  # without --output nothing is written beside the caller
