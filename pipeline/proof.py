@@ -20,6 +20,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -52,7 +53,7 @@ class ProofSummary:
 
 def gesture_frames(poses: list[dict]) -> list[tuple[str, int]]:
     """(label, frame) of the frames a proof shows: start, middle, end, and the frame whose hands are farthest
-    from where they rest (their median over the clip), unless it is one of those."""
+    from where they rest (their median over the clip); when that is one of the three, its label says so."""
     n = len(poses)
     if n == 0:
         return []
@@ -62,7 +63,8 @@ def gesture_frames(poses: list[dict]) -> list[tuple[str, int]]:
     seen = (scores > 0) & (hands >= 0).all(axis=-1)
     if seen.any():
         centres = np.where(seen[..., None], hands, np.nan)
-        with np.errstate(all="ignore"), _quiet_nan_warnings():
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a hand never seen: all-NaN slices
             per_frame = np.nanmean(centres, axis=2)  # (n, 2 hands, 2): each hand's centre
             rest = np.nanmedian(per_frame, axis=0)
             distance = np.nansum(np.linalg.norm(per_frame - rest, axis=-1), axis=1)
@@ -78,23 +80,6 @@ def gesture_frames(poses: list[dict]) -> list[tuple[str, int]]:
     for label, i in chosen:
         unique.setdefault(i, label)  # a clip of one or two frames
     return [(label, i) for i, label in unique.items()]
-
-
-def _quiet_nan_warnings():
-    import warnings
-
-    catcher = warnings.catch_warnings()
-    catcher.__enter__()
-    warnings.simplefilter("ignore", RuntimeWarning)
-
-    class _Exit:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            catcher.__exit__(*exc)
-
-    return _Exit()
 
 
 def _jpeg(image_rgb: np.ndarray) -> bytes:
