@@ -274,7 +274,7 @@ def validate_command(manifest: str, allow_http: bool = False, input_root: Path |
     specs, problems = validate_manifest(manifest, allow_http=allow_http, input_root=input_root)
     warnings = []
     if triage and specs:
-        found, problems_found = _triage_specs(specs, preset, output)
+        found, problems_found = _triage_specs(specs, preset, output, allow_http, input_root)
         warnings = [f"row {row} (clip {clip_id!r}): image: warning: {kind}: {message}" for row, clip_id, kind, message in found]
         problems = sorted(problems + problems_found, key=lambda p: -1 if p.row is None else p.row)
         specs = [spec for spec in specs if spec.row not in {p.row for p in problems_found}]
@@ -290,7 +290,7 @@ def validate_command(manifest: str, allow_http: bool = False, input_root: Path |
     return EXIT_PROBLEMS if problems or (strict and warnings) else EXIT_OK
 
 
-def _triage_specs(specs, preset: str | None, output: str | None):
+def _triage_specs(specs, preset: str | None, output: str | None, allow_http: bool = False, input_root=None):
     """([(row, clip_id, warning kind, message)], [Problem]) of each row's reference at its output size (the
     row's width/height, else `preset`'s, default the full-size default's), one detector for all rows."""
     from echomimic2 import PRESETS
@@ -304,7 +304,8 @@ def _triage_specs(specs, preset: str | None, output: str | None):
     try:
         for spec in specs:
             try:
-                judged = triage_spec(spec, spec.width or chosen.width, spec.height or chosen.height, cache, detector, limits)
+                judged = triage_spec(spec, spec.width or chosen.width, spec.height or chosen.height, cache, detector, limits,
+                                     allow_http, input_root)
             except Exception as exc:  # noqa: BLE001 - one row's reference, named; the others go on
                 field = "person" if spec.person is not None and str(exc).startswith(f"person {spec.person} ") else "image"
                 problems.append(Problem(spec.row, spec.clip_id, field, storage.describe_error(exc)))

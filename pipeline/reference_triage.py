@@ -111,13 +111,14 @@ def judge_reference(spec, settings, image_bytes: bytes, image_rgb: np.ndarray, d
     return detection, triage, unsuitable_problem(spec, triage, settings.unsuitable)
 
 
-def triage_spec(spec, width: int, height: int, cache: DetectionCache, detector, limits):
+def triage_spec(spec, width: int, height: int, cache: DetectionCache, detector, limits, allow_http: bool = False,
+                input_root=None):
     """A manifest row's reference read (bounded), decoded as the job decodes it and triaged for a width x
     height output. Raises InputError / ValueError naming the problem (e.g. a `person` beyond the faces)."""
     from echomimic2.triage import triage_or_unknown
     from pipeline.media import decode_reference
 
-    data = storage.read_bytes(storage.check_uri(spec.image), max_bytes=limits.max_image_bytes)
+    data = storage.read_bytes(storage.check_uri(spec.image, allow_http=allow_http, input_root=input_root), max_bytes=limits.max_image_bytes)
     image = decode_reference(data, limits, spec.image.rstrip("/").rsplit("/", 1)[-1])
     return triage_or_unknown(image, width, height, remembered_detection(cache, data, image, spec.person, detector))
 
