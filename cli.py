@@ -113,6 +113,8 @@ def proof(
     allow_http: bool = typer.Option(False, help="Allow http(s):// inputs."),
     input_root: Path | None = typer.Option(None, help="Confine local inputs to this folder."),
     workers: int | None = typer.Option(None, help="Processes sharing the rows (default: one per CPU)."),
+    output: str | None = typer.Option(None, "--output", "-o", help="The run's output root: detections are remembered "
+                                                                  "there, so the run does not detect again."),
 ) -> None:
     """Before any GPU time: a static page with each row's reference, the framed reference with its poses drawn
     over it, the verdict and warnings (CPU only, no model). Exit 1 when some row is refused or warned about."""
@@ -120,7 +122,8 @@ def proof(
 
     if preset not in PRESETS:
         raise typer.BadParameter(f"unknown preset {preset!r}: {' | '.join(PRESETS)}", param_hint="--preset")
-    raise typer.Exit(proof_command(manifest, to, preset, allow_http, None if input_root is None else str(input_root), workers))
+    raise typer.Exit(proof_command(manifest, to, preset, allow_http, None if input_root is None else str(input_root),
+                                   workers, output))
 
 
 @app.command()

@@ -181,10 +181,11 @@ def proof_of_inputs(image: str, audio: str, pose: str | None, *, preset: str, si
     return (str(Path(dest) / card["overlay"]) if card["overlay"] else None), proof_markdown(card)
 
 
-PROOF_FACTS = (("framing", "framing"), ("framing_fill", "fill"), ("pose_source", "poses"),
-               ("pose_length.action", "pose length"), ("pose_align_applied", "alignment"),
-               ("pose_align_rms_px", "alignment error (px)"), ("hands.in_frame", "hands in frame"), ("size", "size"),
-               ("frames_shown", "frames shown"))
+# (fact, part of it, label): what the preview says under its proof picture.
+PROOF_FACTS = (("framing", None, "framing"), ("framing_fill", None, "fill"), ("pose_source", None, "poses"),
+               ("pose_length", "action", "pose length"), ("pose_align_applied", None, "alignment"),
+               ("pose_align_rms_px", None, "alignment error (px)"), ("hands", "in_frame", "hands in frame"),
+               ("size", None, "size"), ("frames_shown", None, "frames shown"))
 
 
 def proof_markdown(card: dict) -> str:
@@ -194,8 +195,13 @@ def proof_markdown(card: dict) -> str:
     verdict = (card["verdict"] or "unknown").replace("_", " ")
     lines = [f"**verdict: {verdict}**" + (" (OK)" if card["verdict"] == "half_body" else "")]
     lines += [f"- ⚠ `{w['kind']}`: {w['message']}" for w in card["warnings"]]
-    facts = card["facts"]
-    lines.append(" · ".join(f"{label}: {facts[key]}" for key, label in PROOF_FACTS if facts.get(key) is not None))
+    shown = []
+    for key, part, label in PROOF_FACTS:
+        value = card["facts"].get(key)
+        value = value.get(part) if part and isinstance(value, dict) else value
+        if value is not None:
+            shown.append(f"{label}: {value}")
+    lines.append(" · ".join(shown))
     return "\n".join(lines)
 
 

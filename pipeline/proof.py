@@ -20,6 +20,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -52,7 +53,7 @@ class ProofSummary:
 
 def gesture_frames(poses: list[dict]) -> list[tuple[str, int]]:
     """(label, frame) of the frames a proof shows: start, middle, end, and the frame whose hands are farthest
-    from where they rest (their median over the clip), unless it is one of those."""
+    from where they rest (their median over the clip); when that is one of the three, its label says so."""
     n = len(poses)
     if n == 0:
         return []
@@ -62,7 +63,8 @@ def gesture_frames(poses: list[dict]) -> list[tuple[str, int]]:
     seen = (scores > 0) & (hands >= 0).all(axis=-1)
     if seen.any():
         centres = np.where(seen[..., None], hands, np.nan)
-        with np.errstate(all="ignore"), _quiet_nan_warnings():
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a hand never seen: all-NaN slices
             per_frame = np.nanmean(centres, axis=2)  # (n, 2 hands, 2): each hand's centre
             rest = np.nanmedian(per_frame, axis=0)
             distance = np.nansum(np.linalg.norm(per_frame - rest, axis=-1), axis=1)
@@ -78,23 +80,6 @@ def gesture_frames(poses: list[dict]) -> list[tuple[str, int]]:
     for label, i in chosen:
         unique.setdefault(i, label)  # a clip of one or two frames
     return [(label, i) for i, label in unique.items()]
-
-
-def _quiet_nan_warnings():
-    import warnings
-
-    catcher = warnings.catch_warnings()
-    catcher.__enter__()
-    warnings.simplefilter("ignore", RuntimeWarning)
-
-    class _Exit:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            catcher.__exit__(*exc)
-
-    return _Exit()
 
 
 def _jpeg(image_rgb: np.ndarray) -> bytes:
@@ -187,10 +172,24 @@ def frames_of(waveform: np.ndarray, fps: float) -> int:
     return frames
 
 
+_DETECTOR: list = []  # this process's people detector, made on first use (the job's workers keep one each)
+
+
+def _people_detector():
+    from pipeline.reference_triage import people_detector
+
+    if not _DETECTOR:
+        _DETECTOR.append(people_detector())
+    return _DETECTOR[0]
+
+
 def proof_row(spec, settings, dest: str) -> dict:
-    """One manifest row's card: its pictures written under ``dest``, verdict, warnings, facts, or its error."""
+    """One manifest row's card: its pictures written under ``dest``, verdict, warnings, facts, or its error.
+    The reference is judged as the job judges it (`reference_triage.judge_reference`: detected once, and
+    remembered under ``settings.output`` when there is one, so the run does not detect it again)."""
     from pipeline.media import decode_audio, decode_reference
     from pipeline.preprocess import RowRefused, read_clip_inputs, refusing, render_params
+    from pipeline.reference_triage import judge_reference
     from pipeline.report import card_facts, warnings_of
     from pipeline.steps import reference_and_poses
 
@@ -205,6 +204,8 @@ def proof_row(spec, settings, dest: str) -> dict:
         name = image_name(spec.clip_id)
         storage.write_atomic(storage.join(dest, REFS_FOLDER, name), _jpeg(_to_height(whole, REF_HEIGHT)))
         card["ref"] = f"{REFS_FOLDER}/{name}"
+        with refusing(spec, "image" if spec.person is None else "person", spec.image):
+            detection, _, _ = judge_reference(spec, settings, inputs.image, whole, _people_detector())
         with refusing(spec, "audio", spec.audio):
             waveform = decode_audio(inputs.audio, settings.limits, _name(spec.audio))
             frames = frames_of(waveform, params["fps"])
@@ -212,7 +213,8 @@ def proof_row(spec, settings, dest: str) -> dict:
         with refusing(spec, "pose", spec.pose):
             given, source_info = (None, {}) if inputs.pose is None else inputs.pose.sequence(params["fps"], frames,
                                                                                              settings.limits)
-            framed, poses, poses_info = reference_and_poses(whole, params, frames, poses=given, waveform=waveform)
+            framed, poses, poses_info = reference_and_poses(whole, params, frames, poses=given, waveform=waveform,
+                                                            detection=detection)
             poses_info = dict(poses_info, **source_info)
             strip, shown = overlay_panels(framed, poses)
         storage.write_atomic(storage.join(dest, OVERLAYS_FOLDER, name), _jpeg(strip))
@@ -242,7 +244,7 @@ def _proof_rows(args) -> list[dict]:
 # The sheet
 
 
-def load_rows(manifest: str, *, preset: str, allow_http: bool, input_root: str | None):
+def load_rows(manifest: str, *, preset: str, allow_http: bool, input_root: str | None, output: str | None = None):
     """(rows to proof, a failed card per row the schema refuses, the job's settings for ``preset``).
     A manifest that cannot be read at all raises `storage.InputError`."""
     from pipeline.manifest import parse_manifest, process_local_problems, read_manifest
@@ -263,28 +265,31 @@ def load_rows(manifest: str, *, preset: str, allow_http: bool, input_root: str |
                     error="; ".join(str(p) for p in found), frames=None, seconds=None, verdict=None, warnings=[],
                     facts={}, ref=None, overlay=None) for row, found in sorted(by_row.items())]
     return [s for s in specs if s.row not in by_row], refused, proof_settings(preset, allow_http=allow_http,
-                                                                              input_root=input_root)
+                                                                              input_root=input_root, output=output)
 
 
-def proof_settings(preset: str, *, allow_http: bool = False, input_root: str | None = None):
-    """The job's settings as far as reading, framing and posing a row need them (no output, no model)."""
+def proof_settings(preset: str, *, allow_http: bool = False, input_root: str | None = None, output: str | None = None):
+    """The job's settings as far as reading, judging, framing and posing a row need them (no model). ``output``:
+    the run's output root, where detections are remembered for the run (None: nothing remembered)."""
     from pipeline.rows import JobSettings
     from pipeline.segments import DEFAULT_OVERLAP_FRAMES, DEFAULT_SEGMENT_FRAMES
 
-    return JobSettings(output="", preset=preset, weights=None, model_identity="", segment_frames=DEFAULT_SEGMENT_FRAMES,
+    return JobSettings(output=output, preset=preset, weights=None, model_identity="", segment_frames=DEFAULT_SEGMENT_FRAMES,
                        overlap_frames=DEFAULT_OVERLAP_FRAMES, allow_http=allow_http,
                        input_root=None if input_root is None else str(input_root))
 
 
 def write_proof(manifest: str, to: str, *, preset: str, allow_http: bool = False, input_root: str | None = None,
-                workers: int | None = None, title: str | None = None) -> ProofSummary:
-    """Check, frame and pose every row of ``manifest`` as the job would with ``preset``, and write the proof
-    sheet to ``to``. Rows the schema refuses get a card with the reason; ``workers`` processes share the rows
-    (default: one per CPU; each loads the person detector once)."""
+                workers: int | None = None, title: str | None = None, output: str | None = None) -> ProofSummary:
+    """Check, judge, frame and pose every row of ``manifest`` as the job would with ``preset``, and write the
+    proof sheet to ``to``. Rows the schema refuses get a card with the reason; ``workers`` processes share the
+    rows (default: one per CPU; each loads the person detector once). ``output``: the run's output root, where
+    the detections are remembered for the run."""
     from pipeline.report import render_page, resolved_dest
 
     started = time.perf_counter()
-    specs, refused_cards, settings = load_rows(manifest, preset=preset, allow_http=allow_http, input_root=input_root)
+    specs, refused_cards, settings = load_rows(manifest, preset=preset, allow_http=allow_http, input_root=input_root,
+                                               output=output)
     dest = resolved_dest(to)
     workers = max(1, min(workers or os.cpu_count() or 1, len(specs) or 1))
     chunks = [specs[i::workers] for i in range(workers)]
@@ -306,14 +311,15 @@ def write_proof(manifest: str, to: str, *, preset: str, allow_http: bool = False
 
 
 def proof_command(manifest: str, to: str, preset: str, allow_http: bool = False, input_root: str | None = None,
-                  workers: int | None = None) -> int:
+                  workers: int | None = None, output: str | None = None) -> int:
     """`cli.py proof`: 0 when every row is ready without warnings, 1 when some row is refused or warned
     about, 2 when the manifest cannot be read."""
     from rich.console import Console
 
     console = Console(highlight=False, soft_wrap=True)
     try:
-        summary = write_proof(manifest, to, preset=preset, allow_http=allow_http, input_root=input_root, workers=workers)
+        summary = write_proof(manifest, to, preset=preset, allow_http=allow_http, input_root=input_root, workers=workers,
+                              output=output)
     except Exception as exc:  # noqa: BLE001 - one line, secrets masked
         console.print(f"error: {storage.redact(manifest)}: {storage.describe_error(exc)}", markup=False)
         return 2

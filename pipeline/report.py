@@ -24,6 +24,7 @@ import html
 import json
 import math
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -41,9 +42,11 @@ STRIP_WORKERS = 4  # ffmpeg processes making missing strips (each decodes one cl
 MAX_STRIP_MP4_BYTES = 2 << 30
 DEFAULT_LINK_SECONDS = 24 * 3600  # presigned MP4 links: a day
 MAX_LINK_SECONDS = 7 * 24 * 3600  # what S3 accepts for a SigV4 presigned URL
-FACT_MAX_CHARS = 160  # a results fact longer than this as JSON stays off the card
-# Shown apart (verdict, warnings) or too raw for a card (the full landmark and transform tables stay in results).
-FACTS_LEFT_OUT = ("verdict", "warnings", "reference_anchors", "pose_align_anchors", "pose_align_matrix")
+# The facts of a clip's summary (`steps.reference_and_poses`) a card lists: issue 34's "what was done".
+CARD_FACTS = ("framing", "framing_fill", "framing_zoom", "framing_padding_pct", "crop_box", "pose_source", "pose_length",
+              "pose_align_applied", "pose_align_scale", "pose_align_rotation_deg", "pose_align_rms_px", "hands",
+              "triage.people", "triage.face_box", "triage.shoulder_span", "triage.hands_visible", "triage.person_share",
+              "triage.image_upscale", "triage.person_upscale")
 
 
 @dataclass
@@ -114,19 +117,16 @@ def warnings_of(row: dict, summary: dict | None = None) -> list[dict]:
 
 
 def card_facts(summary: dict) -> dict:
-    """What a card lists of a clip's summary: every value, nested objects one level flat (`triage.face_box`),
-    verdict and warnings left out (the card shows them apart), and only the short ones, so that 10,000
-    cards stay a small page."""
-    facts: dict = {}
-    for key, value in summary.items():
-        if key in FACTS_LEFT_OUT:
-            continue
-        if isinstance(value, dict):
-            for sub, inner in value.items():
-                facts.setdefault(f"{key}.{sub}", inner)
-        else:
-            facts.setdefault(key, value)
-    return {k: v for k, v in facts.items() if len(json.dumps(v, default=str)) <= FACT_MAX_CHARS}
+    """What a card lists of a clip's summary (`CARD_FACTS`, in that order, those present): the numbers behind
+    the verdict and what framing, alignment and pose length did. Everything else stays in results.parquet, so
+    that 10,000 cards stay a small page."""
+    triage = summary.get("triage") if isinstance(summary.get("triage"), dict) else {}
+    facts = {}
+    for key in CARD_FACTS:
+        value = triage.get(key[len("triage."):]) if key.startswith("triage.") else summary.get(key)
+        if value is not None:
+            facts[key] = value
+    return facts
 
 
 def clip_rows(results: pd.DataFrame, records: dict | None = None) -> list[dict]:
@@ -351,12 +351,31 @@ PAGE_KINDS = {
 }
 
 
+def page_cards(page_html: str) -> list[dict]:
+    """The cards a written page holds, facts as dicts again (what its script reads; for tests and tools)."""
+    def blob(element_id: str):
+        found = re.search(f'<script id="{element_id}" type="application/json">(.*?)</script>', page_html, re.S)
+        return json.loads(found.group(1))
+
+    keys = blob("factkeys")
+    return [dict(card, facts={k: v for k, v in zip(keys, card["facts"]) if v is not None}) for card in blob("clips")]
+
+
+PAGE_LEFT_OUT = ("render_seconds", "assemble_seconds", "facts")  # what a card does not show travels no further
+
+
 def render_page(rows: list[dict], *, title: str, kind: str = "review") -> str:
     """The page of ``rows`` (cards as `clip_rows` or `proof.proof_row` make them); ``kind`` "review" or
     "proof" picks the status filters and the first sort order."""
     thresholds = [[name, value] for name, value in qc.thresholds_table()] if kind == "review" else []
+    # Facts travel as one key table and a list of values per card (None where absent): the keys once, not
+    # once per card, keep a 10,000-clip page small.
+    fact_keys = list(dict.fromkeys(key for row in rows for key in (row.get("facts") or {})))
+    cards = [dict({k: v for k, v in row.items() if k not in PAGE_LEFT_OUT},
+                  facts=[(row.get("facts") or {}).get(key) for key in fact_keys]) for row in rows]
     return (PAGE.replace("__TITLE__", html.escape(title))
-            .replace("__DATA__", _json_for_script(rows))
+            .replace("__DATA__", _json_for_script(cards))
+            .replace("__FACT_KEYS__", _json_for_script(fact_keys))
             .replace("__KIND__", _json_for_script(dict(PAGE_KINDS[kind], kind=kind)))
             .replace("__THRESHOLDS__", _json_for_script(thresholds)))
 
@@ -424,12 +443,14 @@ PAGE = """<!doctype html>
 <footer id="footer"></footer>
 <script id="clips" type="application/json">__DATA__</script>
 <script id="kind" type="application/json">__KIND__</script>
+<script id="factkeys" type="application/json">__FACT_KEYS__</script>
 <script id="thresholds" type="application/json">__THRESHOLDS__</script>
 <script>
 "use strict";
 const CLIPS = JSON.parse(document.getElementById("clips").textContent);
 const KIND = JSON.parse(document.getElementById("kind").textContent);
 const THRESHOLDS = JSON.parse(document.getElementById("thresholds").textContent);
+const FACT_KEYS = JSON.parse(document.getElementById("factkeys").textContent);
 for (const c of CLIPS) { c.warnings = c.warnings || []; c.reasons = c.reasons || []; c.kinds = new Set(c.warnings.map(w => w.kind)); }
 // Status filters of this kind of page, then one per warning kind found in the rows.
 const STATUS_TESTS = {
@@ -491,8 +512,9 @@ function card(c) {
   const warnings = c.warnings.length ? `<ul class="warnings">${c.warnings.map(w => `<li><code>${esc(w.kind)}</code> ${esc(w.message)}</li>`).join("")}</ul>` : "";
   const reasons = c.reasons.length ? `<ul class="reasons">${c.reasons.map(r => `<li>${esc(r)}</li>`).join("")}</ul>` : "";
   const error = c.error ? `<div class="error">${esc(c.error)}</div>` : "";
-  const facts = c.facts && Object.keys(c.facts).length ? `<details class="facts"><summary>what was done (${Object.keys(c.facts).length} facts)</summary><table>${
-    Object.entries(c.facts).map(([k, v]) => `<tr><td>${esc(k)}</td><td>${esc(fact(v))}</td></tr>`).join("")}</table></details>` : "";
+  const known = FACT_KEYS.map((k, i) => [k, (c.facts || [])[i]]).filter(([k, v]) => v !== null && v !== undefined);
+  const facts = known.length ? `<details class="facts"><summary>what was done (${known.length} facts)</summary><table>${
+    known.map(([k, v]) => `<tr><td>${esc(k)}</td><td>${esc(fact(v))}</td></tr>`).join("")}</table></details>` : "";
   const score = KIND.kind === "review" ? ` · QC score ${fmt(c.score, 2)}` : "";
   return `<article class="card ${kind} ${KIND.kind}" data-clip="${esc(c.clip_id)}">${media(c)}${pictures(c)}<div class="body">
     <div class="title"><b>${esc(c.clip_id)}</b><span class="badge ${badge}">${esc(badge)}</span>${verdict}${link}</div>

@@ -10,7 +10,6 @@ the collar, a plain grey image with no person).
 from __future__ import annotations
 
 import io
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -61,8 +60,6 @@ def speech(seconds: float, sr: int = 16000) -> bytes:
 KINDS = ("clean", "black", "seam", "frozen", "clean", "failed")
 # The reference each kind of clip was made from: what its pictures, verdict and warnings show.
 REFERENCE_OF = {"clean": "half_body", "black": "half_body", "seam": "collar", "frozen": "no_person"}
-# Columns of the results this fixture writes: the job's, and the triage's where the job has none yet.
-COLUMNS = list(dict.fromkeys([*RESULT_COLUMNS, "verdict", "warnings"]))
 
 
 def reference_image(name: str) -> np.ndarray:
@@ -91,8 +88,7 @@ def reference_outcome(name: str, seconds: float) -> dict:
         waveform = sf.read(io.BytesIO(speech(seconds)), dtype="float32")[0]
         framed, poses, info = reference_and_poses(whole, params, round(seconds * FPS), poses=None, waveform=waveform)
         ref, overlay, _ = proof.clip_images(whole, framed, poses)
-        _REFERENCES[key] = dict(columns=dict(poses_columns(info), verdict=info["verdict"],
-                                             warnings=json.dumps(info["warnings"])), ref=ref, overlay=overlay)
+        _REFERENCES[key] = dict(columns=poses_columns(info), ref=ref, overlay=overlay)
     return _REFERENCES[key]
 
 
@@ -139,7 +135,7 @@ def build_output_root(root: str, kinds=KINDS, *, seconds: float = 3.0, strips_by
             storage.write_atomic(storage.join(root, REPORT_FOLDER, proof.OVERLAYS_FOLDER, name), outcome["overlay"])
             rows.append(dict(row, status="done", output=output, frames=encoded["frames"], seconds=encoded["seconds"],
                              assemble_seconds=0.8, **qc.qc_columns(encoded["qc"]), **outcome["columns"]))
-    results = pd.DataFrame(rows, columns=COLUMNS)
+    results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     _write_results(root, results)
     return results
 
@@ -178,6 +174,6 @@ def build_large_output_root(root: str, n: int = 10_000, *, seed: int = 0) -> pd.
                     pictures / proof.image_name(clip_id, fingerprint))
         score = float(rng.gamma(1.2, 0.3)) if not source["qc_flagged"] else source["qc_score"]
         rows.append(dict(source, row=i, clip_id=clip_id, fingerprint=fingerprint, output=output, qc_score=score))
-    results = pd.DataFrame(rows, columns=COLUMNS)
+    results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     _write_results(root, results)
     return results

@@ -5,7 +5,8 @@
 report  → docs/report.png: the review page of an output root of real assembled clips (scripts/review_fixture.py)
 proof   → docs/proof.png: the proof sheet of a manifest of real references (half-body, cut at the collar, no
           person, two people, a landscape output), before any rendering
-preview → docs/preview.png: the Gradio preview after rendering one clip with the tiny preset
+preview → docs/preview.png: the Gradio preview after rendering one clip with the tiny preset (its proof of the
+          inputs shown before rendering above the video)
 """
 from __future__ import annotations
 
@@ -86,6 +87,7 @@ def preview_screenshot(target: Path = DOCS / "preview.png") -> Path:
             browser.set_files("#image input[type=file]", [REPO / "manifests" / "assets" / "figure.png"])
             browser.set_files("#audio input[type=file]", [REPO / "manifests" / "assets" / "hello.wav"])
             browser.wait_until("document.querySelector('#image img')")
+            browser.wait_until("(() => { const i = document.querySelector('#proof img'); return i && i.complete; })()")
             browser.evaluate("document.querySelector('#render').click()")
             browser.wait_until("document.querySelector('#result video') && document.querySelector('#result video').readyState >= 1")
             return browser.screenshot(target)

@@ -1,8 +1,6 @@
 """The proof sheet (`cli.py proof`): a manifest of real references (skimage's astronaut, a crop of her at the
 collar, a grey image with no person, two people side by side, a landscape output, given poses) and rows the job
 would refuse, proofed by the job's own steps; then the page opened in a real headless Chromium."""
-import json
-import re
 import shutil
 from pathlib import Path
 
@@ -61,7 +59,9 @@ def sheet(manifest, tmp_path_factory):
 
 
 def page_data(page: Path) -> list[dict]:
-    return json.loads(re.search(r'<script id="clips" type="application/json">(.*?)</script>', page.read_text(), re.S).group(1))
+    from pipeline.report import page_cards
+
+    return page_cards(page.read_text())
 
 
 def test_a_card_per_row_with_pictures_verdict_and_facts(sheet):
@@ -83,7 +83,7 @@ def test_a_card_per_row_with_pictures_verdict_and_facts(sheet):
     assert kinds["collar"][0] == "head_only" and all(w["message"] for w in cards["collar"]["warnings"])
     facts = cards["half"]["facts"]
     assert facts["framing"] == "person" and facts["pose_source"] == "gestures:calm"
-    assert facts["pose_length.action"] == "generated" and facts["triage.face_box"] and "crop_box" in facts
+    assert facts["pose_length"]["action"] == "generated" and facts["triage.face_box"] and "crop_box" in facts
     assert cards["posed"]["facts"]["pose_source"] == "given"
     assert cards["half"]["facts"]["size"] == "256x256" and cards["wide"]["facts"]["size"] == "384x256"
     reference = cv2.imread(str(dest / cards["half"]["ref"]))
@@ -217,3 +217,14 @@ def test_preprocessing_writes_the_review_pictures(tmp_path):
     overlay = cv2.imread(str(tmp_path / "out" / REPORT_FOLDER / proof.OVERLAYS_FOLDER / name))
     assert reference.shape == (proof.REF_HEIGHT, proof.REF_HEIGHT, 3)
     assert overlay.shape[0] == proof.PANEL_HEIGHT and overlay.shape[1] >= 3 * proof.PANEL_HEIGHT
+
+
+def test_detections_are_remembered_for_the_run(manifest, tmp_path):
+    """`proof --output ROOT` remembers each reference's detection where the run looks for it (one per image)."""
+    from pipeline.reference_triage import DETECTIONS_FOLDER
+
+    root = tmp_path / "renders"
+    proof.write_proof(str(manifest), str(tmp_path / "p"), preset="tiny", workers=1, output=str(root))
+    remembered = sorted(p.name for p in (root / DETECTIONS_FOLDER).iterdir())
+    assert len(remembered) == 4  # half (four rows), collar, blank, two
+    assert not (Path.cwd() / DETECTIONS_FOLDER).exists()  # without --output nothing is written beside the caller

@@ -25,8 +25,7 @@ def output_root(tmp_path_factory):
 
 
 def page_data(page: Path) -> list[dict]:
-    blob = re.search(r'<script id="clips" type="application/json">(.*?)</script>', page.read_text(), re.S).group(1)
-    return json.loads(blob)
+    return report.page_cards(page.read_text())
 
 
 def test_page_has_a_row_per_clip_with_strips_and_links(output_root):
@@ -94,8 +93,7 @@ def test_report_of_an_s3_root_inside_it_and_into_a_local_folder(s3_bucket, tmp_p
     build_output_root(root, kinds=("clean", "black", "failed"))
     summary = report.write_report(root)
     assert summary.page == f"{root}/_report/index.html" and summary.strips_made == 1
-    rows = json.loads(re.search(r'type="application/json">(.*?)</script>',
-                                storage.read_bytes(summary.page, max_bytes=1 << 20).decode(), re.S).group(1))
+    rows = report.page_cards(storage.read_bytes(summary.page, max_bytes=1 << 20).decode())
     assert rows[0]["link"] == "../clip-000-clean.mp4"  # the page sits beside the clips on the same store
     assert storage.exists(f"{root}/_report/{rows[1]['strip']}")
 
