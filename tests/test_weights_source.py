@@ -3,6 +3,7 @@ huggingface_hub's own layout, copied once per node into a cache keyed by ETags, 
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ import fsspec
 import pytest
 
 from pipeline.render import model_identity
-from pipeline.weights_source import WeightsSourceError, local_weights
+from pipeline.weights_source import CACHE_ENV, WeightsSourceError, local_weights
 
 REPO = Path(__file__).resolve().parent.parent
 # The files model_identity reads for the acc variant (official names), with small stand-in bytes.
@@ -111,3 +112,15 @@ def test_hugging_face_repo_from_an_offline_cache(tmp_path, monkeypatch):
     assert local_weights(f"hf://BadToBest/EchoMimicV2@{commit}") == folder
     with pytest.raises(WeightsSourceError, match="pre-filled Hugging Face cache"):
         local_weights("hf://BadToBest/NotCached")
+
+
+def test_weights_check_reads_a_uri(s3_bucket, tmp_path):
+    """`cli.py weights check s3://…`: the node's copy is checked (stand-in bytes: every file refused, by name)."""
+    uri = f"{s3_bucket}/check"
+    upload(write_folder(tmp_path / "source"), uri)
+    done = subprocess.run([sys.executable, str(REPO / "cli.py"), "weights", "check", uri, "--variant", "acc"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, CACHE_ENV: str(tmp_path / "cache")})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "reference_unet.pth" in done.stdout and "0 of" in done.stdout
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # the copy it checked
