@@ -3,7 +3,6 @@ huggingface_hub's own layout, copied once per node into a cache keyed by ETags, 
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import time
@@ -114,13 +113,16 @@ def test_hugging_face_repo_from_an_offline_cache(tmp_path, monkeypatch):
         local_weights("hf://BadToBest/NotCached")
 
 
-def test_weights_check_reads_a_uri(s3_bucket, tmp_path):
+def test_weights_check_reads_a_uri(s3_bucket, tmp_path, monkeypatch):
     """`cli.py weights check s3://…`: the node's copy is checked (stand-in bytes: every file refused, by name)."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
     uri = f"{s3_bucket}/check"
     upload(write_folder(tmp_path / "source"), uri)
-    done = subprocess.run([sys.executable, str(REPO / "cli.py"), "weights", "check", uri, "--variant", "acc"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, CACHE_ENV: str(tmp_path / "cache")})
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "reference_unet.pth" in done.stdout and "0 of" in done.stdout
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    done = CliRunner().invoke(app, ["weights", "check", uri, "--variant", "acc"])
+    assert done.exit_code == 1, done.output
+    assert "reference_unet.pth" in done.output and "0 of" in done.output
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # the copy it checked
