@@ -49,6 +49,7 @@ def run_command(manifest: str, output: str, weights: str | Path | None = None, p
     """`cli.py run`: the options and the manifest are checked before anything slow starts; then the job runs
     under the project's signal handlers (installed before Ray starts) and its outcome becomes the exit code."""
     from pipeline.job import JobError, JobInterrupted, load_specs, pipeline_left_open, record_start, run_job
+    from pipeline.tracker import STOP
 
     preset, refused = _choose_preset(preset, weights, random_weights)
     weights_uri = None if weights is None else str(weights)  # a URI: what each worker resolves on its node
@@ -57,23 +58,24 @@ def run_command(manifest: str, output: str, weights: str | Path | None = None, p
     if refused:
         console.print(f"[red]error[/red]: {escape(refused)}")
         return EXIT_JOB_FAILED
-    try:  # the manifest before the model: a misspelt path must not wait for torch to import
+    # From here a SIGINT / SIGTERM ends the job with its results (exit 130 / 143), also while Ray starts.
+    STOP.clear()
+    restore_signals = stop_on_signals()
+    started_ray = interrupted = False
+    try:
+        # Everything that needs no Ray is checked first: a misspelt manifest or a finished rerun answers in
+        # seconds, and the manifest before the model (a misspelt path must not wait for torch to import).
         specs, problems = load_specs(manifest, allow_http=allow_http)
         settings = _job_settings(output, preset, weights, random_weights, fp8, segment_frames, overlap_frames, force,
                                  allow_http, input_root, compile_cache)
         settings = replace(settings, weights=weights_uri)
-    except JobError as exc:
-        console.print(f"[red]error[/red]: {escape(storage.redact(str(exc)))}")
-        return EXIT_JOB_FAILED
-    # Everything that needs no Ray is checked first: a misspelt manifest or a finished rerun answers in seconds.
-    restore_signals = stop_on_signals()  # before Ray starts: a signal from here on ends the job with results
-    started_ray = interrupted = False
-    try:
         specs, problems, finished, stamps = _skip_finished(specs, problems, settings)
         workers = WorkerCounts()
-        if len(finished) < len(specs):
+        needs_ray = len(finished) < len(specs)
+        if needs_ray and not STOP.is_set():  # stopped: run_job writes the results without Ray
             address = address or os.environ.get("RAY_ADDRESS")  # set for the driver of a `ray job submit`
             started_ray = _start_ray(address, gpus)
+        if needs_ray and not STOP.is_set():
             settings, workers = _size_workers(settings, address, gpus, cpus)
             refused_paths = _node_local_paths(specs, settings, address, shared_fs)
             for line in refused_paths:

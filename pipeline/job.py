@@ -107,21 +107,19 @@ def run_job(manifest: str, specs: list[ClipSpec], problems: list[Problem], setti
         if to_run:
             # The board survives its actor's death: Ray restarts it and retries the calls made meanwhile.
             board = RemoteObject(ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(JobBoard).remote())
-            stages = [
-                (PreprocessStage(settings, board), ClipSpec,
-                 dict(workers=(1, max(1, min(preprocess_actors, len(to_run)))),
-                      max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)),
-                (RenderStage(settings, board, gpus_per_worker=render_gpus_per_actor), SegmentWork,
-                 dict(workers=(render_actors, render_actors), max_restarts=-1, max_task_retries=RENDER_TASK_RETRIES)),
-                (AssembleStage(settings), None, None),  # by the driver, once all of a clip's segments are in
-            ]
+            # The three stages, top to bottom: the first two stream on Ray Data, the driver starts the third
+            # for each clip whose segments are all in storage.
+            preprocess = PreprocessStage(settings, board)
+            render = RenderStage(settings, board, gpus_per_worker=render_gpus_per_actor)
+            assemble = AssembleStage(settings)
             configure_ray_data()
             dataset = ray.data.from_items([row_of(spec) for spec in to_run], override_num_blocks=len(to_run))
-            for stage, row_type, pool in stages[:2]:
-                dataset = on_ray_data(dataset, stage, row_type, **pool)
-            render, assemble = stages[1][0], stages[2][0]
+            dataset = on_ray_data(dataset, preprocess, ClipSpec, workers=(1, max(1, min(preprocess_actors, len(to_run)))),
+                                  max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
+            dataset = on_ray_data(dataset, render, SegmentWork, workers=(render_actors, render_actors),
+                                  max_restarts=-1, max_task_retries=RENDER_TASK_RETRIES)
             tracker.assemble = lambda plan: assemble_task.remote(assemble, plan)
-            tracker.render_restarts = lambda: worker_restarts(render)
+            tracker.count_render_restarts = lambda: worker_restarts(render)
             with tracker.progress:
                 tracker.follow(dataset, board)
     except (KeyboardInterrupt, JobInterrupted) as stop:  # committed clips stay; the others say why they stopped

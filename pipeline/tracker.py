@@ -76,7 +76,8 @@ class Tracker:
                  notify: str | None = None):
         self.settings, self.console = settings, console
         self.ledger = Ledger(settings.output)
-        self.assemble, self.render_restarts = assemble, render_restarts
+        self.assemble, self.count_render_restarts = assemble, render_restarts
+        self.render_restarts_seen = 0
         self.clips = {spec.clip_id: ClipState(spec) for spec in specs}
         self.refused = refused_rows(problems)
         self.assemblies: dict = {}  # ObjectRef -> clip_id
@@ -131,6 +132,14 @@ class Tracker:
         self.finish_streaming(stopped)
         while self.collect_assemblies(wait=True, timeout=POLL_SECONDS):
             raise_if_stopped()
+
+    def render_restarts(self) -> int:
+        """Render worker restarts so far; the last count read when Ray's control store does not answer."""
+        try:
+            self.render_restarts_seen = self.count_render_restarts()
+        except Exception:  # noqa: BLE001 - a slow or restarting control store: count again on the next poll
+            pass
+        return self.render_restarts_seen
 
     def take_plans(self, board) -> None:
         for plan in board.take_plans():
