@@ -88,16 +88,16 @@ def main(target: Path = REPO / "docs" / "metrics.png") -> Path:
             while not query(web_port, "ray_echomimic2_clips_total"):
                 time.sleep(1)
             time.sleep(15)  # the last values exported and scraped
+            targets = [expr for expr in targets if query(web_port, expr)]  # e.g. no retries: nothing to draw
             params = {}
             for index, expr in enumerate(targets):
-                params.update({f"g{index}.expr": expr, f"g{index}.tab": "0", f"g{index}.range_input": "5m",
+                params.update({f"g{index}.expr": expr, f"g{index}.tab": "0", f"g{index}.range_input": "3m",
                                f"g{index}.stacked": "0", f"g{index}.show_exemplars": "0"})
             with Chromium(width=1400, height=720 * len(targets)) as browser:
                 browser.open(f"http://127.0.0.1:{web_port}/graph?" + urllib.parse.urlencode(params))
-                # Prometheus' (classic) graph page draws each query with data as two SVGs (the chart, its y axis); a
-                # query without data yet (no segment was retried) says so instead
-                browser.wait_until("document.querySelectorAll('.graph_area svg').length >= 2", timeout=60)
-                time.sleep(5)
+                # Prometheus' (classic) graph page draws each query as two SVGs: the chart and its y axis
+                browser.wait_until(f"document.querySelectorAll('.graph_area svg').length >= {2 * len(targets)}", timeout=60)
+                time.sleep(3)
                 return browser.screenshot(target, full_page=True)
         finally:
             ray.shutdown()
