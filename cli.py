@@ -181,15 +181,22 @@ def bench(
 
 @app.command()
 def doctor(
-    weights: Path | None = typer.Option(None, help="Official weights folder to check (layout, then a short render)."),
+    weights: str | None = typer.Option(
+        None, help="Official weights to check (layout, then a short render): a folder, an fsspec URI or hf://org/name."),
     output: str | None = typer.Option(None, "--output", "-o", help="Output root whose storage and credentials to check."),
     preset: str | None = typer.Option(None, help="Preset whose weights to check (default: acc with --weights, else tiny)."),
     render: bool = typer.Option(True, help="Also render one short segment."),
 ) -> None:
     """Self-check: CUDA and GPU memory, ffmpeg, the weights folder, storage credentials, one short render."""
     from pipeline.doctor import doctor_command
+    from pipeline.weights_source import WeightsSourceError, local_weights
 
-    raise typer.Exit(doctor_command(weights=weights, output=output, preset=preset, render=render))
+    try:
+        folder = None if weights is None else local_weights(weights)  # a URI: this node's copy, downloaded once
+    except WeightsSourceError as exc:
+        typer.echo(str(exc))
+        raise typer.Exit(2) from None
+    raise typer.Exit(doctor_command(weights=folder, output=output, preset=preset, render=render))
 
 
 @weights_app.command("check")

@@ -27,7 +27,6 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 from pipeline import storage
 
@@ -153,10 +152,6 @@ def replay(events: list[dict]) -> list[dict]:
         if event["kind"] in TERMINAL:
             final[event["result"]["clip_id"]] = event["result"]
     return sorted(final.values(), key=lambda result: result["row"])
-
-
-def iter_terminal(events: list[dict]) -> Iterator[dict]:
-    return (event for event in events if event["kind"] in TERMINAL)
 
 
 # -- --notify URL: the job's summary POSTed at its end ------------------------------------------------------

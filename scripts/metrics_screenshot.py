@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 # The panels shown (by title) and the time range drawn.
-PANELS = ("Clips by status", "Segments rendered and retried per minute", "Render seconds per 120 frames (p50, p90)",
-          "Queues: segments waiting for a GPU, clips waiting for assembly", "Render busy ratio per worker")
+PANELS = ("Clips by status", "Segments rendered and retried per minute", "Render busy ratio per worker",
+          "Queues: segments waiting for a GPU, clips waiting for assembly")
 
 
 def free_port() -> int:
@@ -88,14 +88,16 @@ def main(target: Path = REPO / "docs" / "metrics.png") -> Path:
             while not query(web_port, "ray_echomimic2_clips_total"):
                 time.sleep(1)
             time.sleep(15)  # the last values exported and scraped
+            targets = [expr for expr in targets if query(web_port, expr)]  # e.g. no retries: nothing to draw
             params = {}
             for index, expr in enumerate(targets):
-                params.update({f"g{index}.expr": expr, f"g{index}.tab": "0", f"g{index}.range_input": "5m",
+                params.update({f"g{index}.expr": expr, f"g{index}.tab": "0", f"g{index}.range_input": "3m",
                                f"g{index}.stacked": "0", f"g{index}.show_exemplars": "0"})
-            with Chromium(width=1400, height=400 * len(targets)) as browser:
+            with Chromium(width=1400, height=720 * len(targets)) as browser:
                 browser.open(f"http://127.0.0.1:{web_port}/graph?" + urllib.parse.urlencode(params))
-                browser.wait_until(f"document.querySelectorAll('canvas.flot-base').length >= {len(targets)}", timeout=60)
-                time.sleep(1)
+                # Prometheus' (classic) graph page draws each query as two SVGs: the chart and its y axis
+                browser.wait_until(f"document.querySelectorAll('.graph_area svg').length >= {2 * len(targets)}", timeout=60)
+                time.sleep(3)
                 return browser.screenshot(target, full_page=True)
         finally:
             ray.shutdown()

@@ -128,3 +128,40 @@ def test_notify_to_nowhere_is_bounded():
     thread = notify(f"http://127.0.0.1:{port}/unreachable", {"job": "x"}, attempts=3, timeout=1, backoff=0.05)
     thread.join(10)
     assert not thread.is_alive() and time.monotonic() - started < 10
+
+
+def test_tracker_events_replay_to_its_results(tmp_path):
+    """The driver's tracker (no Ray: its hooks called as the job's loop calls them): a refused row, a failed plan,
+    a skipped clip and a rendered one; the events replayed equal the results it writes."""
+    import io
+
+    from pipeline.manifest import ClipSpec, Problem
+    from pipeline.qc import qc_columns
+    from pipeline.rows import ClipPlan, JobSettings, SegmentResult
+    from pipeline.tracker import Tracker
+
+    settings = JobSettings(output=str(tmp_path), preset="tiny", weights=None, model_identity="m+w", segment_frames=16,
+                           overlap_frames=4)
+    specs = [ClipSpec(row=i, clip_id=c, image="x.png", audio="x.wav") for i, c in enumerate("abc")]
+    tracker = Tracker(settings, specs, [Problem(3, "d", "audio", "not found")], Console(file=io.StringIO()),
+                      notify=None)
+    tracker.start_assembly = lambda clip: None
+    tracker.on_plan(ClipPlan(0, "a", error="row 0 (clip 'a'): image: not a PNG or JPEG"))
+    tracker.on_plan(ClipPlan(1, "b", "fb", finished=dict(frames=12, seconds=1.0, qc=None)))
+    tracker.on_plan(ClipPlan(2, "c", "fc", frames=28, fps=12.0, seconds=2.3, segments=[(0, 16), (12, 28)],
+                             pending=[(0, 16), (12, 28)], preprocess_seconds=0.5))
+    for start, stop in [(0, 16), (12, 28)]:
+        tracker.on_segment(SegmentResult(2, "c", "fc", start, stop, seconds=1.5))
+    qc = dict(flagged=False, score=0.2, reasons=[], checks={})
+    tracker.on_assembled(tracker.clips["c"], dict(output=str(tmp_path / "c.mp4"), frames=28, assemble_seconds=0.7,
+                                                  **qc_columns(qc)))
+    results = tracker.results()
+    tracker.observer.ended(results)
+
+    events = read_events(str(tmp_path))
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "job_started" and kinds[-1] == "job_ended"
+    assert kinds.count("clip_failed") == 2 and kinds.count("clip_skipped") == 1 and kinds.count("clip_done") == 1
+    assert kinds.index("clip_planned") < kinds.index("clip_started") < kinds.index("clip_done")
+    assert replay(events) == [json.loads(json.dumps(r)) for r in results]
+    assert events[-1]["done"] == 1 and events[-1]["failed"] == 2 and events[-1]["skipped"] == 1

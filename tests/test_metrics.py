@@ -4,12 +4,14 @@ scrapes on loopback: the counters Prometheus holds equal the results table, the 
 the event stream replayed gives the same table, and `status --watch` followed the job to its end."""
 from __future__ import annotations
 
+import http.server
 import json
 import math
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -105,10 +107,29 @@ def test_demo_job_scraped_by_prometheus(prometheus_and_ray, tmp_path):
     manifest, output = demo_manifest_with_a_broken_row(tmp_path), str(tmp_path / "out")
     watcher = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "status", output, "--watch", "--interval", "0.5",
                                 "--timeout", "600"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert run_command(str(manifest), output, preset="tiny", gpus=1, segment_frames=16, overlap_frames=4) == EXIT_ROWS_FAILED
+    posted: list[bytes] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            posted.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        assert run_command(str(manifest), output, preset="tiny", gpus=1, segment_frames=16, overlap_frames=4,
+                           notify=f"http://127.0.0.1:{receiver.server_port}/job") == EXIT_ROWS_FAILED
+    finally:
+        receiver.shutdown()
     results = read_results(output)
     counts = results["status"].value_counts().to_dict()
     assert counts == {"done": 2, "failed": 1}
+    [summary] = [json.loads(body) for body in posted]  # --notify: the summary, once
+    assert (summary["done"], summary["failed"], summary["rows"]) == (2, 1, 3) and "demo-missing-audio" in summary["failures"][0]
 
     # status --watch ended with the job, its last view the results' counts and the failure
     watched, _ = watcher.communicate(timeout=120)

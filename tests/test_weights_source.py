@@ -12,7 +12,7 @@ import fsspec
 import pytest
 
 from pipeline.render import model_identity
-from pipeline.weights_source import WeightsSourceError, local_weights
+from pipeline.weights_source import CACHE_ENV, WeightsSourceError, local_weights
 
 REPO = Path(__file__).resolve().parent.parent
 # The files model_identity reads for the acc variant (official names), with small stand-in bytes.
@@ -111,3 +111,18 @@ def test_hugging_face_repo_from_an_offline_cache(tmp_path, monkeypatch):
     assert local_weights(f"hf://BadToBest/EchoMimicV2@{commit}") == folder
     with pytest.raises(WeightsSourceError, match="pre-filled Hugging Face cache"):
         local_weights("hf://BadToBest/NotCached")
+
+
+def test_weights_check_reads_a_uri(s3_bucket, tmp_path, monkeypatch):
+    """`cli.py weights check s3://…`: the node's copy is checked (stand-in bytes: every file refused, by name)."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    uri = f"{s3_bucket}/check"
+    upload(write_folder(tmp_path / "source"), uri)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    done = CliRunner().invoke(app, ["weights", "check", uri, "--variant", "acc"])
+    assert done.exit_code == 1, done.output
+    assert "reference_unet.pth" in done.output and "0 of" in done.output
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # the copy it checked
