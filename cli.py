@@ -128,8 +128,7 @@ def bench(
     if schedule is not None:
         from pipeline.schedule_bench import schedule_command
 
-        seconds = [float(value) for value in schedule.split(",") if value.strip()]
-        raise typer.Exit(schedule_command(preset, seconds, size, steps, json_out, compile_cache, compile_networks))
+        raise typer.Exit(schedule_command(preset, schedule, size, steps, json_out, compile_cache, compile_networks))
     from echomimic2.bench import bench_command
 
     raise typer.Exit(bench_command(preset=preset, frames=frames, size=size, json_out=json_out, fp8=fp8))
