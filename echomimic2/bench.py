@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
@@ -301,12 +302,17 @@ def format_report(result: BenchResult) -> str:
 
 
 def bench_command(preset: str = "acc", frames: int = REPORT_FRAMES, size: int = 768, json_out: bool = False,
-                  fp8: bool = False) -> int:
+                  fp8: bool = False, compile_networks: bool = True, before_compile: Callable[[], None] | None = None) -> int:
+    """`before_compile` runs once the arguments are valid, before the networks are built (`cli.py` loads the
+    render workers' compile cache there: this package knows nothing of storage)."""
     try:
         check_bench_arguments(preset, size, frames)
     except BenchArgumentError as error:
         print(f"bench: {error}")
         return 2
-    result = run_bench(preset, frames, size, fp8=fp8)  # anything raised here is a fault of the program: its traceback shows
+    # Anything raised from here on is a fault of the program: its traceback shows.
+    if before_compile is not None:
+        before_compile()
+    result = run_bench(preset, frames, size, compile_networks=compile_networks, fp8=fp8)
     print(json.dumps(result.as_dict()) if json_out else format_report(result))
     return 0

@@ -47,6 +47,17 @@ class ScheduleFigures:
         return seconds * REPORT_FRAMES / self.frames
 
 
+def load_compile_cache(preset: str, compile_cache: str | None, compile_networks: bool = True, fp8: bool = False) -> None:
+    """Before a bench compiles on the GPU: load the kernels (and traces) that `cli.py run --compile-cache` workers
+    saved for `preset`, so the bench starts warm as a job's worker would. Nothing to do on the CPU."""
+    import torch
+
+    if compile_networks and compile_cache and torch.cuda.is_available():
+        from pipeline.render import CompileCache
+
+        CompileCache(compile_cache, preset, fp8).load()
+
+
 def _model(preset: str, compile_networks: bool, compile_cache: str | None):
     import torch
 
@@ -54,10 +65,7 @@ def _model(preset: str, compile_networks: bool, compile_cache: str | None):
 
     if not torch.cuda.is_available():
         return EchoMimicV2.tiny(), "cpu, the tiny demo networks (a smoke run: says nothing about GPU speed)"
-    if compile_networks and compile_cache:
-        from pipeline.render import CompileCache
-
-        CompileCache(compile_cache, preset).load()
+    load_compile_cache(preset, compile_cache, compile_networks)
     model = EchoMimicV2.random(preset, seed=0, device="cuda", dtype=torch.float16, compile=compile_networks)
     return model, f"{torch.cuda.get_device_name()}, full-size random networks, fp16, compiled={compile_networks}"
 
