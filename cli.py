@@ -164,19 +164,21 @@ def bench(
         None, help="Clip lengths in seconds, e.g. 5,20,120: time each clip as the job renders it (its planned "
                    "segments) beside one whole-clip render, and print the ratio."),
     steps: int | None = typer.Option(None, help="--schedule only: denoising steps instead of the preset's."),
-    compile_cache: str | None = typer.Option(None, help="--schedule only: compiled-kernel cache folder to load."),
-    compile_networks: bool = typer.Option(True, "--compile/--eager", help="--schedule only: torch.compile (GPU)."),
+    compile_cache: str | None = typer.Option(None, help="Compiled-kernel cache folder to load (a run's --compile-cache)."),
+    compile_networks: bool = typer.Option(True, "--compile/--eager", help="torch.compile the networks (GPU)."),
     fp8: bool = typer.Option(False, help="The opt-in fast mode (fp8 matmuls in the denoising UNet); not with --schedule."),
 ) -> None:
     """Measure the segment renderer with full-size random-weight networks (GPU; small CPU run otherwise)."""
     if schedule is not None:
         from pipeline.schedule_bench import schedule_command
 
-        seconds = [float(value) for value in schedule.split(",") if value.strip()]
-        raise typer.Exit(schedule_command(preset, seconds, size, steps, json_out, compile_cache, compile_networks))
+        raise typer.Exit(schedule_command(preset, schedule, size, steps, json_out, compile_cache, compile_networks))
     from echomimic2.bench import bench_command
+    from pipeline.schedule_bench import load_compile_cache
 
-    raise typer.Exit(bench_command(preset=preset, frames=frames, size=size, json_out=json_out, fp8=fp8))
+    raise typer.Exit(bench_command(preset=preset, frames=frames, size=size, json_out=json_out, fp8=fp8,
+                                   compile_networks=compile_networks,
+                                   before_compile=lambda: load_compile_cache(preset, compile_cache, compile_networks, fp8)))
 
 
 @app.command()

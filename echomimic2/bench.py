@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ from .config import official_unet_config, official_vae_config, tiny_unet_config,
 from .fast import prepare_for_gpu, use_float8_linears
 from .flops import spec_flops
 from .networks import OfficialNetworks, random_networks
-from .presets import PRESETS, full_size_preset
+from .presets import PRESETS, Preset, full_size_preset
 from .sampler import render_segment
 
 FPS = 24
@@ -58,9 +59,9 @@ class _StageClock:
             torch.cuda.synchronize()
         totals: dict[str, float] = {}
         for label, start, end in self.intervals:
-            label = label if isinstance(label, str) else f"step t={int(label)}"  # read after the run: no sync while timing
             elapsed = start.elapsed_time(end) / 1e3 if self.cuda else end - start
-            totals[label] = totals.get(label, 0.0) + elapsed
+            for stage, share in _stage_shares(label):
+                totals[stage] = totals.get(stage, 0.0) + elapsed * share
         return totals
 
     @contextmanager
@@ -87,8 +88,21 @@ class _StageClock:
 
 
 def _denoise_step_label(args, kwargs) -> torch.Tensor:
-    """The call's timestep (a device tensor), named by `seconds()` once the run is over."""
+    """The call's timesteps (a device tensor, one value per batch row), named by `seconds()` once the run is over."""
     return args[1] if len(args) > 1 else kwargs["timestep"]
+
+
+def _stage_shares(label: str | torch.Tensor) -> list[tuple[str, float]]:
+    """The stages an interval's time goes to, with their shares. A denoising call is filled across step
+    boundaries (`sampler.denoising_calls`), so its rows may belong to several steps: each step named in its
+    timesteps gets the share of the rows it has (every row of a call costs the same)."""
+    if isinstance(label, str):
+        return [(label, 1.0)]
+    rows = [int(value) for value in torch.as_tensor(label).flatten().tolist()]  # read after the run: no sync while timing
+    counts = dict.fromkeys(rows, 0)  # the steps in the order the call holds them (oldest step first)
+    for value in rows:
+        counts[value] += 1
+    return [(f"step t={value}", count / len(rows)) for value, count in counts.items()]
 
 
 @dataclass
@@ -142,6 +156,26 @@ class BenchResult:
 # The benchmark
 
 
+class BenchArgumentError(ValueError):
+    """An argument of the user's that the bench cannot run with: `cli.py bench` says so and exits 2. Any other
+    exception is the program's and keeps its traceback."""
+
+
+def check_bench_arguments(preset_name: str, size: int, frames: int | None = None, steps: int | None = None) -> Preset:
+    """The full-size preset `preset_name`, once the size (and frames, steps when given) are valid."""
+    try:
+        preset = full_size_preset(preset_name)
+    except ValueError as error:
+        raise BenchArgumentError(str(error)) from None
+    if size < 64 or size % 64:
+        raise BenchArgumentError(f"size must be a positive multiple of 64, got {size}")
+    if frames is not None and frames < 1:
+        raise BenchArgumentError(f"frames must be at least 1, got {frames}")
+    if steps is not None and steps < 1:
+        raise BenchArgumentError(f"steps must be at least 1, got {steps}")
+    return preset
+
+
 def gpu_networks(compile_networks: bool = True, fp8: bool = False) -> OfficialNetworks:
     """The bench's full-size random networks on the GPU in fp16, with the GPU settings (optionally compiled, optionally
     the fp8 fast mode). Several `run_bench` calls can share them, so compilation is paid once per process."""
@@ -158,12 +192,7 @@ def run_bench(preset_name: str, frames: int, size: int, compile_networks: bool =
     768², BENCHMARKS.md); compilation only on a GPU. `networks` from `gpu_networks(compile_networks)` are
     reused (pass the same compile_networks and fp8); `steps` overrides the preset's (a shorter run, to time steps);
     `fp8` times the opt-in fast mode."""
-    full_size_preset(preset_name)
-    if frames < 1:
-        raise ValueError(f"frames must be at least 1, got {frames}")
-    if size < 64 or size % 64:
-        raise ValueError(f"size must be a positive multiple of 64, got {size}")
-    preset = PRESETS[preset_name]
+    preset = check_bench_arguments(preset_name, size, frames)
     steps = preset.steps if steps is None else steps
     notes: list[str] = []
     if fp8:
@@ -273,11 +302,17 @@ def format_report(result: BenchResult) -> str:
 
 
 def bench_command(preset: str = "acc", frames: int = REPORT_FRAMES, size: int = 768, json_out: bool = False,
-                  fp8: bool = False) -> int:
+                  fp8: bool = False, compile_networks: bool = True, before_compile: Callable[[], None] | None = None) -> int:
+    """`before_compile` runs once the arguments are valid, before the networks are built (`cli.py` loads the
+    render workers' compile cache there: this package knows nothing of storage)."""
     try:
-        result = run_bench(preset, frames, size, fp8=fp8)
-    except ValueError as error:
+        check_bench_arguments(preset, size, frames)
+    except BenchArgumentError as error:
         print(f"bench: {error}")
         return 2
+    # Anything raised from here on is a fault of the program: its traceback shows.
+    if before_compile is not None:
+        before_compile()
+    result = run_bench(preset, frames, size, compile_networks=compile_networks, fp8=fp8)
     print(json.dumps(result.as_dict()) if json_out else format_report(result))
     return 0

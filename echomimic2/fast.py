@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .attention import fa4_available
 from .checkpoints import OfficialNetworks
 
 # A compiled region runs once per distinct input shape: the denoising UNet's resnets come in ~20 (channels,
@@ -16,7 +17,9 @@ REGION_RECOMPILE_LIMIT = 128
 
 
 def prepare_for_gpu(networks: OfficialNetworks, compile_networks: bool = False) -> OfficialNetworks:
-    """cuDNN autotuning for the eager networks; optionally compile the denoising UNet's blocks and the VAE decoder.
+    """cuDNN autotuning for the eager networks; FlashAttention-4 for the attention shapes where it is faster, when
+    the optional flash-attn-4 package is installed (`attention.fa4_available`); optionally compile the denoising
+    UNet's blocks and the VAE decoder.
 
     channels_last was measured and dropped: no gain for either UNet or the VAE (BENCHMARKS.md).
     """
@@ -24,6 +27,9 @@ def prepare_for_gpu(networks: OfficialNetworks, compile_networks: bool = False) 
     # equal within run-to-run spread (14.05-14.16 s per 120 frames either way; BENCHMARKS.md, 2026-12-06):
     # compiled workers take cuDNN's heuristic choice. Eager networks keep the autotuning.
     torch.backends.cudnn.benchmark = not compile_networks
+    if fa4_available():  # the optional flash-attn-4 package is installed (and ECHOMIMIC2_FA4 is not 0)
+        use_fa4_attention(networks.denoising_unet)
+        use_fa4_attention(networks.reference_unet)
     if compile_networks:
         # Fuses the norms, GEGLU, residual adds and layout copies between the cuBLAS/cuDNN calls.
         # No CUDA graphs: on the eager UNet they saved 1.3 % of a step for a 3.4 GiB pool (BENCHMARKS.md, 2026-12-02).
@@ -34,6 +40,20 @@ def prepare_for_gpu(networks: OfficialNetworks, compile_networks: bool = False) 
         # argument fails to unpickle; H100, 2026-12-06), and it is one graph of the 23 to trace.
         networks.vae.decoder.forward = compile_function(networks.vae.decoder.forward, saved_traces=False)
     return networks
+
+
+def use_fa4_attention(module: torch.nn.Module) -> int:
+    """Route the spatial, reference and audio attention of `module` through `attention.fa4_or_sdpa` (FA4 for the
+    shapes where it is faster, SDPA for the rest); the motion modules keep their own short-sequence attention.
+    Returns how many attention layers now take that route."""
+    from .attention import Attention, fa4_or_sdpa
+
+    routed = 0
+    for layer in module.modules():
+        if isinstance(layer, Attention) and type(layer).weighted_values is Attention.weighted_values:
+            layer.weighted_values = fa4_or_sdpa  # an instance attribute: called as a plain function, like the staticmethod
+            routed += 1
+    return routed
 
 
 def compile_regions(unet: torch.nn.Module, backend: str = "inductor") -> int:

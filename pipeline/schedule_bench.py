@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from echomimic2.bench import BenchArgumentError, check_bench_arguments
 from pipeline.segment_store import segment_output
 from pipeline.segments import DEFAULT_OVERLAP_FRAMES, DEFAULT_SEGMENT_FRAMES, plan_segments
 from pipeline.steps import render_frames
@@ -46,6 +47,17 @@ class ScheduleFigures:
         return seconds * REPORT_FRAMES / self.frames
 
 
+def load_compile_cache(preset: str, compile_cache: str | None, compile_networks: bool = True, fp8: bool = False) -> None:
+    """Before a bench compiles on the GPU: load the kernels (and traces) that `cli.py run --compile-cache` workers
+    saved for `preset`, so the bench starts warm as a job's worker would. Nothing to do on the CPU."""
+    import torch
+
+    if compile_networks and compile_cache and torch.cuda.is_available():
+        from pipeline.render import CompileCache
+
+        CompileCache(compile_cache, preset, fp8).load()
+
+
 def _model(preset: str, compile_networks: bool, compile_cache: str | None):
     import torch
 
@@ -53,10 +65,7 @@ def _model(preset: str, compile_networks: bool, compile_cache: str | None):
 
     if not torch.cuda.is_available():
         return EchoMimicV2.tiny(), "cpu, the tiny demo networks (a smoke run: says nothing about GPU speed)"
-    if compile_networks and compile_cache:
-        from pipeline.render import CompileCache
-
-        CompileCache(compile_cache, preset).load()
+    load_compile_cache(preset, compile_cache, compile_networks)
     model = EchoMimicV2.random(preset, seed=0, device="cuda", dtype=torch.float16, compile=compile_networks)
     return model, f"{torch.cuda.get_device_name()}, full-size random networks, fp16, compiled={compile_networks}"
 
@@ -133,17 +142,32 @@ def format_clip(f: ScheduleFigures) -> str:
             f"{f.per_120(f.job_schedule_seconds):>20.2f}{f.ratio:>7.3f}{f.write_seconds:>10.2f}{peaks:>20}")
 
 
-def schedule_command(preset: str, clip_seconds: list[float], size: int, steps: int | None, json_out: bool,
+def parse_clip_seconds(text: str) -> list[float]:
+    """`--schedule`'s clip lengths ("5,20,120") in seconds; BenchArgumentError unless all are positive numbers."""
+    try:
+        seconds = [float(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        seconds = []
+    if not seconds or min(seconds) <= 0 or not all(np.isfinite(seconds)):
+        raise BenchArgumentError(f"--schedule takes clip lengths in seconds, e.g. 5,20,120, got {text!r}")
+    return seconds
+
+
+def schedule_command(preset: str, clip_seconds: str, size: int, steps: int | None, json_out: bool,
                      compile_cache: str | None, compile_networks: bool = True) -> int:
-    if not clip_seconds or min(clip_seconds) <= 0:
-        print("bench: --schedule takes clip lengths in seconds, e.g. 5,20,120")
+    try:  # the user's arguments: a message and exit 2; anything raised later is the program's (a traceback)
+        seconds = parse_clip_seconds(clip_seconds)
+        check_bench_arguments(preset, size, steps=steps)
+    except BenchArgumentError as error:
+        print(f"bench: {error}")
         return 2
+
     def print_clip(figure: ScheduleFigures) -> None:  # each line as soon as measured, one JSON line per clip
         line = json.dumps(dict(asdict(figure), ratio=round(figure.ratio, 4))) if json_out else format_clip(figure)
         print(line, flush=True)
 
     if not json_out:
         print(TABLE_HEADER, flush=True)
-    header, _ = run_schedule_bench(preset, clip_seconds, size, steps, compile_networks, compile_cache, on_clip=print_clip)
+    header, _ = run_schedule_bench(preset, seconds, size, steps, compile_networks, compile_cache, on_clip=print_clip)
     print(json.dumps(dict(header=header)) if json_out else header, flush=True)
     return 0

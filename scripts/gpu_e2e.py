@@ -177,7 +177,10 @@ def write_job_inputs(folder: Path, clips: dict[str, float], fps: float) -> Path:
 
 
 def step_job(weights: Path | None, work: Path, preset: str, clips: dict[str, float], compile_networks: bool, result: dict,
-             segment_frames: int | None = None, compile_cache: str | None = None) -> None:
+             segment_frames: int | None = None, compile_cache: str | None = None, gpus: int | None = 1,
+             timeout: float = 1800) -> None:
+    """`cli.py run` of `clips`, checked. Without `weights` a full-size preset builds random networks
+    (--random-weights) and the tiny preset loads its built-in weights; `gpus` None lets the job take what Ray finds."""
     import pandas as pd
 
     from pipeline.assemble import probe_video
@@ -186,15 +189,16 @@ def step_job(weights: Path | None, work: Path, preset: str, clips: dict[str, flo
     manifest = write_job_inputs(work / f"job-{preset}-in", clips, fps)
     output = work / f"job-{preset}-out"
     env = dict(os.environ, ECHOMIMIC2_COMPILE="1" if compile_networks else "0")
-    command = [sys.executable, str(REPO / "cli.py"), "run", str(manifest), "--output", str(output),
-               *(["--weights", str(weights)] if weights else ["--random-weights"]), "--preset", preset, "--gpus", "1", "--force"]
+    model = ["--weights", str(weights)] if weights else [] if preset == "tiny" else ["--random-weights"]
+    command = [sys.executable, str(REPO / "cli.py"), "run", str(manifest), "--output", str(output), *model,
+               "--preset", preset, *(["--gpus", str(gpus)] if gpus is not None else []), "--force"]
     if segment_frames:
         command += ["--segment-frames", str(segment_frames)]
     if compile_cache:
         command += ["--compile-cache", compile_cache]
     started, since = time.perf_counter(), time.time()
     with GpuMemoryPoller() as memory:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - started
     (work / f"job-{preset}.log").write_text(done.stdout + done.stderr)
     result.update(exit_code=done.returncode, wall_s=round(wall, 1), peak_gpu_gib_nvidia_smi=round(memory.peak_mib / 1024, 2),

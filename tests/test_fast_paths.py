@@ -413,3 +413,84 @@ def test_motion_modules_attention_as_matmuls_equals_sdpa(dtype, tolerance):
     assert got.dtype == dtype
     assert (got.double() - expected).abs().max() < tolerance
     assert TemporalAttention.weighted_values is short_sequence_attention
+
+
+# --------------------------------------------------------------------------------------------------
+# FlashAttention-4 for head dims 40 and 80: the padding and the routing, on the CPU (the kernel itself: fa4_bench.py)
+
+
+def _sdpa_in_kernel_layout(query, key, value, softmax_scale):
+    """SDPA standing in for the FA4 kernel: (N, L, heads, d) tensors and an explicit scale, as the op is called."""
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), scale=softmax_scale)
+    return out.transpose(1, 2)
+
+
+@pytest.mark.parametrize("head_dim, width", [(40, 48), (80, 80), (40, 64)])
+def test_zero_padded_head_dims_give_the_unpadded_attention(head_dim, width):
+    from echomimic2.attention import padded_attention
+
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(2, 8, length, head_dim, generator=generator, dtype=torch.float64) for length in (96, 160, 160))
+    seen = []
+
+    def kernel(q, k, v, softmax_scale):
+        seen.append((q.shape, k.shape, v.shape, softmax_scale))
+        return _sdpa_in_kernel_layout(q, k, v, softmax_scale)
+
+    expected = torch.nn.functional.scaled_dot_product_attention(query, key, value)
+    out = padded_attention(query, key, value, width, kernel)
+    assert seen == [((2, 96, 8, width), (2, 160, 8, width), (2, 160, 8, width), head_dim ** -0.5)]
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    if width != head_dim:  # the padded width's own scale, 1/sqrt(width), would be another attention
+        wrong = padded_attention(query, key, value, width, lambda q, k, v, _: _sdpa_in_kernel_layout(q, k, v, None))
+        assert (wrong - expected).abs().max() > 1e-3
+
+
+def test_fa4_takes_only_the_shapes_where_it_is_faster():
+    from echomimic2.attention import fa4_width
+
+    half = torch.float16
+    assert fa4_width(40, 18_432, half) == 48  # 96²: own tokens + the reference's
+    assert fa4_width(40, 9_216, torch.bfloat16) == 48  # unconditional rows: own tokens only
+    assert fa4_width(80, 4_608, half) == 80  # 48²
+    assert fa4_width(160, 1_152, half) is None  # 24²: cuDNN is faster
+    assert fa4_width(40, 50, half) is None  # the audio cross-attention's few keys
+    assert fa4_width(40, 18_432, torch.float32) is None  # FA4 runs half precision only
+
+
+def test_fa4_route_falls_back_to_sdpa_off_cuda_and_keeps_the_motion_modules_own_attention():
+    from echomimic2.attention import Attention, fa4_available, fa4_or_sdpa
+    from echomimic2.fast import use_fa4_attention
+    from echomimic2.motion_module import TemporalAttention, short_sequence_attention
+
+    assert not fa4_available()  # no CUDA here: prepare_for_gpu leaves the attention alone
+    query, key, value = (torch.randn(1, 8, 4096, 40, dtype=torch.float16) for _ in range(3))
+    assert torch.equal(fa4_or_sdpa(query, key, value), torch.nn.functional.scaled_dot_product_attention(query, key, value))
+    unet = random_networks(tiny_unet_config(), tiny_vae_config(), torch.device("cpu"), torch.float32).denoising_unet
+    layers = [m for m in unet.modules() if isinstance(m, Attention)]
+    temporal = [m for m in layers if isinstance(m, TemporalAttention)]
+    assert temporal and len(temporal) < len(layers)
+    assert use_fa4_attention(unet) == len(layers) - len(temporal)
+    assert all(m.weighted_values is short_sequence_attention for m in temporal)
+    assert all(m.weighted_values is fa4_or_sdpa for m in layers if m not in temporal)
+
+
+def test_the_fa4_op_traces_as_one_opaque_call():
+    """A custom op with a shape function: tracing (as torch.compile does) records one call with the right output
+    shape and never runs the kernel (absent here)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from echomimic2.attention import fa4_attention, padded_attention
+
+    def attention(query, key, value):
+        return padded_attention(query, key, value, 48, fa4_attention)
+
+    query, key, value = (torch.randn(2, 8, length, 40, dtype=torch.float16) for length in (96, 160, 160))
+    graph = make_fx(attention, tracing_mode="fake")(query, key, value)
+    calls = [node for node in graph.graph.nodes if node.target is torch.ops.echomimic2.fa4_attention.default]
+    assert len(calls) == 1 and calls[0].args[3] == 40 ** -0.5
+    assert tuple(calls[0].meta["val"].shape) == (2, 96, 8, 48)
+    (output,) = graph.graph.output_node().args
+    assert tuple(output.meta["val"].shape) == (2, 8, 96, 40)

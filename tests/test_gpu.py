@@ -218,3 +218,22 @@ def test_motion_modules_attention_trains_on_cuda_in_bf16():
     query, key, value = (torch.randn((4, 8, 12, 40), device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     short_sequence_attention(query, key, value).float().square().sum().backward()
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (query, key, value))
+
+
+@pytest.mark.parametrize("head_dim, queries, keys", [(40, 2304, 4608), (80, 2304, 4608)])
+def test_fa4_route_equals_attention_in_fp64_eager_and_compiled(head_dim, queries, keys):
+    """Where flash-attn-4 is installed (requirements-fa4.txt): the FA4 route (head dim 40 zero-padded to 48, 80 as it
+    is) against attention in fp64, eager and inside a compiled function (the custom op stays one call)."""
+    from echomimic2.attention import fa4_available, fa4_or_sdpa, fa4_width
+
+    if not fa4_available():
+        pytest.skip("flash-attn-4 is not installed here (or ECHOMIMIC2_FA4=0, or not a Hopper/Blackwell GPU)")
+    assert fa4_width(head_dim, keys, torch.float16) is not None
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    query, key, value = (torch.randn((4, length, 8, head_dim), generator=generator, device="cuda", dtype=torch.float16)
+                         .transpose(1, 2) for length in (queries, keys, keys))  # the layout Attention.attend passes
+    expected = torch.nn.functional.scaled_dot_product_attention(query.double(), key.double(), value.double())
+    for route in (fa4_or_sdpa, torch.compile(fa4_or_sdpa, dynamic=False, fullgraph=True)):
+        got = route(query, key, value)
+        assert got.dtype == torch.float16 and got.shape == expected.shape
+        assert (got.double() - expected).abs().max() < 2e-3
