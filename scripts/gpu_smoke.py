@@ -25,9 +25,11 @@ in the official checkpoint layout (`echomimic2/official_layout.py`) unless named
   preview app      the Gradio app built around it (`build_app`, not served); skip where gradio is not installed
   run tiny         `cli.py run` with the built-in tiny model (1 row)
 
-Every Python process the lines start (Ray's workers too) runs under coverage.py when it is importable (a
-`sitecustomize` on PYTHONPATH starts it), so at the end `scripts/cuda_coverage.py` names which CUDA-only lines
-ran (OUT/coverage.json, OUT/cuda_coverage.txt). Lines that would start past `--budget` seconds are skipped
+Every Python process the lines start runs under coverage.py when it is importable (a `sitecustomize` on
+PYTHONPATH starts it), so at the end `scripts/cuda_coverage.py` names which CUDA-only lines ran
+(OUT/coverage.json, OUT/cuda_coverage.txt). Ray's workers save as they go (Ray ends them without their exit
+handlers), but what Ray runs on its own native threads (a render actor's batches) is not traced: the CUDA-only
+lines a render reaches run in the benches', the clip API's, doctor's and pytest's own processes too. Lines that would start past `--budget` seconds are skipped
 and say so; a line past its time limit is stopped and fails.
 
     python scripts/gpu_smoke.py --cpu-dry-run --out /tmp/smoke   # no GPU: the lines that run on the CPU (tiny
@@ -171,11 +173,27 @@ import importlib.util
 import os
 import sys
 
+def _save_every(cov, seconds):
+    import time
+
+    while True:
+        time.sleep(seconds)
+        try:
+            cov.save()
+        except Exception:  # the next save, or the exit's, may still work
+            pass
+
+
 if os.environ.get("COVERAGE_PROCESS_START"):
     try:
         import coverage
 
-        coverage.process_startup()
+        _cov = coverage.process_startup()
+        # Ray ends its workers (the render actors) without running their exit handlers: they save as they go.
+        if _cov is not None and os.path.basename(sys.argv[0] if sys.argv else "") == "default_worker.py":
+            import threading
+
+            threading.Thread(target=_save_every, args=(_cov, 5), daemon=True).start()
     except Exception as error:  # a process without coverage still runs its line
         print(f"coverage not started: {error}", file=sys.stderr)
 
