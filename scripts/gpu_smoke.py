@@ -57,6 +57,8 @@ DETAIL_PREFIX = "DETAIL: "  # a line's process prints its one-line summary after
 LOG_TAIL = 3000  # characters of a failed line's log printed under it
 OUTPUT_TAIL_LINES = 16  # lines of a command's output printed under it when it succeeds (a bench's report)
 
+GPU_BUDGET, CPU_BUDGET = 500, 1800  # seconds; the device call's limit is 600, the CPU runs the tiny lines slowly
+CPU_SLOWER = 3  # the CPU dry run's time limits: the GPU's times this
 ACC_CLIPS = {"posed": 2.0, "plain": 1.0}  # a few seconds: the compile, not the rendering, is what takes time
 TINY_CLIPS = {"plain": 1.0}
 
@@ -359,7 +361,10 @@ def plan(args, cuda: bool) -> tuple[list[Line], list[Line], list[Line]]:
     cli = [python, str(REPO / "cli.py")]
     work, weights, cache = args.work, args.weights, args.work / "compile-cache"
 
+    scale = 1 if cuda else CPU_SLOWER
+
     def own(name: str, timeout: float, needs_cuda: bool = False) -> Line:
+        timeout *= scale
         argv = [python, str(SCRIPT), "--line", name, "--work", str(work), "--weights", str(weights),
                 "--timeout", str(timeout)] + (["--cpu-dry-run"] if not cuda else [])
         return Line(name.replace("-", " "), argv, timeout + 30, needs_cuda=needs_cuda)
@@ -369,13 +374,13 @@ def plan(args, cuda: bool) -> tuple[list[Line], list[Line], list[Line]]:
     lane1 = [
         own("run-acc-cold", 330, needs_cuda=True),
         own("run-acc-warm", 200, needs_cuda=True),
-        Line("bench", [*cli, "bench", "--preset", "acc", "--frames", "48", "--size", "768", "--compile-cache", str(cache)], 240),
-        Line("bench schedule", [*cli, "bench", "--preset", "acc", "--schedule", "5", "--compile-cache", str(cache)], 240),
+        Line("bench", [*cli, "bench", "--preset", "acc", "--frames", "48", "--size", "768", "--compile-cache", str(cache)], 240 * scale),
+        Line("bench schedule", [*cli, "bench", "--preset", "acc", "--schedule", "5", "--compile-cache", str(cache)], 240 * scale),
     ]
     lane2 = [
-        Line("pytest -m gpu", [python, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-q"], 330,
+        Line("pytest -m gpu", [python, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-q"], 330 * scale,
              env={"ECHOMIMIC2_TEST_WEIGHTS": str(weights)} if cuda else {}, judge=judge_pytest),
-        Line("doctor", [*cli, "doctor", *(["--weights", str(weights)] if cuda else []), "--output", str(work / "doctor-out")], 150),
+        Line("doctor", [*cli, "doctor", *(["--weights", str(weights)] if cuda else []), "--output", str(work / "doctor-out")], 150 * scale),
         own("clip", 180),
         own("preview", 150),
         own("preview-app", 60),
@@ -395,14 +400,16 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="Folder for the logs, smoke.json, coverage.json, cuda_coverage.txt.")
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-smoke"), help="Weights (6.6 GB), inputs, outputs.")
     parser.add_argument("--weights", type=Path, help="An official-layout folder to use (default: WORK/weights, written).")
-    parser.add_argument("--budget", type=float, default=500,
-                        help="Seconds after which no line starts (one that started may run 40 s longer).")
+    parser.add_argument("--budget", type=float,
+                        help="Seconds after which no line starts (one that started may run 40 s longer); "
+                             "default 500, 1800 for --cpu-dry-run.")
     parser.add_argument("--cpu-dry-run", dest="cpu", action="store_true",
                         help="No GPU: run what runs on the CPU (the tiny model), to check the lines and the coverage.")
     parser.add_argument("--line", choices=sorted(LINE_FUNCTIONS), help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=float, default=600, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.weights = args.weights or args.work / "weights"
+    args.budget = args.budget or (CPU_BUDGET if args.cpu else GPU_BUDGET)
     sys.path.insert(0, str(REPO))
     if args.line:
         return run_line_function(args)
