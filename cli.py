@@ -4,11 +4,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+import typer.core
 
 # a plain table (no torch): the choices below come from it
 from echomimic2.presets import DEFAULT_WITH_WEIGHTS, DEFAULT_WITHOUT_WEIGHTS, PRESETS
 
 FULL_SIZE_PRESETS = [name for name, preset in PRESETS.items() if preset.full_size]
+
+
+def _value_name(parameter, ctx) -> str | None:
+    """What help shows after an option that takes a value: its metavar (DIR, URI, N), else its name in capitals;
+    nothing after a flag or an argument (its name is shown). Typer's default, the Python type (`--force <bool>`,
+    `manifest <str>`), says nothing the help text does not."""
+    if isinstance(parameter, typer.core.TyperArgument) or getattr(parameter, "is_flag", False):
+        return None
+    return parameter.metavar or parameter.name.upper()
+
+
+typer.core.TyperArgument.display_type_rich = _value_name
+typer.core.TyperOption.display_type_rich = _value_name
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 weights_app = typer.Typer(no_args_is_help=True, help="Inspect official EchoMimic V2 weight folders.")
@@ -19,25 +33,25 @@ app.add_typer(poses_app, name="poses")
 
 @app.command()
 def run(
-    manifest: str = typer.Argument(..., help="Parquet manifest: local path or fsspec URL."),
-    output: str = typer.Option(..., "--output", "-o", help="Output root: local path or fsspec URL."),
-    weights: Path | None = typer.Option(None, help="Official weights folder; without it the tiny demo model runs (trained on drawn figures)."),
-    preset: str | None = typer.Option(None, help=f"{' | '.join(PRESETS)} (default: {DEFAULT_WITH_WEIGHTS} with --weights, else {DEFAULT_WITHOUT_WEIGHTS})."),
+    manifest: str = typer.Argument(..., metavar="MANIFEST", help="Parquet manifest: local path or fsspec URL."),
+    output: str = typer.Option(..., "--output", "-o", metavar="URI", help="Output root: local path or fsspec URL."),
+    weights: Path | None = typer.Option(None, metavar="DIR", help="Official weights folder; without it the tiny demo model runs (trained on drawn figures)."),
+    preset: str | None = typer.Option(None, metavar="NAME", help=f"{' | '.join(PRESETS)} (default: {DEFAULT_WITH_WEIGHTS} with --weights, else {DEFAULT_WITHOUT_WEIGHTS})."),
     address: str | None = typer.Option(
-        None, help="Ray cluster to join: auto, or <head-ip>:6379 (default: RAY_ADDRESS if set, else start a local Ray)."),
-    gpus: int | None = typer.Option(None, help="Render actors (GPUs) to use; default: all the cluster has."),
-    cpus: int | None = typer.Option(None, help="Preprocessing actors; default: follow the cluster's CPUs."),
+        None, metavar="ADDRESS", help="Ray cluster to join: auto, or <head-ip>:6379 (default: RAY_ADDRESS if set, else start a local Ray)."),
+    gpus: int | None = typer.Option(None, metavar="N", help="Render actors (GPUs) to use; default: all the cluster has."),
+    cpus: int | None = typer.Option(None, metavar="N", help="Preprocessing actors; default: follow the cluster's CPUs."),
     force: bool = typer.Option(False, help="Redo every clip, ignoring the ledger."),
-    segment_frames: int | None = typer.Option(None, help="Frames per segment (unit of GPU work)."),
-    overlap_frames: int | None = typer.Option(None, help="Frames shared by neighbouring segments (cross-faded)."),
+    segment_frames: int | None = typer.Option(None, metavar="N", help="Frames per segment (unit of GPU work); default 288."),
+    overlap_frames: int | None = typer.Option(None, metavar="N", help="Frames shared by neighbouring segments (cross-faded); default 6."),
     allow_http: bool = typer.Option(False, help="Allow http(s):// inputs."),
-    input_root: Path | None = typer.Option(None, help="Confine local inputs to this folder (symlinks may not leave it)."),
+    input_root: Path | None = typer.Option(None, metavar="DIR", help="Confine local inputs to this folder (symlinks may not leave it)."),
     shared_fs: bool = typer.Option(
         False, help="Local paths are one filesystem mounted alike on every node (NFS, EFS): allow them on a multi-node cluster."),
     random_weights: bool = typer.Option(
         False, hidden=True, help="Benchmarks only: full-size acc/quality networks with random weights, no --weights."),
     compile_cache: str | None = typer.Option(
-        None, help="Folder or URI where GPU render workers share compiled kernels (default: OUTPUT/_cache/compile)."),
+        None, metavar="URI", help="Folder or URI where GPU render workers share compiled kernels (default: OUTPUT/_cache/compile)."),
     fp8: bool = typer.Option(
         False, help="Opt-in fast mode: fp8 matmuls in the denoising UNet (Ada/Hopper or newer). Measured on an H200: "
                     "no faster, 1.3 GiB less memory, frames up to 21 levels from fp32 (BENCHMARKS.md). Part of each "
@@ -54,9 +68,9 @@ def run(
 
 @app.command()
 def validate(
-    manifest: str = typer.Argument(..., help="Parquet manifest: local path or fsspec URL."),
+    manifest: str = typer.Argument(..., metavar="MANIFEST", help="Parquet manifest: local path or fsspec URL."),
     allow_http: bool = typer.Option(False, help="Allow http(s):// inputs."),
-    input_root: Path | None = typer.Option(None, help="Confine local inputs to this folder."),
+    input_root: Path | None = typer.Option(None, metavar="DIR", help="Confine local inputs to this folder."),
 ) -> None:
     """Check every row before any GPU time is spent; one line per problem; exit 1 if any."""
     arguments = dict(locals())  # the parameters only, taken before the import adds a name
@@ -66,7 +80,7 @@ def validate(
 
 
 @app.command()
-def status(output: str = typer.Argument(..., help="Output root of a run.")) -> None:
+def status(output: str = typer.Argument(..., metavar="OUTPUT", help="Output root of a run.")) -> None:
     """Summarise an output root and list failures with their reasons."""
     from pipeline.commands import status_command
 
@@ -75,8 +89,8 @@ def status(output: str = typer.Argument(..., help="Output root of a run.")) -> N
 
 @app.command()
 def report(
-    output: str = typer.Argument(..., help="Output root of a run: local path or fsspec URL."),
-    to: str | None = typer.Option(None, help="Folder for the page (default: OUTPUT/_report)."),
+    output: str = typer.Argument(..., metavar="OUTPUT", help="Output root of a run: local path or fsspec URL."),
+    to: str | None = typer.Option(None, metavar="DIR", help="Folder for the page (default: OUTPUT/_report)."),
 ) -> None:
     """Write a static review page (index.html + contact strips): every clip's frames, status, QC flags, errors."""
     from pipeline.report import report_command
@@ -86,10 +100,10 @@ def report(
 
 @app.command()
 def preview(
-    weights: Path | None = typer.Option(None, help="Official weights folder (acc/quality presets); without it: tiny."),
-    manifest: str | None = typer.Option(None, help="Manifest the 'Add to manifest' button appends to."),
-    host: str = typer.Option("127.0.0.1", help="Address to serve on."),
-    port: int = typer.Option(7860, help="Port to serve on."),
+    weights: Path | None = typer.Option(None, metavar="DIR", help="Official weights folder (acc/quality presets); without it: tiny."),
+    manifest: str | None = typer.Option(None, metavar="FILE", help="Manifest the 'Add to manifest' button appends to."),
+    host: str = typer.Option("127.0.0.1", metavar="HOST", help="Address to serve on."),
+    port: int = typer.Option(7860, metavar="N", help="Port to serve on."),
 ) -> None:
     """Open a Gradio page to render one clip (same steps as the job) and add it to a manifest."""
     from pipeline.preview import preview_command
@@ -99,9 +113,9 @@ def preview(
 
 @app.command()
 def plan(
-    manifest: str = typer.Argument(..., help="Parquet manifest: local path or fsspec URL."),
-    segment_frames: int | None = typer.Option(None),
-    overlap_frames: int | None = typer.Option(None),
+    manifest: str = typer.Argument(..., metavar="MANIFEST", help="Parquet manifest: local path or fsspec URL."),
+    segment_frames: int | None = typer.Option(None, metavar="N", help="Frames per segment (unit of GPU work), as `run` takes it."),
+    overlap_frames: int | None = typer.Option(None, metavar="N", help="Frames shared by neighbouring segments, as `run` takes it."),
 ) -> None:
     """Print frames, segments and estimated GPU time per preset, without rendering."""
     arguments = dict(locals())  # the parameters only, taken before the import adds a name
@@ -112,15 +126,15 @@ def plan(
 
 @app.command()
 def bench(
-    preset: str = typer.Option(DEFAULT_WITH_WEIGHTS, help=" | ".join(FULL_SIZE_PRESETS)),
-    frames: int = typer.Option(120, help="Frames to render."),
-    size: int = typer.Option(768, help="Square image side in pixels (multiple of 64)."),
+    preset: str = typer.Option(DEFAULT_WITH_WEIGHTS, metavar="NAME", help=" | ".join(FULL_SIZE_PRESETS)),
+    frames: int = typer.Option(120, metavar="N", help="Frames to render."),
+    size: int = typer.Option(768, metavar="PIXELS", help="Square image side in pixels (multiple of 64)."),
     json_out: bool = typer.Option(False, "--json", help="Print one machine-readable JSON line."),
     schedule: str | None = typer.Option(
-        None, help="Clip lengths in seconds, e.g. 5,20,120: time each clip as the job renders it (its planned "
+        None, metavar="SECONDS,…", help="Clip lengths in seconds, e.g. 5,20,120: time each clip as the job renders it (its planned "
                    "segments) beside one whole-clip render, and print the ratio."),
-    steps: int | None = typer.Option(None, help="--schedule only: denoising steps instead of the preset's."),
-    compile_cache: str | None = typer.Option(None, help="--schedule only: compiled-kernel cache folder to load."),
+    steps: int | None = typer.Option(None, metavar="N", help="--schedule only: denoising steps instead of the preset's."),
+    compile_cache: str | None = typer.Option(None, metavar="DIR", help="--schedule only: compiled-kernel cache folder to load."),
     compile_networks: bool = typer.Option(True, "--compile/--eager", help="--schedule only: torch.compile (GPU)."),
     fp8: bool = typer.Option(False, help="The opt-in fast mode (fp8 matmuls in the denoising UNet); not with --schedule."),
 ) -> None:
@@ -137,9 +151,9 @@ def bench(
 
 @app.command()
 def doctor(
-    weights: Path | None = typer.Option(None, help="Official weights folder to check (layout, then a short render)."),
-    output: str | None = typer.Option(None, "--output", "-o", help="Output root whose storage and credentials to check."),
-    preset: str | None = typer.Option(None, help="Preset whose weights to check (default: acc with --weights, else tiny)."),
+    weights: Path | None = typer.Option(None, metavar="DIR", help="Official weights folder to check (layout, then a short render)."),
+    output: str | None = typer.Option(None, "--output", "-o", metavar="URI", help="Output root whose storage and credentials to check."),
+    preset: str | None = typer.Option(None, metavar="NAME", help="Preset whose weights to check (default: acc with --weights, else tiny)."),
     render: bool = typer.Option(True, help="Also render one short segment."),
 ) -> None:
     """Self-check: CUDA and GPU memory, ffmpeg, the weights folder, storage credentials, one short render."""
@@ -150,23 +164,23 @@ def doctor(
 
 @weights_app.command("check")
 def weights_check(
-    directory: Path = typer.Argument(..., help="Folder in the official layout (see README)."),
-    variant: str = typer.Option("both", help="quality | acc | both"),
+    directory: Path = typer.Argument(..., metavar="DIR", help="Folder in the official layout (see README)."),
+    variant: str = typer.Option("both", metavar="NAME", help="quality | acc | both"),
 ) -> None:
     """Per file: keys found / missing / unexpected; exit non-zero on any problem."""
-    from echomimic2.checkpoints import weights_check_command
+    from echomimic2.weights_check import weights_check_command
 
     raise typer.Exit(weights_check_command(directory, variant))
 
 
 @poses_app.command("extract")
 def poses_extract(
-    video: Path = typer.Argument(..., help="Driving video (mp4/mov/webm/mkv) with a person's upper body and hands."),
-    out: Path = typer.Argument(..., help="OUT.npz: one pickle-free sequence; any other name: a folder of official <i>.npy."),
-    fps: float = typer.Option(24.0, help="Frames per second of the poses (the clip's fps)."),
-    max_frames: int | None = typer.Option(None, help="Stop after this many poses."),
+    video: Path = typer.Argument(..., metavar="VIDEO", help="Driving video (mp4/mov/webm/mkv) with a person's upper body and hands."),
+    out: Path = typer.Argument(..., metavar="OUT", help="OUT.npz: one pickle-free sequence; any other name: a folder of official <i>.npy."),
+    fps: float = typer.Option(24.0, metavar="FPS", help="Frames per second of the poses (the clip's fps)."),
+    max_frames: int | None = typer.Option(None, metavar="N", help="Stop after this many poses."),
     preview: bool = typer.Option(False, help="Also write the drawn poses as <OUT>_preview.mp4 beside OUT."),
-    preview_size: int = typer.Option(512, help="Side of the preview video in pixels."),
+    preview_size: int = typer.Option(512, metavar="PIXELS", help="Side of the preview video in pixels."),
 ) -> None:
     """One official pose per frame at --fps; exit 1 when the video is unreadable, too long or has no hands."""
     from pipeline.driving_video import extract_poses_command
