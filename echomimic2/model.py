@@ -84,9 +84,8 @@ class EchoMimicV2:
                 if isinstance(weight, torch.Tensor) and hasattr(layer, "reset_parameters") and not weight.any():
                     layer.reset_parameters()
         for module in networks:
-            module.to(device=device).eval().requires_grad_(False)
-            if dtype != torch.float32:  # diffusers warns on any dtype move, even a no-op one
-                module.to(dtype=dtype)
+            # torch's own cast: diffusers' `ModelMixin.to` warns of float32 modules on any dtype move, even with none
+            torch.nn.Module.to(module, device=device, dtype=dtype).eval().requires_grad_(False)
         return cls(networks, PRESETS["tiny"], tiny_random_identity(seed))
 
     @classmethod
