@@ -196,8 +196,8 @@ def run_metrics(gpus: int, exit_code: int, started: float, wall_s: float, result
 def measure_output(output: str, gpus: int, exit_code: int, started: float, wall_s: float,
                    samples: list[tuple[float, float]] | None) -> RunMetrics:
     """`run_metrics` of the job that wrote `output`: its results.parquet (if it got that far) and ledger."""
-    from pipeline.job import read_results
     from pipeline.ledger import Ledger
+    from pipeline.results import read_results
 
     try:
         results = read_results(output)

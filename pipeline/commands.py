@@ -17,6 +17,7 @@ import math
 import os
 import signal
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -45,103 +46,46 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
                 segment_frames: int | None = None, overlap_frames: int | None = None, allow_http: bool = False,
                 input_root: Path | None = None, shared_fs: bool = False, random_weights: bool = False,
                 compile_cache: str | None = None, fp8: bool = False) -> int:
-    from dataclasses import replace
+    """`cli.py run`: the options and the manifest are checked before anything slow starts; then the job runs
+    under the project's signal handlers (installed before Ray starts) and its outcome becomes the exit code."""
+    from pipeline.job import JobError, JobInterrupted, load_specs, pipeline_left_open, record_start, run_job
+    from pipeline.tracker import STOP
 
-    import ray
-
-    from echomimic2 import PRESETS
-    from echomimic2.presets import default_preset
-    from pipeline.job import JobError, JobInterrupted, load_specs, record_start, run_job
-    from pipeline.manifest import process_local_problems
-    from pipeline.multinode import refuse_node_local_paths, work_runs_off_this_node
-    from pipeline.render import model_identity
-    from pipeline.rerun import RerunStamps
-    from pipeline.rows import JobSettings
-
-    preset = preset or default_preset(with_weights=bool(weights or random_weights))
-    if preset not in PRESETS:
-        console.print(f"[red]error[/red]: unknown preset {escape(repr(preset))} (choose from {', '.join(PRESETS)})")
-        return EXIT_JOB_FAILED
-    if random_weights:
-        if weights is not None or not PRESETS[preset].full_size:
-            console.print("[red]error[/red]: --random-weights builds the full-size acc/quality networks with random "
-                          "weights: use it with --preset acc or quality and without --weights")
-            return EXIT_JOB_FAILED
-        console.print("[yellow]note[/yellow]: --random-weights: full-size networks with RANDOM weights, for "
-                      "benchmarks only (the videos are noise)")
-    elif PRESETS[preset].full_size == (weights is None):
-        console.print(f"[red]error[/red]: preset {escape(repr(preset))} " + (
-            "needs --weights (the official checkpoints)" if weights is None else "runs the built-in demo model; drop --weights"))
-        return EXIT_JOB_FAILED
-    elif weights is None:
-        console.print("[yellow]note[/yellow]: no --weights: the tiny DEMO model runs, trained on drawn figures, not people: "
-                      "blurry figures whose mouths follow the speech and hands the poses. See README for the official weights.")
-    refused = refuse_before_starting(output, weights, input_root)
+    preset, refused = _choose_preset(preset, weights, random_weights)
+    refused = refused or refuse_before_starting(output, weights, input_root)
     if refused:
         console.print(f"[red]error[/red]: {escape(refused)}")
         return EXIT_JOB_FAILED
-    try:  # the manifest before the model: a misspelt path must not wait for torch to import
-        specs, problems = load_specs(manifest, allow_http=allow_http)
-    except JobError as exc:
-        console.print(f"[red]error[/red]: {escape(storage.redact(str(exc)))}")
-        return EXIT_JOB_FAILED
-    try:
-        identity = model_identity(preset, None if weights is None else str(weights), random_weights, fp8)
-    except Exception as exc:
-        console.print(f"[red]error[/red]: {escape(f'weights {weights}: {storage.describe_error(exc)}')}")
-        return EXIT_JOB_FAILED
-
-    # Everything that needs no Ray is checked first: a misspelt manifest or a finished rerun answers in seconds.
-    settings = JobSettings(
-        output=output, preset=preset, weights=None if weights is None else str(weights), model_identity=identity,
-        segment_frames=segment_frames or DEFAULT_SEGMENT_FRAMES,
-        overlap_frames=DEFAULT_OVERLAP_FRAMES if overlap_frames is None else overlap_frames,
-        force=force, allow_http=allow_http, input_root=None if input_root is None else str(input_root),
-        random_weights=random_weights, compile_cache=compile_cache, fp8=fp8)
-    restorers = [stop_on_signals()]  # undone in reverse order when the job ends
+    # From here a SIGINT / SIGTERM ends the job with its results (exit 130 / 143), also while Ray starts.
+    STOP.clear()
+    restore_signals = stop_on_signals()
     started_ray = interrupted = False
     try:
-        plan_segments(settings.segment_frames + 1, settings.segment_frames, settings.overlap_frames)  # checks the numbers
-        unreadable_by_workers = process_local_problems(specs)
-        problems += unreadable_by_workers
-        refused_rows = {p.row for p in unreadable_by_workers}
-        specs = [spec for spec in specs if spec.row not in refused_rows]
-        stamps = RerunStamps(settings, specs)
-        finished = stamps.finished(specs)
-        to_run = len(specs) - len(finished)
-        if finished:
-            console.print(f"{len(finished)} of {len(specs)} clip(s) finished earlier with unchanged inputs: skipped")
-        for reason, clip_ids in stamps.rendered_again.items():  # e.g. a release that changed the segment plan
-            shown = ", ".join(clip_ids[:3]) + (f" and {len(clip_ids) - 3} more" if len(clip_ids) > 3 else "")
-            console.print(f"[yellow]note[/yellow]: {len(clip_ids)} finished clip(s) will be rendered again: "
-                          f"{escape(reason)}: {escape(shown)}")
-        render_actors, gpus_per_actor, preprocess_actors = 0, 0.0, 0
-        if to_run:
+        # Everything that needs no Ray is checked first: a misspelt manifest or a finished rerun answers in
+        # seconds, and the manifest before the model (a misspelt path must not wait for torch to import).
+        specs, problems = load_specs(manifest, allow_http=allow_http)
+        settings = _job_settings(output, preset, weights, random_weights, fp8, segment_frames, overlap_frames, force,
+                                 allow_http, input_root, compile_cache)
+        specs, problems, finished, stamps = _skip_finished(specs, problems, settings)
+        workers = WorkerCounts()
+        needs_ray = len(finished) < len(specs)
+        if needs_ray and not STOP.is_set():  # stopped: run_job writes the results without Ray
             address = address or os.environ.get("RAY_ADDRESS")  # set for the driver of a `ray job submit`
-            try:
-                if not ray.is_initialized():
-                    _init_ray(address, gpus)
-                    started_ray = True
-                cluster = ray.cluster_resources()
-                restorers.append(stop_on_signals())  # again after ray.init: Ray's own SIGTERM handler dumps stacks and aborts
-            except Exception as exc:
-                console.print("[red]error[/red]: " + escape(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
-                                                            f"{storage.describe_error(exc)}"))
+            started_ray = _start_ray(address, gpus)
+        if needs_ray and not STOP.is_set():
+            settings, workers = _size_workers(settings, address, gpus, cpus)
+            refused_paths = _node_local_paths(specs, settings, address, shared_fs)
+            for line in refused_paths:
+                console.print(f"[red]error[/red]: {escape(storage.redact(line))}")
+            if refused_paths:
                 return EXIT_JOB_FAILED
-            render_actors, gpus_per_actor, preprocess_actors, render_threads = _worker_counts(cluster, address, gpus, cpus)
-            settings = replace(settings, render_threads=render_threads)
-            if address and work_runs_off_this_node():
-                refused = refuse_node_local_paths(specs, settings, shared_fs=shared_fs)
-                for line in refused:
-                    console.print(f"[red]error[/red]: {escape(storage.redact(line))}")
-                if refused:
-                    return EXIT_JOB_FAILED
-            console.print(f"job: preset {preset}, model {identity}, {render_actors} render actor(s), "
-                          f"up to {preprocess_actors} preprocessing actor(s), output {escape(storage.redact(output))}")
+            console.print(f"job: preset {preset}, model {settings.model_identity}, {workers.render} render actor(s), "
+                          f"up to {workers.preprocess} preprocessing actor(s), output {escape(storage.redact(output))}")
         # The job's first write, once nothing refuses it any more (a multi-node refusal leaves the root untouched).
         record_start(manifest, settings)
-        report = run_job(manifest, specs, problems, settings, render_actors=render_actors, render_gpus_per_actor=gpus_per_actor,
-                         preprocess_actors=preprocess_actors, console=console, finished=finished, stamps=stamps)
+        report = run_job(manifest, specs, problems, settings, render_actors=workers.render,
+                         render_gpus_per_actor=workers.gpus_per_render, preprocess_actors=workers.preprocess,
+                         console=console, finished=finished, stamps=stamps)
     except JobInterrupted as stop:
         interrupted = True
         console.print(f"[yellow]interrupted[/yellow] (signal {stop.signal_number}): finished clips are kept, results "
@@ -152,10 +96,146 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
         console.print(f"[red]error[/red]: {escape(storage.redact(str(exc)))}")
         return EXIT_JOB_FAILED
     finally:
-        for restore in reversed(restorers):
-            restore()
-        if started_ray and not interrupted:  # interrupted: see end_process_if_interrupted
+        restore_signals()
+        # Interrupted, or rows still being pulled from Ray Data: Ray is left to the process's end
+        # (end_process_if_interrupted), never shut down under a thread inside it.
+        if started_ray and not interrupted and not pipeline_left_open():
+            import ray
+
             ray.shutdown()
+    return _print_outcome(report, output)
+
+
+def _choose_preset(preset: str | None, weights: Path | None, random_weights: bool) -> tuple[str | None, str | None]:
+    """(the preset the job runs, or why the options cannot go together); prints the model note."""
+    from echomimic2 import PRESETS
+    from echomimic2.presets import default_preset
+
+    preset = preset or default_preset(with_weights=bool(weights or random_weights))
+    if preset not in PRESETS:
+        return preset, f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})"
+    if random_weights:
+        if weights is not None or not PRESETS[preset].full_size:
+            return preset, ("--random-weights builds the full-size acc/quality networks with random weights: use it "
+                            "with --preset acc or quality and without --weights")
+        console.print("[yellow]note[/yellow]: --random-weights: full-size networks with RANDOM weights, for "
+                      "benchmarks only (the videos are noise)")
+    elif PRESETS[preset].full_size == (weights is None):
+        return preset, f"preset {preset!r} " + (
+            "needs --weights (the official checkpoints)" if weights is None else "runs the built-in demo model; drop --weights")
+    elif weights is None:
+        console.print("[yellow]note[/yellow]: no --weights: the tiny DEMO model runs, trained on drawn figures, not people: "
+                      "blurry figures whose mouths follow the speech and hands the poses. See README for the official weights.")
+    return preset, None
+
+
+def _job_settings(output, preset, weights, random_weights, fp8, segment_frames, overlap_frames, force, allow_http,
+                  input_root, compile_cache):
+    """The job's settings, the weights' identity included (JobError if the weights cannot be read)."""
+    from pipeline.job import JobError
+    from pipeline.render import model_identity
+    from pipeline.rows import JobSettings
+
+    try:
+        identity = model_identity(preset, None if weights is None else str(weights), random_weights, fp8)
+    except Exception as exc:
+        raise JobError(f"weights {weights}: {storage.describe_error(exc)}") from None
+    return JobSettings(
+        output=output, preset=preset, weights=None if weights is None else str(weights), model_identity=identity,
+        segment_frames=segment_frames or DEFAULT_SEGMENT_FRAMES,
+        overlap_frames=DEFAULT_OVERLAP_FRAMES if overlap_frames is None else overlap_frames,
+        force=force, allow_http=allow_http, input_root=None if input_root is None else str(input_root),
+        random_weights=random_weights, compile_cache=compile_cache, fp8=fp8)
+
+
+def _skip_finished(specs, problems, settings):
+    """(specs to run, problems, plans finished earlier with unchanged inputs, the rerun stamps); rows whose
+    inputs the workers could not read become problems."""
+    from pipeline.manifest import process_local_problems
+    from pipeline.rerun import RerunStamps
+
+    plan_segments(settings.segment_frames + 1, settings.segment_frames, settings.overlap_frames)  # checks the numbers
+    unreadable_by_workers = process_local_problems(specs)
+    problems = problems + unreadable_by_workers
+    refused_rows = {p.row for p in unreadable_by_workers}
+    specs = [spec for spec in specs if spec.row not in refused_rows]
+    stamps = RerunStamps(settings, specs)
+    finished = stamps.finished(specs)
+    if finished:
+        console.print(f"{len(finished)} of {len(specs)} clip(s) finished earlier with unchanged inputs: skipped")
+    for reason, clip_ids in stamps.rendered_again.items():  # e.g. a release that changed the segment plan
+        shown = ", ".join(clip_ids[:3]) + (f" and {len(clip_ids) - 3} more" if len(clip_ids) > 3 else "")
+        console.print(f"[yellow]note[/yellow]: {len(clip_ids)} finished clip(s) will be rendered again: "
+                      f"{escape(reason)}: {escape(shown)}")
+    return specs, problems, finished, stamps
+
+
+def _start_ray(address: str | None, gpus: int | None) -> bool:
+    """Start a local Ray (or join `address`); True when this process started it. A start that times out (a
+    loaded machine) is tried once more. JobError when Ray cannot be started or reached."""
+    import ray
+
+    from pipeline.job import JobError
+    from pipeline.tracker import request_stop
+
+    if ray.is_initialized():
+        return False
+    for attempt in (1, 2):
+        try:
+            # ray.init replaces the SIGTERM handler with one that raises SystemExit(15): a SIGTERM while Ray
+            # starts becomes the job's stop request, so the job still ends with its results (exit 143).
+            _init_ray(address, gpus)
+            return True
+        except SystemExit as exit_request:
+            if exit_request.code != signal.SIGTERM:
+                raise
+            request_stop(signal.SIGTERM)
+            return True
+        except Exception as exc:  # noqa: BLE001 - reported below with its cause
+            ray.shutdown()
+            if attempt == 1 and ray_start_timed_out(exc):
+                console.print(f"[yellow]note[/yellow]: Ray start timed out ({escape(storage.describe_error(exc))}); "
+                              "trying once more")
+                continue
+            where = f" at {address}" if address else ""
+            raise JobError(f"cannot start or reach Ray{where}: {storage.describe_error(exc)}") from None
+        finally:
+            stop_on_signals()  # again: Ray's own SIGTERM handler dumps stacks and aborts
+    raise AssertionError("unreachable")
+
+
+def ray_start_timed_out(exc: BaseException) -> bool:
+    """Ray's start-up timeouts come as TimeoutError or as a plain Exception whose message says so."""
+    return isinstance(exc, TimeoutError) or "timed out" in str(exc).lower()
+
+
+@dataclass(frozen=True)
+class WorkerCounts:
+    render: int = 0
+    gpus_per_render: float = 0.0
+    preprocess: int = 0
+
+
+def _size_workers(settings, address: str | None, gpus: int | None, cpus: int | None):
+    """(settings with the render threads, WorkerCounts) for the connected cluster."""
+    import ray
+
+    render_actors, gpus_per_actor, preprocess_actors, render_threads = _worker_counts(
+        ray.cluster_resources(), address, gpus, cpus)
+    return (replace(settings, render_threads=render_threads),
+            WorkerCounts(render_actors, gpus_per_actor, preprocess_actors))
+
+
+def _node_local_paths(specs, settings, address: str | None, shared_fs: bool) -> list[str]:
+    """The paths other nodes cannot see, when the joined cluster runs work off this node."""
+    from pipeline.multinode import refuse_node_local_paths, work_runs_off_this_node
+
+    if not (address and work_runs_off_this_node()):
+        return []
+    return refuse_node_local_paths(specs, settings, shared_fs=shared_fs)
+
+
+def _print_outcome(report, output: str) -> int:
     counts = {status: sum(r["status"] == status for r in report.results) for status in ("done", "skipped", "failed")}
     console.print(f"finished: {counts['done']} rendered, {counts['skipped']} already done, {counts['failed']} failed; "
                   f"results in {escape(storage.redact(storage.join(output, 'results.parquet')))}")
@@ -163,11 +243,13 @@ def run_command(manifest: str, output: str, weights: Path | None = None, preset:
 
 
 def end_process_if_interrupted(code: int) -> None:
-    """After an interrupted job (its results written), end the process at once. Its Ray is left running: the
-    thread reading the job's results may still be inside Ray Data's iterator, and `ray.shutdown()` or the
-    interpreter's exit around it once crashed the driver (SIGSEGV instead of exit 143, on a loaded machine). The
-    processes of a local Ray share the driver's fate, and a cluster drops a dead driver's actors."""
-    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+    """After an interrupted job (its results written), or one whose row-pulling thread may still be inside Ray
+    Data (workers gave up), end the process at once. Its Ray is left running: `ray.shutdown()` or the
+    interpreter's exit around that thread once crashed the driver (SIGSEGV instead of exit 143, on a loaded
+    machine). The processes of a local Ray share the driver's fate, and a cluster drops a dead driver's actors."""
+    from pipeline.job import pipeline_left_open
+
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM) or pipeline_left_open():
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -221,7 +303,7 @@ def stop_on_signals():
     """SIGINT and SIGTERM ask the job to stop (a flag its driver loop reads every half second: an exception
     raised inside Ray's own calls would be swallowed there), so it writes its results and exits 130 / 143;
     returns what puts the previous handlers back."""
-    from pipeline.job import request_stop
+    from pipeline.tracker import request_stop
 
     def interrupt(signal_number, _frame):
         request_stop(signal_number)
@@ -242,9 +324,17 @@ def _init_ray(address: str | None, gpus: int | None) -> None:
     # On a machine without GPUs, --gpus N gives Ray N logical GPUs (render actors then run on CPU).
     num_gpus = real_gpus if real_gpus else (gpus or 0)
     total_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    ray.init(num_cpus=os.cpu_count(), num_gpus=num_gpus, include_dashboard=False, logging_level="WARNING",
-             object_store_memory=int(min(2e9, 0.2 * total_memory)),
-             _temp_dir="/tmp/ray")  # Ray's socket paths must stay short (AF_UNIX limit)
+    # address="local": a Ray of this job's own, even where an earlier `ray start` left its address in
+    # <temp>/ray_current_cluster (without it, ray.init would try to join that cluster and refuse num_cpus).
+    ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
+             logging_level="WARNING", object_store_memory=int(min(2e9, 0.2 * total_memory)),
+             _temp_dir=ray_temp_dir())
+
+
+def ray_temp_dir() -> str:
+    """Ray's folder for a local run: <RAY_TMPDIR or /tmp>/ray, as Ray's own default, kept short because Ray's
+    socket paths must fit the AF_UNIX limit."""
+    return os.path.join(os.environ.get("RAY_TMPDIR") or "/tmp", "ray")
 
 
 def validate_command(manifest: str, allow_http: bool = False, input_root: Path | None = None) -> int:
@@ -265,8 +355,8 @@ def validate_command(manifest: str, allow_http: bool = False, input_root: Path |
 
 
 def status_command(output: str) -> int:
-    from pipeline.job import read_results
     from pipeline.ledger import Ledger
+    from pipeline.results import read_results
 
     shown = escape(storage.redact(output))
     try:

@@ -46,7 +46,7 @@ def refuse_node_local_paths(specs, settings, *, shared_fs: bool) -> list[str]:
     """node_local_paths for the job's output root and every row's inputs (the manifest itself is read
     by the driver alone, so it may be local). `specs` are the manifest's ClipSpecs, `settings` the
     job's JobSettings."""
-    from pipeline.job import row_label
+    from pipeline.rows import row_label
 
     named = [("--output", settings.output)]
     for spec in specs:

@@ -188,8 +188,8 @@ def _mp4_link(output: str | None, dest: str, link_seconds: int) -> str | None:
 def write_report(root: str, to: str | None = None, *, link_seconds: int = 7 * 24 * 3600,
                  strip_workers: int = STRIP_WORKERS, title: str | None = None) -> ReportSummary:
     """Write the review page of ``root`` (its results.parquet and MP4s) to ``to`` (default ``<root>/_report``)."""
-    from pipeline.job import read_results
     from pipeline.ledger import Ledger
+    from pipeline.results import read_results
 
     started = time.perf_counter()
     results = read_results(root)

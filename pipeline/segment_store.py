@@ -4,7 +4,9 @@ freed together once its MP4 is committed (`Ledger.delete_segments`):
 - one ``.npy`` of uint8 frames ``(n, H, W, 3)`` per rendered segment, written atomically and read back a few
   frames at a time, so the assembler's memory does not grow with the clip;
 - ``audio``: the row's audio file exactly as preprocessing read (and fingerprinted) it, which the assembler
-  muxes, so the input is read once per clip and a file edited mid-job cannot reach an MP4 of the old one.
+  muxes, so the input is read once per clip and a file edited mid-job cannot reach an MP4 of the old one;
+- ``_segments/<clip_id>/plan.json``: the clip's plan as preprocessing posted it to the job's board, read by the
+  driver only when the board actor was lost before the driver took the plan.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from pipeline import storage
 from pipeline.ledger import Ledger
 
 CLIP_AUDIO_NAME = "audio"  # cannot meet a segment's "<start>-<stop>.npy"
+CLIP_PLAN_NAME = "plan.json"
+MAX_PLAN_BYTES = 16 << 20
 
 
 def _check_frames(shape, dtype, where: str) -> None:
@@ -106,3 +110,31 @@ def read_clip_audio(uri: str, *, max_bytes: int, sha: str) -> bytes:
     if content_hash(data) != sha:
         raise ValueError(f"{storage.redact(uri)}: the stored audio is not the audio this clip was planned with; rerun")
     return data
+
+
+def clip_plan_uri(ledger: Ledger, clip_id: str) -> str:
+    return storage.join(ledger.root, "_segments", clip_id, CLIP_PLAN_NAME)
+
+
+def store_clip_plan(ledger: Ledger, plan) -> None:
+    """Keep a copy of the clip's plan (a `rows.ClipPlan`) beside its segments, freed with them."""
+    import json
+
+    from pipeline.rows import to_batch
+
+    row = {name: column[0].item() if hasattr(column[0], "item") else column[0] for name, column in to_batch(plan).items()}
+    storage.write_atomic(clip_plan_uri(ledger, plan.clip_id), json.dumps(row).encode())
+
+
+def read_clip_plan(ledger: Ledger, clip_id: str):
+    """The stored plan of `clip_id` (a `rows.ClipPlan`), or None if preprocessing has not stored one."""
+    import json
+
+    from pipeline.rows import ClipPlan, from_batch
+
+    uri = clip_plan_uri(ledger, clip_id)
+    try:
+        row = json.loads(storage.read_bytes(uri, max_bytes=MAX_PLAN_BYTES))
+    except FileNotFoundError:
+        return None
+    return from_batch(ClipPlan, {name: [value] for name, value in row.items()})

@@ -9,6 +9,7 @@ workers), and maps typed rows (`pipeline.rows`) with `__call__`. Their work is t
 
 The board (`JobBoard`, one Ray actor in a job) is the driver's side channel: clip plans reach the driver
 through it, never through a GPU actor, and it counts each segment's attempts across render worker deaths.
+Preprocessing also stores each clip's plan beside its segments, so losing the board loses no plan.
 """
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ from pipeline.manifest import ClipSpec, Problem
 from pipeline.media import decode_audio, decode_reference
 from pipeline.preprocess import RowRefused, read_clip_inputs, refusing, render_params
 from pipeline.rows import ClipPlan, JobSettings, SegmentResult, SegmentWork, row_label
-from pipeline.segment_store import clip_audio_uri, read_clip_audio, segment_output, store_clip_audio
+from pipeline.segment_store import clip_audio_uri, read_clip_audio, segment_output, store_clip_audio, store_clip_plan
 from pipeline.steps import audio_features, plan_segments, reference_and_poses, render_frames, segment_inputs
 
 SEGMENT_ATTEMPTS = 3  # tries per segment, whether the renderer raised or its worker died
 # The job gives up rendering after this many render worker deaths with no segment finished in between
-# (two segments that each kill their worker SEGMENT_ATTEMPTS times): a broken node or model must end the
-# job in bounded time, not restart workers forever.
+# (two segments that each kill their worker SEGMENT_ATTEMPTS times), whether they died starting or
+# rendering (the driver counts Ray's restarts, tracker.py): a broken node or model must end the job in
+# bounded time, not restart workers forever.
 RENDER_DEATHS_IN_A_ROW = 2 * SEGMENT_ATTEMPTS
 # Fault tests only: a render worker that starts segment "<clip_id>:<start>" (or any segment: "*") kills its
 # own process with SIGKILL, as the OOM killer or a lost node would; "<clip_id>:<start>@1" only on attempt 1.
@@ -75,18 +77,25 @@ class Stage:
 class Attempt:
     number: int  # 1-based
     error: str | None = None  # set: do not render; the segment fails with this reason
-    give_up: bool = False  # the job stops rendering (RENDER_DEATHS_IN_A_ROW)
 
 
 class JobBoard:
-    """Plain Python; `job.py` runs one as a Ray actor that every worker and the driver share."""
+    """Plain Python; `job.py` runs one as a Ray actor that every worker and the driver share, which Ray
+    restarts if it dies. A restarted board starts empty: its `incarnation` tells the driver, which then takes
+    the plans it had not yet received from their stored copies (`segment_store.store_clip_plan`); attempt
+    counts start again, while the driver's bound on render worker deaths still holds."""
 
-    def __init__(self, attempts_per_segment: int = SEGMENT_ATTEMPTS, deaths_in_a_row: int = RENDER_DEATHS_IN_A_ROW):
-        self.attempts_per_segment, self.deaths_limit = attempts_per_segment, deaths_in_a_row
+    def __init__(self, attempts_per_segment: int = SEGMENT_ATTEMPTS):
+        import uuid
+
+        self.attempts_per_segment = attempts_per_segment
+        self.id = uuid.uuid4().hex
         self.plans: list[ClipPlan] = []
         self.outcomes: dict[tuple, list[str | None]] = {}  # segment -> per attempt: error, "ok", None (running/died)
-        self.deaths = self.deaths_in_a_row = 0
         self.failed_clips: set[tuple[str, str]] = set()
+
+    def incarnation(self) -> str:
+        return self.id
 
     # -- clip plans ---------------------------------------------------------------------------
     def post_plan(self, plan: ClipPlan) -> None:
@@ -97,24 +106,11 @@ class JobBoard:
         return plans
 
     # -- render attempts ----------------------------------------------------------------------
-    def render_worker_started(self, restarted: bool) -> bool:
-        """Count a death when a worker replaces one that died; True when the job has given up."""
-        if restarted:
-            self.deaths += 1
-            self.deaths_in_a_row += 1
-        return self.gave_up()
-
-    def gave_up(self) -> bool:
-        return self.deaths_in_a_row >= self.deaths_limit
-
     def begin(self, label: str, key: tuple) -> Attempt:
         """The next attempt at segment `key` (clip_id, fingerprint, start, stop). An earlier attempt that
         never ended died with its worker: one segment is only ever on one worker at a time."""
         outcomes = self.outcomes.setdefault(key, [])
         errors = [f"attempt {n}: " + (outcome or "the render worker died") for n, outcome in enumerate(outcomes, 1)]
-        if self.gave_up():
-            return Attempt(len(outcomes) + 1, error=f"{label}: not rendered: render workers died {self.deaths_in_a_row} "
-                           "times in a row without finishing a segment, the job stopped rendering", give_up=True)
         if key[:2] in self.failed_clips:
             return Attempt(len(outcomes) + 1, error=f"{label}: not rendered: another segment of the clip failed")
         if len(outcomes) >= self.attempts_per_segment:
@@ -125,8 +121,6 @@ class JobBoard:
 
     def end(self, key: tuple, error: str | None = None) -> None:
         self.outcomes[key][-1] = error or "ok"
-        if error is None:
-            self.deaths_in_a_row = 0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -158,10 +152,17 @@ class PreprocessStage(Stage):
         started = time.perf_counter()
         try:
             plan, reference, audio, poses = self.plan(spec)
+            plan.preprocess_seconds = time.perf_counter() - started
+            if not plan.skipped:
+                store_clip_plan(self.ledger, plan)  # the board's copy may be lost with its actor
         except RowRefused as refused:
             self.board.post_plan(ClipPlan(spec.row, spec.clip_id, error=str(refused)))
             return
-        plan.preprocess_seconds = time.perf_counter() - started
+        except Exception as exc:  # noqa: BLE001 - storage refusing a write (out of space, an outage beyond its
+            # retries) fails this row with its cause; raised, it would read as a worker that died
+            error = f"{row_label(spec)}: preprocessing: {storage.describe_error(exc)}"
+            self.board.post_plan(ClipPlan(spec.row, spec.clip_id, error=error))
+            return
         self.board.post_plan(plan)  # before its segments: the driver knows a plan before any of its results
         if plan.skipped:
             return
@@ -244,8 +245,6 @@ class RenderStage(Stage):
         from pipeline.render import CompileCache, compile_cache_folder, compiles_networks, load_model
 
         self.ledger = Ledger(self.settings.output)
-        if self.board.render_worker_started(self.restarted):
-            return  # the job gave up rendering: answer every segment at once, without loading a model
         device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES even with logical GPUs
         if device == "cpu" and self.settings.render_threads:
             torch.set_num_threads(self.settings.render_threads)
@@ -263,10 +262,8 @@ class RenderStage(Stage):
         uri = self.ledger.segment_uri(*key)
         while True:
             attempt = self.board.begin(work.label, key)
-            if attempt.error is not None or self.model is None:
-                error = attempt.error or f"{work.label}: not rendered: the job stopped rendering"
-                return SegmentResult(work.row, *key, attempts=attempt.number, error=error,
-                                     give_up=attempt.give_up or self.model is None)
+            if attempt.error is not None:
+                return SegmentResult(work.row, *key, attempts=attempt.number, error=attempt.error)
             _fault_kill(work, attempt.number)
             started = time.perf_counter()
             try:

@@ -18,8 +18,8 @@ import soundfile as sf
 
 from pipeline import qc, report, storage
 from pipeline.assemble import assemble_clip
-from pipeline.job import RESULT_COLUMNS
 from pipeline.ledger import REPORT_FOLDER, STRIPS_FOLDER, strip_name, strip_uri
+from pipeline.results import RESULT_COLUMNS
 from pipeline.segment_store import write_segment
 
 FPS = 12.0

@@ -12,7 +12,7 @@ from PIL import Image
 
 from echomimic2.pose import default_pose_sequence, save_pose_npz
 from pipeline.commands import EXIT_OK, run_command
-from pipeline.job import read_results
+from pipeline.results import read_results
 
 
 @pytest.fixture(scope="module")

@@ -441,7 +441,7 @@ def test_local_paths_are_refused_up_front_on_a_multi_node_cluster(loopback_clust
 
 @pytest.mark.slow
 def test_job_renders_every_clip_on_the_gpu_node(loopback_cluster, s3_bucket):
-    from pipeline.job import read_results
+    from pipeline.results import read_results
 
     manifest = write_inputs(s3_bucket, {"alpha": 1.5, "beta": 2.0})
     output = f"{s3_bucket}/renders"
@@ -458,7 +458,7 @@ def test_job_renders_every_clip_on_the_gpu_node(loopback_cluster, s3_bucket):
 
 @pytest.mark.slow
 def test_losing_the_gpu_node_mid_job_loses_nothing(loopback_cluster, s3_bucket, tmp_path):
-    from pipeline.job import read_results
+    from pipeline.results import read_results
 
     manifest = write_inputs(s3_bucket, {"gamma": 3.0, "delta": 3.0})
     output = f"{s3_bucket}/renders"
@@ -507,7 +507,7 @@ def test_losing_the_gpu_node_mid_job_loses_nothing(loopback_cluster, s3_bucket, 
 def test_gpus_beyond_the_cluster_wait_for_gpu_nodes_to_join(loopback_cluster, s3_bucket, tmp_path):
     """`--gpus N` on a cluster scaled down to its head: the job asks for N GPU actors and renders once
     a GPU node joins (here started by the test, as an autoscaler would)."""
-    from pipeline.job import read_results
+    from pipeline.results import read_results
 
     manifest = write_inputs(s3_bucket, {"epsilon": 1.0})
     output = f"{s3_bucket}/renders"
@@ -537,7 +537,7 @@ def test_gpus_beyond_the_cluster_wait_for_gpu_nodes_to_join(loopback_cluster, s3
 def test_ray_job_submit_with_the_runtime_env_from_cluster_dir(loopback_cluster, s3_bucket):
     """The README's submission: `ray job submit --runtime-env cluster/runtime_env.yaml -- python cli.py
     run s3://… --output s3://…` (no --address: the driver joins the job's cluster through RAY_ADDRESS)."""
-    from pipeline.job import read_results
+    from pipeline.results import read_results
 
     manifest = write_inputs(s3_bucket, {"zeta": 1.0})
     output = f"{s3_bucket}/renders"

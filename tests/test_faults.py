@@ -3,6 +3,8 @@ with the right exit code: plan on a manifest missing a column, status on a root 
 with an output root or option path the workers could not use."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from conftest import image_bytes, wav_bytes, write_manifest
@@ -83,3 +85,111 @@ def test_process_local_inputs_are_row_problems_for_a_job():
         "reads and writes in Ray worker processes; use a local path or an object store (s3://, gs://, az://)",
         "row 2 (clip 'pose'): pose: memory://x/p.npz: memory:// exists only inside one process, and the job "
         "reads and writes in Ray worker processes; use a local path or an object store (s3://, gs://, az://)"]
+
+
+def _short_ray_tmpdir(monkeypatch) -> Path:
+    """A Ray folder of this test's own (RAY_TMPDIR), short enough for Ray's socket paths."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    monkeypatch.setenv("RAY_TMPDIR", str(folder))
+    return folder
+
+
+def test_a_local_run_starts_its_own_ray_despite_a_stale_cluster_file(monkeypatch):
+    """Issue 33 #9: an earlier `ray start --head` leaves <ray temp>/ray_current_cluster; a run without --address
+    must not try to join it (Ray then refuses num_cpus / num_gpus)."""
+    import ray
+
+    from pipeline.commands import _start_ray
+
+    ray_dir = _short_ray_tmpdir(monkeypatch) / "ray"
+    ray_dir.mkdir()
+    (ray_dir / "ray_current_cluster").write_text("127.0.0.1:6399")  # nothing listens there
+    try:
+        assert _start_ray(None, 1)
+        assert ray.cluster_resources().get("GPU") == 1
+    finally:
+        ray.shutdown()
+
+
+def test_a_ray_start_that_times_out_is_tried_once_more(monkeypatch, capsys):
+    """Issue 33 #11: on a loaded machine Ray's start can time out; the second try starts it."""
+    import ray
+
+    from pipeline import commands
+
+    _short_ray_tmpdir(monkeypatch)
+    starts = []
+    real_init = commands._init_ray
+
+    def init_that_times_out_first(address, gpus):
+        starts.append(address)
+        if len(starts) == 1:  # Ray's own words for it (ray/_private/node.py)
+            raise Exception("The current node timed out during startup. This could happen because some of the "
+                            "raylet failed to startup or the GCS has become overloaded.")
+        real_init(address, gpus)
+
+    monkeypatch.setattr(commands, "_init_ray", init_that_times_out_first)
+    try:
+        assert commands._start_ray(None, 1)
+        assert ray.is_initialized() and len(starts) == 2
+        assert "Ray start timed out" in capsys.readouterr().out
+    finally:
+        ray.shutdown()
+    from pipeline.job import JobError
+
+    starts.clear()
+
+    def init_that_fails(address, gpus):
+        starts.append(address)
+        raise ValueError("bad option")
+
+    monkeypatch.setattr(commands, "_init_ray", init_that_fails)
+    with pytest.raises(JobError, match="cannot start or reach Ray: ValueError: bad option"):
+        commands._start_ray(None, 1)
+    assert len(starts) == 1  # not a timeout: no second try
+
+
+@pytest.fixture
+def small_volume(tmp_path):
+    """A real filesystem of `size` bytes (a tmpfs: needs root and mount, as in CI's container)."""
+    import subprocess
+
+    mounted = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"volume{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_out_of_space_in_preprocessing_fails_the_row_with_its_cause(tmp_path, small_volume):
+    """Issue 33 #7: ENOSPC while preprocessing stores the clip's audio copy is the row's failure, named, not
+    'preprocessing worker died repeatedly' with Ray tracebacks; results are still written (they fit)."""
+    import subprocess
+    import sys
+
+    from pipeline.commands import EXIT_ROWS_FAILED
+    from pipeline.results import read_results
+
+    storage.write_atomic(f"{tmp_path}/a.png", image_bytes(0))
+    storage.write_atomic(f"{tmp_path}/a.wav", wav_bytes(4.0))  # 128 kB: more than the volume holds
+    manifest = write_manifest(str(tmp_path), [dict(clip_id="a", image="a.png", audio="a.wav")])
+    output = small_volume("64k")
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(repo / "cli.py"), "run", manifest, "--output", str(output), "--gpus", "1"],
+                          cwd=repo, capture_output=True, text=True, timeout=300)
+    log = done.stdout + done.stderr
+    assert done.returncode == EXIT_ROWS_FAILED, log
+    [row] = read_results(str(output)).to_dict("records")
+    assert row["error"].startswith("row 0 (clip 'a'): preprocessing: OSError: [Errno 28] No space left on device"), row
+    assert "worker died" not in log and "Traceback" not in log, log

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 from conftest import image_bytes, wav_bytes, write_manifest
 
-from pipeline.job import RESULT_COLUMNS, read_results, write_results
 from pipeline.ledger import Ledger
+from pipeline.results import RESULT_COLUMNS, read_results, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,3 +66,37 @@ def test_sigterm_writes_results_and_exits_143(tmp_path):
     stopped = table[table["status"] == "failed"]
     assert all("interrupted" in error for error in stopped["error"]), stopped["error"].to_dict()
     assert isinstance(table, pd.DataFrame)
+
+
+def test_sigterm_while_ray_starts_writes_results_and_exits_143(tmp_path):
+    """Issue 33 #8: SIGTERM while `ray.init` runs (Ray's own handler would exit 15 with nothing written)."""
+    import psutil
+
+    (tmp_path / "a.png").write_bytes(image_bytes(0))
+    (tmp_path / "a.wav").write_bytes(wav_bytes(1.0))
+    manifest, output = write_manifest(str(tmp_path), [dict(clip_id="a", image="a.png", audio="a.wav")]), tmp_path / "out"
+    job = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "run", manifest, "--output", str(output), "--gpus", "1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    driver = psutil.Process(job.pid)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # Ray's first process under the driver: ray.init is running
+        if any("gcs_server" in _cmdline(child) for child in driver.children(recursive=True)):
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("Ray never started")
+    job.send_signal(signal.SIGTERM)
+    printed, _ = job.communicate(timeout=120)
+    assert job.returncode == 143, printed[-3000:]
+    assert "Traceback" not in printed and "interrupted" in printed
+    [row] = read_results(str(output)).to_dict("records")
+    assert row["status"] == "failed" and "interrupted (signal 15)" in row["error"]
+
+
+def _cmdline(process) -> str:
+    import psutil
+
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # gone meanwhile
+        return ""

@@ -28,8 +28,8 @@ from pipeline.commands import (
     status_command,
     validate_command,
 )
-from pipeline.job import read_results
 from pipeline.ledger import Ledger
+from pipeline.results import read_results
 
 REPO = Path(__file__).resolve().parent.parent
 # Small segments so that every clip has several (and they spread over both render actors).
@@ -255,9 +255,9 @@ def test_segments_that_overtake_their_clip_plan_still_complete_it(tmp_path):
     """Render actors work in parallel, so a segment's result may reach the driver before its clip's plan."""
     from rich.console import Console
 
-    from pipeline.job import Tracker
     from pipeline.manifest import ClipSpec
     from pipeline.rows import ClipPlan, JobSettings, SegmentResult
+    from pipeline.tracker import Tracker
 
     class RecordingTracker(Tracker):
         started: list = []
@@ -283,12 +283,12 @@ def test_segment_progress_has_no_total_until_every_clip_is_planned(tmp_path, mon
     a retried plan must not count its segments twice; a log (no terminal) gets plain progress lines."""
     from rich.console import Console
 
-    from pipeline import job
-    from pipeline.job import Tracker
+    from pipeline import tracker as tracker_module
     from pipeline.manifest import ClipSpec
     from pipeline.rows import ClipPlan, JobSettings
+    from pipeline.tracker import Tracker
 
-    monkeypatch.setattr(job, "LOG_PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(tracker_module, "LOG_PROGRESS_SECONDS", 0.0)
     settings = JobSettings(output=str(tmp_path), preset="tiny", weights=None, model_identity="m+w",
                            segment_frames=16, overlap_frames=4)
     log = io.StringIO()
@@ -303,3 +303,29 @@ def test_segment_progress_has_no_total_until_every_clip_is_planned(tmp_path, mon
     tracker.on_plan(ClipPlan(1, "b", "fq", frames=10, fps=12.0, seconds=0.9, segments=[(0, 10)], pending=[(0, 10)]))
     assert tracker.progress.tasks[tracker.segment_task].total == 3
     assert "progress: clips: 0 done, 0 failed of 2; segments 0 rendered of 3" in log.getvalue()
+
+
+def test_a_restarted_board_loses_no_plan(tmp_path):
+    """Issue 33 #6: a plan posted to the board just before its actor died is taken from the copy preprocessing
+    stored beside the clip's segments, once the driver sees a new board (Ray restarts the actor empty)."""
+    from rich.console import Console
+
+    from pipeline.manifest import ClipSpec
+    from pipeline.rows import ClipPlan, JobSettings
+    from pipeline.segment_store import store_clip_plan
+    from pipeline.stages import JobBoard
+    from pipeline.tracker import Tracker
+
+    settings = JobSettings(output=str(tmp_path), preset="tiny", weights=None, model_identity="m+w",
+                           segment_frames=16, overlap_frames=4)
+    tracker = Tracker(settings, [ClipSpec(row=i, clip_id=c, image="x.png", audio="x.wav") for i, c in enumerate("ab")], [],
+                      Console(file=io.StringIO()))
+    board = JobBoard()
+    tracker.take_plans(board)
+    plan = ClipPlan(0, "a", "fp", frames=28, fps=12.0, seconds=2.3, segments=[(0, 16), (12, 28)],
+                    pending=[(0, 16), (12, 28)], params={"seed": 3}, poses_info={"framing": "half"})
+    store_clip_plan(Ledger(str(tmp_path)), plan)
+    board.post_plan(plan)  # then the actor dies before the driver takes it
+    tracker.take_plans(JobBoard())
+    assert tracker.clips["a"].plan == plan and tracker.clips["a"].waiting == {(0, 16), (12, 28)}
+    assert tracker.clips["b"].plan is None  # still being preprocessed: it posts to the new board

@@ -12,7 +12,7 @@ from PIL import Image
 
 from pipeline.commands import EXIT_OK, run_command
 from pipeline.driving_video import write_video
-from pipeline.job import read_results
+from pipeline.results import read_results
 from tests.synthetic_person import SIZE, driving_frames
 
 

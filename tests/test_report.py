@@ -50,8 +50,8 @@ def test_page_has_a_row_per_clip_with_strips_and_links(output_root):
 
 def test_qc_from_the_ledger_when_results_have_no_qc_columns(output_root, tmp_path):
     """A results.parquet written before the job stored QC columns: the clip records' QC is used."""
-    from pipeline.job import RESULT_COLUMNS, read_results
     from pipeline.ledger import Ledger
+    from pipeline.results import RESULT_COLUMNS, read_results
 
     root = tmp_path / "older"
     root.mkdir()
@@ -75,7 +75,7 @@ def test_text_from_results_cannot_break_out_of_the_page(tmp_path):
 
 
 def test_flagged_lines_for_status(output_root):
-    from pipeline.job import read_results
+    from pipeline.results import read_results
 
     lines = report.flagged_lines(read_results(str(output_root)))
     assert len(lines) == 3 and lines[0].startswith("clip-001-black: score ")

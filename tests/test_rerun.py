@@ -13,8 +13,8 @@ import pytest
 from conftest import image_bytes, wav_bytes, write_manifest
 
 from pipeline.commands import EXIT_OK, run_command
-from pipeline.job import read_results
 from pipeline.ledger import Ledger
+from pipeline.results import read_results
 
 JOB = dict(preset=None, gpus=1)
 SKIPPED_WITHOUT_RAY = "finished earlier with unchanged inputs: skipped"

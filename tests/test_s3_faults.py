@@ -217,8 +217,8 @@ def test_an_s3_outage_mid_job_loses_nothing(seaweed, bucket, tmp_path, outage_se
         if seaweed.process is None or seaweed.process.poll() is not None:
             seaweed.start()
     _fresh_s3_clients()
-    from pipeline.job import read_results
     from pipeline.ledger import Ledger
+    from pipeline.results import read_results
 
     assert clips_done_before < len(clips), "the outage came too late to test anything"
     results = read_results(output)

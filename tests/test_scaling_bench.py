@@ -66,8 +66,8 @@ def test_figures_from_results_and_ledger_records():
 
 def test_figures_from_an_output_root_written_by_the_job_s_own_writers(tmp_path):
     """The field names the bench reads are those the ledger and results.parquet writers write."""
-    from pipeline.job import RESULT_COLUMNS, write_results
     from pipeline.ledger import Ledger
+    from pipeline.results import RESULT_COLUMNS, write_results
 
     started = time.time()
     ledger = Ledger(str(tmp_path))

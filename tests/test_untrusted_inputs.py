@@ -29,7 +29,7 @@ from conftest import FPS, S3_SECRET, check_video, image_bytes, png_declaring, wa
 from echomimic2.pose import default_pose_sequence
 from pipeline import storage
 from pipeline.commands import EXIT_PROBLEMS, EXIT_ROWS_FAILED
-from pipeline.job import read_results
+from pipeline.results import read_results
 
 REPO = Path(__file__).resolve().parent.parent
 RAY_TEMP_DIR = Path("/tmp/ray")  # where `cli.py run` starts its local Ray (pipeline/commands.py)
