@@ -72,15 +72,22 @@ class StageRunner:
 
 
 class RemoteObject:
-    """An actor that stages call like a local object: ``board.post_plan(plan)`` waits for the actor's answer."""
+    """An actor that stages call like a local object: ``board.post_plan(plan)`` waits for the actor's answer;
+    methods named in `one_way` (progress reports) are sent without waiting (calls from one caller still run in
+    their order)."""
 
-    def __init__(self, handle):
-        self.handle = handle
+    def __init__(self, handle, one_way: tuple[str, ...] = ()):
+        self.handle, self.one_way = handle, one_way
 
     def __getattr__(self, name: str):
-        if name.startswith("_"):  # pickling probes dunders before `handle` exists
+        if name.startswith("_") or name in ("handle", "one_way"):  # pickling probes attributes before they exist
             raise AttributeError(name)
         method = getattr(self.handle, name)
+        if name in self.one_way:
+            def send(*args, **kwargs) -> None:
+                method.remote(*args, **kwargs)
+
+            return send
         return lambda *args, **kwargs: ray.get(method.remote(*args, **kwargs))
 
 
