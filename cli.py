@@ -56,9 +56,18 @@ def run(
         False, help="Opt-in fast mode: fp8 matmuls in the denoising UNet (Ada/Hopper or newer). Measured on an H200: "
                     "no faster, 1.3 GiB less memory, frames up to 21 levels from fp32 (BENCHMARKS.md). Part of each "
                     "clip's fingerprint."),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Also show the libraries' own log lines (Ray Data, MediaPipe's native logs; "
+                                 "without it the native ones go to OUTPUT/_logs/native.log)."),
 ) -> None:
     """Render one MP4 per manifest row into OUTPUT (resumable: finished clips are skipped)."""
     arguments = dict(locals())  # the parameters only, taken before the import adds a name
+    import os
+
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        # The job's own local Ray gets Ray's default, token authentication, said explicitly: left unset, Ray warns
+        # that it chose it. Set before Ray is imported (it reads the mode once); a user's own choice is kept.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     from pipeline.commands import end_process_if_interrupted, run_command
 
     code = run_command(**arguments)
