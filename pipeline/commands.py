@@ -450,7 +450,11 @@ def plan_command(manifest: str, segment_frames: int | None = None, overlap_frame
             per_preset[preset.name] += clip_render_flops(
                 frames, segment_frames, overlap_frames, spec.width or preset.width, spec.height or preset.height,
                 spec.steps or preset.steps, preset.guidance if spec.guidance is None else spec.guidance)
-        size = f"{spec.width}x{spec.height}" if spec.width and spec.height else "preset's"
+        # the row's own size, else each preset's (the row renders at the size of the preset `run` is given)
+        sizes: dict[str, list[str]] = {}
+        for preset in PRESETS.values():
+            sizes.setdefault(f"{spec.width or preset.width}x{spec.height or preset.height}", []).append(preset.name)
+        size = "; ".join(f"{wh} ({', '.join(names)})" if len(sizes) > 1 else wh for wh, names in sizes.items())
         table.add_row(str(spec.row), spec.clip_id, f"{seconds:.2f}", f"{spec.fps:g}", str(frames), str(len(segments)), size)
     console.print(table)
     console.print(f"total: {len(specs)} row(s), {total_frames} frames, {total_segments} segments "
