@@ -298,8 +298,8 @@ class Tracker:
         planned = sum(self.planned_segments.values())
         all_planned = all(c.plan is not None or c.result is not None for c in self.clips.values())
         rendered = self.segments_done + sum(fraction for fraction, _ in self.in_flight.values())
-        steps = sorted({step for _, step in self.in_flight.values()})
-        doing = f" ({len(self.in_flight)} rendering: {', '.join(steps)})" if self.in_flight else ""
+        rendering = [step for _, step in self.in_flight.values() if step != "done"]  # done: its result row is on its way
+        doing = f" ({len(rendering)} rendering: {', '.join(sorted(set(rendering)))})" if rendering else ""
         remaining = self.rate.remaining(rendered, planned) if all_planned else None
         eta = "ETA " + (time.strftime("%H:%M:%S", time.gmtime(remaining)) if remaining is not None else "-:--:--")
         self.progress.update(self.segment_task, total=planned if all_planned else None, completed=rendered, eta=eta,

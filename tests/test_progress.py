@@ -77,6 +77,7 @@ def test_the_driver_shows_progress_inside_segments_from_the_board(tmp_path, monk
     tracker.take_progress(board)
     tracker._refresh()
     assert tracker.progress.tasks[tracker.segment_task].completed == 1.0
+    assert "rendering" not in tracker.progress.tasks[tracker.segment_task].description  # done, its row on its way
     tracker.on_segment(SegmentResult(0, *first, seconds=1.0, attempts=1))
     board.post_progress(second, 0.5, "step 2/3")
     tracker.take_progress(board)
