@@ -106,17 +106,20 @@ class RowPuller:
         self.thread.start()
 
     def _pull(self, dataset) -> None:
-        rows = iter(dataset.iter_rows())  # a generator: closing it stops the pipeline
-        try:
-            for row in rows:
-                self.feed.put(row)
+        # Without prefetching: `iter_rows` holds each row back until the next one has arrived, so a finished
+        # clip waited for the next segment to render (with one render worker: the first MP4 came only at the end).
+        batches = iter(dataset.iter_batches(batch_size=None, prefetch_batches=0, batch_format="numpy"))
+        try:  # a generator: closing it stops the pipeline
+            for batch in batches:
+                for index in range(len(next(iter(batch.values())))):
+                    self.feed.put({name: column[index] for name, column in batch.items()})
                 if self.quit.is_set():
                     break
             self.feed.put(END)
         except BaseException as exc:  # noqa: BLE001 - handed to the driver's loop, which raises it
             self.feed.put(exc)
         finally:
-            rows.close()
+            batches.close()
 
     def next_row(self, timeout: float):
         try:

@@ -329,3 +329,35 @@ def test_a_restarted_board_loses_no_plan(tmp_path):
     tracker.take_plans(JobBoard())
     assert tracker.clips["a"].plan == plan and tracker.clips["a"].waiting == {(0, 16), (12, 28)}
     assert tracker.clips["b"].plan is None  # still being preprocessed: it posts to the new board
+
+
+def test_each_result_reaches_the_driver_as_soon_as_it_is_rendered(tmp_path):  # ~20 s idle, 45 s loaded
+    """Issue 38: a finished segment must not wait for the next one (Ray Data's `iter_rows` prefetch held each
+    row back until the following one arrived, so with one render worker the first MP4 came at the end)."""
+    import ray
+
+    from pipeline.manifest import ClipSpec
+    from pipeline.ray_data import END, RowPuller, configure_ray_data, item_of, on_ray_data, row_of
+    from pipeline.stages import Resources, Stage
+
+    class SlowStage(Stage):  # one worker, one row at a time, as a render worker on one GPU
+        name = "slow"
+        resources = Resources(num_cpus=0)
+
+        def __call__(self, spec: ClipSpec) -> ClipSpec:
+            time.sleep(6.0)
+            return ClipSpec(spec.row, spec.clip_id, spec.image, f"{time.time()}")  # when it was done
+
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING", _temp_dir="/tmp/ray")
+    try:
+        configure_ray_data()
+        specs = [ClipSpec(row, f"c{row}", "a.png", "a.wav") for row in range(2)]
+        dataset = ray.data.from_items([row_of(spec) for spec in specs], override_num_blocks=2)
+        puller = RowPuller(on_ray_data(dataset, SlowStage(), ClipSpec, workers=(1, 1)))
+        arrivals = []
+        while (row := puller.next_row(timeout=60)) is not END:
+            arrivals.append((float(item_of(ClipSpec, row).audio), time.time()))
+        (first_done, first_received), (second_done, _) = arrivals
+        assert first_received - first_done < 3.0 and first_received < second_done, arrivals
+    finally:
+        ray.shutdown()
