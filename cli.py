@@ -148,6 +148,13 @@ def bench(
     fp8: bool = typer.Option(False, help="The opt-in fast mode (fp8 matmuls in the denoising UNet); not with --schedule."),
 ) -> None:
     """Measure the segment renderer with full-size random-weight networks (GPU; small CPU run otherwise)."""
+    from echomimic2.presets import full_size_preset
+
+    try:  # before torch is imported: a misspelt preset answers at once
+        full_size_preset(preset)
+    except ValueError as exc:
+        typer.echo(f"bench: {exc}")
+        raise typer.Exit(2) from None
     if schedule is not None:
         from pipeline.schedule_bench import schedule_command
 

@@ -366,9 +366,6 @@ def validate_command(manifest: str, allow_http: bool = False, input_root: Path |
 
 
 def status_command(output: str) -> int:
-    from pipeline.ledger import Ledger
-    from pipeline.results import read_results
-
     shown = escape(storage.redact(output))
     try:
         storage.check_plain_url(output)
@@ -381,6 +378,9 @@ def status_command(output: str) -> int:
     except Exception as exc:
         console.print(f"[red]error[/red]: {shown}: {escape(storage.describe_error(exc))}")
         return EXIT_JOB_FAILED
+    from pipeline.ledger import Ledger
+    from pipeline.results import read_results  # pandas: only once the root holds a job
+
     try:
         results = read_results(output)
     except FileNotFoundError:

@@ -41,11 +41,22 @@ def refusals(scratch: Path) -> list[tuple[str, list[str]]]:
     ]
 
 
-def timed(arguments: list[str]) -> tuple[float, int, str]:
+HEAVY = ("torch", "diffusers", "transformers", "ray", "pandas")
+# Runs cli.py's app as `python cli.py` does, then names the heavy libraries the answer imported: the part of the
+# time that does not depend on how busy the machine is.
+WRAPPER = ("import sys; sys.argv = ['cli.py', *sys.argv[1:]]; import cli\n"
+           "try:\n    cli.app()\nexcept SystemExit as stop:\n    code = stop.code\n"
+           f"print('HEAVY', ','.join(m for m in {HEAVY!r} if m in sys.modules) or '-'); sys.exit(code)")
+
+
+def timed(arguments: list[str]) -> tuple[float, int, str, str]:
+    """(seconds, exit code, last line printed, heavy libraries imported)."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, str(ROOT / "cli.py"), *arguments], capture_output=True, text=True, cwd=ROOT)
-    lines = (done.stdout + done.stderr).strip().splitlines()
-    return time.perf_counter() - started, done.returncode, lines[-1] if lines else ""
+    done = subprocess.run([sys.executable, "-c", WRAPPER, *arguments], capture_output=True, text=True, cwd=ROOT)
+    seconds = time.perf_counter() - started
+    output, _, heavy = done.stdout.rpartition("HEAVY ")
+    lines = (output + done.stderr).strip().splitlines()
+    return seconds, done.returncode, lines[-1] if lines else "", heavy.strip()
 
 
 def main() -> None:
@@ -59,8 +70,9 @@ def main() -> None:
         for name, arguments in cases:
             runs = [timed(arguments) for _ in range(options.repeat)]
             seconds = statistics.median(run[0] for run in runs)
-            rows.append((name, seconds, runs[-1][1], runs[-1][2]))
-            print(f"{seconds:6.2f} s  exit {runs[-1][1]:>2}  {name:<36} {runs[-1][2][:70]}", flush=True)
+            code, last, heavy = runs[-1][1:]
+            rows.append((name, seconds, code, last))
+            print(f"{seconds:6.2f} s  exit {code:>2}  imports {heavy:<28} {name:<32} {last[:60]}", flush=True)
     slowest = max(rows, key=lambda row: row[1])
     print(f"slowest: {slowest[0]} {slowest[1]:.2f} s; {sum(row[1] > 1.0 for row in rows)} of {len(rows)} over 1 s")
 
