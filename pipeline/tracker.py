@@ -31,6 +31,7 @@ from pipeline.stages import RENDER_DEATHS_IN_A_ROW
 POLL_SECONDS = 0.5
 WATCH_WORKERS_SECONDS = 2.0  # how often the driver reads the render workers' restart count
 LOG_PROGRESS_SECONDS = 10.0  # a plain progress line at most this often when the output is not a terminal (if it moved)
+QUIET_PROGRESS_SECONDS = 60.0  # and at least this often while nothing moves
 STOP = threading.Event()  # set by a signal handler (commands.stop_on_signals): the job stops and writes results
 _stop_signal = [0]
 
@@ -305,11 +306,12 @@ class Tracker:
         self.progress.update(self.segment_task, total=planned if all_planned else None, completed=rendered, eta=eta,
                              description=("segments" if all_planned else f"segments ({planned} planned so far)") + doing)
         line = (f"progress: {self._clip_description()} of {len(self.clips) + len(self.refused)}; segments "
-                f"{round(rendered, 2):g} rendered of {planned}{'' if all_planned else '+'}{doing}; {eta}")
-        if (not self.console.is_terminal and time.monotonic() - self.last_log >= LOG_PROGRESS_SECONDS
-                and line != self.last_line):
+                f"{round(rendered, 2):g} rendered of {planned}{'' if all_planned else '+'}{doing}")
+        since = time.monotonic() - self.last_log
+        if not self.console.is_terminal and (since >= LOG_PROGRESS_SECONDS and line != self.last_line
+                                             or since >= QUIET_PROGRESS_SECONDS):
             self.last_log, self.last_line = time.monotonic(), line
-            self.console.print(line)
+            self.console.print(f"{line}; {eta}")
 
     def results(self) -> list[dict]:
         rows = self.refused + [c.result for c in self.clips.values() if c.result is not None]
