@@ -169,7 +169,8 @@ def bench(
 def doctor(
     weights: Path | None = typer.Option(None, metavar="DIR", help="Official weights folder to check (layout, then a short render)."),
     output: str | None = typer.Option(None, "--output", "-o", metavar="URI", help="Output root whose storage and credentials to check."),
-    preset: str | None = typer.Option(None, metavar="NAME", help="Preset whose weights to check (default: acc with --weights, else tiny)."),
+    preset: str | None = typer.Option(None, metavar="NAME", help="Preset whose weights to check and render (default: every file of both variants, then an acc "
+                                                "render with --weights; tiny without)."),
     render: bool = typer.Option(True, help="Also render one short segment."),
 ) -> None:
     """Self-check: CUDA and GPU memory, ffmpeg, the weights folder, storage credentials, one short render."""
