@@ -63,6 +63,10 @@ def run(
     notify: str | None = typer.Option(
         None, help="POST the job's summary (JSON: counts, failures, the output root without credentials) to this URL "
                    "at the end; retried, waited for at most 15 s."),
+    scratch_budget: str | None = typer.Option(
+        None, metavar="SIZE", help="Storage the segments of the clips in flight may take together (500M, 20G, none): "
+                                   "new clips wait until finished ones free theirs. Default: 80% of a local output "
+                                   "volume's free space; none on object stores."),
     verbose: bool = typer.Option(
         False, "--verbose", help="Also show the libraries' own log lines (Ray Data, MediaPipe's native logs; "
                                  "without it the native ones go to OUTPUT/_logs/native.log)."),

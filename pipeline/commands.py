@@ -46,7 +46,7 @@ def run_command(manifest: str, output: str, weights: str | Path | None = None, p
                 segment_frames: int | None = None, overlap_frames: int | None = None, allow_http: bool = False,
                 input_root: Path | None = None, shared_fs: bool = False, random_weights: bool = False,
                 compile_cache: str | None = None, fp8: bool = False, unsuitable: str = "warn",
-                notify: str | None = None, verbose: bool = False) -> int:
+                notify: str | None = None, verbose: bool = False, scratch_budget: str | None = None) -> int:
     """`cli.py run`: the options and the manifest are checked before anything slow starts; then the job runs
     under the project's signal handlers (installed before Ray starts) and its outcome becomes the exit code."""
     from pipeline.reference_triage import UNSUITABLE_POLICIES
@@ -58,6 +58,8 @@ def run_command(manifest: str, output: str, weights: str | Path | None = None, p
     weights_uri = None if weights is None else str(weights)  # a URI: what each worker resolves on its node
     weights, refused = (weights, refused) if refused else _weights_here(weights_uri, preset)
     refused = refused or refuse_before_starting(output, weights, input_root)
+    budget, budget_refused = _scratch_budget(scratch_budget, output) if not refused else (None, None)
+    refused = refused or budget_refused
     if refused:  # before the model note and before Ray or torch is imported: a refusal answers at once
         console.print(f"[red]error[/red]: {escape(refused)}")
         return EXIT_JOB_FAILED
@@ -78,7 +80,7 @@ def run_command(manifest: str, output: str, weights: str | Path | None = None, p
         specs, problems = load_specs(manifest, allow_http=allow_http)
         settings = _job_settings(output, preset, weights, random_weights, fp8, segment_frames, overlap_frames, force,
                                  allow_http, input_root, compile_cache, unsuitable)
-        settings = replace(settings, weights=weights_uri)
+        settings = replace(settings, weights=weights_uri, scratch_budget=budget)
         specs, problems, finished, stamps = _skip_finished(specs, problems, settings)
         workers = WorkerCounts()
         needs_ray = len(finished) < len(specs)
@@ -93,7 +95,8 @@ def run_command(manifest: str, output: str, weights: str | Path | None = None, p
             if refused_paths:
                 return EXIT_JOB_FAILED
             console.print(f"job: preset {preset}, model {settings.model_identity}, {workers.render} render actor(s), "
-                          f"up to {workers.preprocess} preprocessing actor(s), output {escape(storage.redact(output))}")
+                          f"up to {workers.preprocess} preprocessing actor(s), output {escape(storage.redact(output))}, "
+                          f"scratch budget {_size_text(settings.scratch_budget)}")
         # The job's first write, once nothing refuses it any more (a multi-node refusal leaves the root untouched).
         record_start(manifest, settings)
         report = run_job(manifest, specs, problems, settings, render_actors=workers.render,
@@ -117,6 +120,20 @@ def run_command(manifest: str, output: str, weights: str | Path | None = None, p
 
             ray.shutdown()
     return _print_outcome(report, output)
+
+
+def _scratch_budget(option: str | None, output: str) -> tuple[int | None, str | None]:
+    """(the job's scratch budget in bytes or None for no bound, why the option is refused or None)."""
+    from pipeline.admission import default_scratch_budget, parse_size
+
+    try:
+        return (default_scratch_budget(output) if option is None else parse_size(option)), None
+    except (ValueError, OSError) as exc:
+        return None, str(exc)
+
+
+def _size_text(nbytes: int | None) -> str:
+    return "none" if nbytes is None else f"{nbytes / (1 << 20):.1f} MiB"
 
 
 def _weights_here(weights: str | None, preset: str) -> tuple[Path | None, str | None]:

@@ -40,6 +40,9 @@ class JobSettings:
     compile_cache: str | None = None  # folder or URI of the render workers' compiled kernels (None: under output)
     fp8: bool = False  # the opt-in fast mode (EchoMimicV2.from_official's fp8): fp8 matmuls in the denoising UNet
     unsuitable: str = "warn"  # a reference that is not half-body: warn (render), skip (a result with the reason) or fail
+    # Bytes that the segments of the clips admitted to rendering may take together (admission.py); None: no
+    # bound (`run`'s default: admission.default_scratch_budget).
+    scratch_budget: int | None = None
 
 
 def row_label(spec_or_row: ClipSpec | int, clip_id: str | None = None) -> str:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pipeline import storage
+from pipeline.admission import clip_scratch_bytes
 from pipeline.fingerprint import clip_fingerprint, content_hash
 from pipeline.ledger import Ledger, strip_uri
 from pipeline.manifest import ClipSpec, Problem
@@ -37,6 +38,7 @@ SEGMENT_ATTEMPTS = 3  # tries per segment, whether the renderer raised or its wo
 # rendering (the driver counts Ray's restarts, tracker.py): a broken node or model must end the job in
 # bounded time, not restart workers forever.
 RENDER_DEATHS_IN_A_ROW = 2 * SEGMENT_ATTEMPTS
+ADMISSION_POLL_SECONDS = 0.5  # a preprocessed clip waiting for scratch space asks the board this often
 PROGRESS_SECONDS = 1.0  # a render worker tells the board how far it is into a segment at most this often
 # Fault tests only: a render worker that starts segment "<clip_id>:<start>" (or any segment: "*") kills its
 # own process with SIGKILL, as the OOM killer or a lost node would; "<clip_id>:<start>@1" only on attempt 1.
@@ -97,6 +99,8 @@ class JobBoard:
         self.progress: dict[tuple, tuple[float, str] | None] = {}  # segment -> (fraction, step) since the driver looked
         self.outcomes: dict[tuple, list[str | None]] = {}  # segment -> per attempt: error, "ok", None (running/died)
         self.failed_clips: set[tuple[str, str]] = set()
+        self.admission_asked: dict[str, int] = {}  # clip_id -> scratch bytes, since the driver looked
+        self.admitted: set[str] = set()
 
     def incarnation(self) -> str:
         return self.id
@@ -108,6 +112,21 @@ class JobBoard:
     def take_plans(self) -> list[ClipPlan]:
         plans, self.plans = self.plans, []
         return plans
+
+    # -- admission to rendering (the driver decides: admission.ScratchBudget) -----------------
+    def ask_admission(self, clip_id: str, nbytes: int) -> bool:
+        """Whether the clip may start rendering; asked again until it may (a restarted board is asked anew)."""
+        if clip_id in self.admitted:
+            return True
+        self.admission_asked[clip_id] = nbytes
+        return False
+
+    def take_admission_requests(self) -> dict[str, int]:
+        asked, self.admission_asked = self.admission_asked, {}
+        return asked
+
+    def admit(self, clip_ids: list[str]) -> None:
+        self.admitted.update(clip_ids)
 
     # -- progress inside segments ------------------------------------------------------------
     def post_progress(self, key: tuple, fraction: float, step: str) -> None:
@@ -181,6 +200,10 @@ class PreprocessStage(Stage):
         self.board.post_plan(plan)  # before its segments: the driver knows a plan before any of its results
         if plan.skipped or plan.skip_reason:
             return
+        # Its segments are written only once the clips in flight leave room for them (admission.py).
+        scratch = clip_scratch_bytes([stop - start for start, stop in plan.segments], plan.width, plan.height)
+        while not self.board.ask_admission(spec.clip_id, scratch):
+            time.sleep(ADMISSION_POLL_SECONDS)
         params = plan.params
         for start, stop in plan.pending:
             segment_started = time.perf_counter()

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline import storage
+from pipeline.admission import ScratchBudget
 from pipeline.events import JobObserver
 from pipeline.ledger import Ledger
 from pipeline.manifest import ClipSpec, Problem
@@ -84,6 +85,7 @@ class Tracker:
         self.assemblies: dict = {}  # ObjectRef -> clip_id
         self.restarts_at_last_segment = 0  # render worker restarts when the last segment finished
         self.board_incarnation = None
+        self.scratch = ScratchBudget(settings.scratch_budget)  # which clips may write segments now
         self.pipeline_open = False  # the row-pulling thread is still inside Ray Data: Ray must not be shut down
         # The segments bar moves inside a segment too: the render workers report each denoising step (and
         # decoded batch) to the board (`stages.ProgressReporter`); its ETA is `SegmentRate`'s.
@@ -122,6 +124,7 @@ class Tracker:
             if row is END:
                 break
             self.take_plans(board)
+            self.admit_clips(board)
             self.take_progress(board)
             if row is not None:
                 self.on_segment(item_of(SegmentResult, row))
@@ -156,6 +159,19 @@ class Tracker:
         if self.board_incarnation not in (None, incarnation):
             self.on_board_restarted()
         self.board_incarnation = incarnation
+
+    def admit_clips(self, board) -> None:
+        """Clips that asked to start rendering and now fit the scratch budget (or finished already: a retried
+        preprocess task asks again) are told so through the board."""
+        regranted = []
+        for clip_id, nbytes in board.take_admission_requests().items():
+            if self.scratch.may_render(clip_id):
+                regranted.append(clip_id)
+            else:
+                self.scratch.request(clip_id, nbytes)
+        granted = regranted + self.scratch.admit()
+        if granted:
+            board.admit(granted)
 
     def take_progress(self, board) -> None:
         try:
@@ -287,6 +303,7 @@ class Tracker:
 
     # -- results and progress --------------------------------------------------------------
     def _finish(self, clip: ClipState, status: str, **values) -> None:
+        self.scratch.release(clip.spec.clip_id)  # its segments are freed (done) or no longer grow (failed)
         plan = clip.plan
         poses_info = (plan.finished.get("poses") if plan.skipped else plan.poses_info) if plan else None
         clip.result = dict(row=clip.spec.row, clip_id=clip.spec.clip_id, status=status, **poses_columns(poses_info),

@@ -11,6 +11,7 @@ from conftest import image_bytes, wav_bytes, write_manifest
 
 from pipeline import storage
 from pipeline.commands import EXIT_JOB_FAILED, EXIT_OK, EXIT_PROBLEMS, plan_command, run_command, status_command, validate_command
+from pipeline.ledger import Ledger
 from pipeline.manifest import ClipSpec, process_local_problems
 
 
@@ -193,3 +194,42 @@ def test_out_of_space_in_preprocessing_fails_the_row_with_its_cause(tmp_path, sm
     [row] = read_results(str(output)).to_dict("records")
     assert row["error"].startswith("row 0 (clip 'a'): preprocessing: OSError: [Errno 28] No space left on device"), row
     assert "worker died" not in log and "Traceback" not in log, log
+
+
+
+def _run_on_small_volume(tmp_path, output: Path, clips: int, *options: str):
+    import subprocess
+    import sys
+
+    from pipeline.results import read_results
+
+    rows = []
+    for index in range(clips):
+        storage.write_atomic(f"{tmp_path}/c{index}.png", image_bytes(index))
+        storage.write_atomic(f"{tmp_path}/c{index}.wav", wav_bytes(2.0, pitch=200.0 + 40 * index))  # 24 frames at 12 fps
+        rows.append(dict(clip_id=f"c{index}", image=f"c{index}.png", audio=f"c{index}.wav"))
+    manifest = write_manifest(str(tmp_path), rows)
+    repo = Path(__file__).resolve().parent.parent
+    # One 24-frame segment per clip at 128² (the demo model): 1.2 MB of frames until its MP4 is committed. Two render workers
+    # render two clips at once, so without admission both write their frames into the volume together.
+    done = subprocess.run([sys.executable, str(repo / "cli.py"), "run", manifest, "--output", str(output), "--gpus", "2",
+                           *options], cwd=repo, capture_output=True, text=True, timeout=400)
+    return done, read_results(str(output)).to_dict("records")
+
+
+def test_a_volume_that_holds_one_clip_s_segments_finishes_every_clip(tmp_path, small_volume):  # ~50 s
+    """Issue 33 #12: on a volume where two clips' segments do not fit at once (each alone does), clips are
+    admitted to rendering one at a time (the default budget: 80% of the free space) and every clip is done;
+    without admission two clips render at once, their frames fill the volume, and they fail with ENOSPC."""
+    output = small_volume("2m")
+    done, results = _run_on_small_volume(tmp_path, output, 2)
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    assert [row["status"] for row in results] == ["done"] * 2, results
+    assert not list((output / "_segments").rglob("*.npy"))  # every clip's segments freed
+    # The second clip started rendering only once the first was committed (its segments freed); without
+    # admission both render at once, whether or not a retry later finds room.
+    ledger = Ledger(str(output))
+    started = {r["clip_id"]: r["time"] - r["seconds"] for r in ledger.segment_records()}
+    committed = {r["clip_id"]: r["time"] for r in ledger.clip_records()}
+    first, second = sorted(started, key=started.get)
+    assert started[second] >= committed[first], (started, committed)

@@ -357,3 +357,44 @@ def test_each_result_reaches_the_driver_as_soon_as_it_is_rendered(ray_cluster): 
         arrivals.append((float(item_of(ClipSpec, row).audio), time.time()))
     (first_done, first_received), (second_done, _) = arrivals
     assert first_received - first_done < 3.0 and first_received < second_done, arrivals
+
+
+def test_clips_are_admitted_to_rendering_within_the_scratch_budget(tmp_path):
+    """Issue 33 #12, the driver's side without Ray: a clip waits on the board until the clips in flight
+    leave room for its segments; a finished clip (assembled or failed) releases its share; a clip larger
+    than the whole budget goes alone; a retried preprocess task of an admitted clip is let through again."""
+    from rich.console import Console
+
+    from pipeline.admission import clip_scratch_bytes
+    from pipeline.manifest import ClipSpec
+    from pipeline.qc import QC_COLUMNS
+    from pipeline.rows import ClipPlan, JobSettings, SegmentResult
+    from pipeline.stages import JobBoard
+    from pipeline.tracker import Tracker
+
+    mb = 1 << 20
+    settings = JobSettings(output=str(tmp_path), preset="tiny", weights=None, model_identity="m+w",
+                           segment_frames=16, overlap_frames=4, scratch_budget=5 * mb)
+    tracker = Tracker(settings, [ClipSpec(row=i, clip_id=c, image="x.png", audio="x.wav") for i, c in enumerate("abcd")],
+                      [], Console(file=io.StringIO()))
+    tracker.start_assembly = lambda clip: None
+    board = JobBoard()
+
+    def ask(clip_id: str, nbytes: int = 3 * mb) -> bool:
+        admitted = board.ask_admission(clip_id, nbytes)
+        tracker.admit_clips(board)
+        return admitted or board.ask_admission(clip_id, nbytes)
+
+    assert ask("a")
+    assert not ask("b") and not ask("c", 1 * mb)  # b does not fit beside a; c fits but does not overtake b
+    tracker.on_plan(ClipPlan(0, "a", "fa", frames=10, fps=12.0, segments=[(0, 10)], pending=[(0, 10)]))
+    tracker.on_segment(SegmentResult(0, "a", "fa", 0, 10, seconds=1.0))
+    assert not ask("b")  # a's segments are in, but not yet assembled (freed)
+    tracker.on_assembled(tracker.clips["a"], dict(output="a.mp4", frames=10, assemble_seconds=0.1,
+                                                  **dict.fromkeys(QC_COLUMNS)))
+    assert ask("b") and ask("c", 1 * mb)
+    assert ask("a")  # a retried preprocess task of a finished clip is not held back
+    tracker.on_plan(ClipPlan(1, "b", "fb", error="row 1 (clip 'b'): preprocessing: pose: broken"))
+    tracker.on_plan(ClipPlan(2, "c", "fc", error="row 2 (clip 'c'): preprocessing: pose: broken"))
+    assert ask("d", 9 * mb)  # larger than the whole budget: admitted once nothing else is in flight
+    assert clip_scratch_bytes([16, 16], 256, 256) == 32 * 256 * 256 * 3
