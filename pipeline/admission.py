@@ -56,14 +56,13 @@ class ScratchBudget:
         self.budget = budget
         self.admitted: dict[str, int] = {}  # clip_id -> bytes, until the clip is finished
         self.waiting: dict[str, int] = {}  # in the order the requests came
-        self.closed: set[str] = set()  # finished clips: a late request is let through, counting nothing
 
     @property
     def in_use(self) -> int:
         return sum(self.admitted.values())
 
     def request(self, clip_id: str, nbytes: int) -> None:
-        if clip_id not in self.admitted and clip_id not in self.closed:
+        if clip_id not in self.admitted:
             self.waiting.setdefault(clip_id, nbytes)
 
     def admit(self) -> list[str]:
@@ -80,7 +79,3 @@ class ScratchBudget:
     def release(self, clip_id: str) -> None:
         self.admitted.pop(clip_id, None)
         self.waiting.pop(clip_id, None)
-        self.closed.add(clip_id)
-
-    def may_render(self, clip_id: str) -> bool:
-        return clip_id in self.admitted or clip_id in self.closed

@@ -90,10 +90,12 @@ class JobBoard:
     the plans it had not yet received from their stored copies (`segment_store.store_clip_plan`); attempt
     counts start again, while the driver's bound on render worker deaths still holds."""
 
-    def __init__(self, attempts_per_segment: int = SEGMENT_ATTEMPTS):
+    def __init__(self, attempts_per_segment: int = SEGMENT_ATTEMPTS, admission: bool = False):
         import uuid
 
-        self.attempts_per_segment = attempts_per_segment
+        # admission: a driver admits clips to rendering (tracker.admit_clips); without one (stages run by
+        # themselves) every clip renders at once
+        self.attempts_per_segment, self.admission = attempts_per_segment, admission
         self.id = uuid.uuid4().hex
         self.plans: list[ClipPlan] = []
         self.progress: dict[tuple, tuple[float, str] | None] = {}  # segment -> (fraction, step) since the driver looked
@@ -101,6 +103,7 @@ class JobBoard:
         self.failed_clips: set[tuple[str, str]] = set()
         self.admission_asked: dict[str, int] = {}  # clip_id -> scratch bytes, since the driver looked
         self.admitted: set[str] = set()
+        self.dropped: set[str] = set()  # clips that ended on the driver before they were admitted
 
     def incarnation(self) -> str:
         return self.id
@@ -114,10 +117,13 @@ class JobBoard:
         return plans
 
     # -- admission to rendering (the driver decides: admission.ScratchBudget) -----------------
-    def ask_admission(self, clip_id: str, nbytes: int) -> bool:
-        """Whether the clip may start rendering; asked again until it may (a restarted board is asked anew)."""
-        if clip_id in self.admitted:
+    def ask_admission(self, clip_id: str, nbytes: int) -> bool | None:
+        """True: the clip may start rendering; False: not yet, ask again (a restarted board is asked anew);
+        None: never, the clip has ended (failed) on the driver."""
+        if clip_id in self.admitted or not self.admission:
             return True
+        if clip_id in self.dropped:
+            return None
         self.admission_asked[clip_id] = nbytes
         return False
 
@@ -127,6 +133,9 @@ class JobBoard:
 
     def admit(self, clip_ids: list[str]) -> None:
         self.admitted.update(clip_ids)
+
+    def drop(self, clip_ids: list[str]) -> None:
+        self.dropped.update(clip_ids)
 
     # -- progress inside segments ------------------------------------------------------------
     def post_progress(self, key: tuple, fraction: float, step: str) -> None:
@@ -202,8 +211,10 @@ class PreprocessStage(Stage):
             return
         # Its segments are written only once the clips in flight leave room for them (admission.py).
         scratch = clip_scratch_bytes([stop - start for start, stop in plan.segments], plan.width, plan.height)
-        while not self.board.ask_admission(spec.clip_id, scratch):
+        while (admitted := self.board.ask_admission(spec.clip_id, scratch)) is False:
             time.sleep(ADMISSION_POLL_SECONDS)
+        if admitted is None:  # the clip ended meanwhile (e.g. the job stopped preprocessing): nothing to render
+            return
         params = plan.params
         for start, stop in plan.pending:
             segment_started = time.perf_counter()

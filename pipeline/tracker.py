@@ -161,17 +161,21 @@ class Tracker:
         self.board_incarnation = incarnation
 
     def admit_clips(self, board) -> None:
-        """Clips that asked to start rendering and now fit the scratch budget (or finished already: a retried
-        preprocess task asks again) are told so through the board."""
-        regranted = []
+        """Clips that asked to start rendering and now fit the scratch budget are told so through the board (an
+        admitted clip asks again when its preprocess task was retried); clips that ended meanwhile never render."""
+        granted, dropped = [], []
         for clip_id, nbytes in board.take_admission_requests().items():
-            if self.scratch.may_render(clip_id):
-                regranted.append(clip_id)
+            if clip_id in self.scratch.admitted:
+                granted.append(clip_id)
+            elif self.clips[clip_id].result is not None:
+                dropped.append(clip_id)
             else:
                 self.scratch.request(clip_id, nbytes)
-        granted = regranted + self.scratch.admit()
+        granted += self.scratch.admit()
         if granted:
             board.admit(granted)
+        if dropped:
+            board.drop(dropped)
 
     def take_progress(self, board) -> None:
         try:

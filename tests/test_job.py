@@ -375,15 +375,15 @@ def test_clips_are_admitted_to_rendering_within_the_scratch_budget(tmp_path):
     mb = 1 << 20
     settings = JobSettings(output=str(tmp_path), preset="tiny", weights=None, model_identity="m+w",
                            segment_frames=16, overlap_frames=4, scratch_budget=5 * mb)
-    tracker = Tracker(settings, [ClipSpec(row=i, clip_id=c, image="x.png", audio="x.wav") for i, c in enumerate("abcd")],
+    tracker = Tracker(settings, [ClipSpec(row=i, clip_id=c, image="x.png", audio="x.wav") for i, c in enumerate("abcde")],
                       [], Console(file=io.StringIO()))
     tracker.start_assembly = lambda clip: None
-    board = JobBoard()
+    board = JobBoard(admission=True)
 
-    def ask(clip_id: str, nbytes: int = 3 * mb) -> bool:
+    def ask(clip_id: str, nbytes: int = 3 * mb) -> bool | None:
         admitted = board.ask_admission(clip_id, nbytes)
         tracker.admit_clips(board)
-        return admitted or board.ask_admission(clip_id, nbytes)
+        return admitted if admitted is not False else board.ask_admission(clip_id, nbytes)
 
     assert ask("a")
     assert not ask("b") and not ask("c", 1 * mb)  # b does not fit beside a; c fits but does not overtake b
@@ -393,8 +393,10 @@ def test_clips_are_admitted_to_rendering_within_the_scratch_budget(tmp_path):
     tracker.on_assembled(tracker.clips["a"], dict(output="a.mp4", frames=10, assemble_seconds=0.1,
                                                   **dict.fromkeys(QC_COLUMNS)))
     assert ask("b") and ask("c", 1 * mb)
-    assert ask("a")  # a retried preprocess task of a finished clip is not held back
+    assert ask("b") and ask("c", 1 * mb)  # a retried preprocess task of an admitted clip goes on
     tracker.on_plan(ClipPlan(1, "b", "fb", error="row 1 (clip 'b'): preprocessing: pose: broken"))
     tracker.on_plan(ClipPlan(2, "c", "fc", error="row 2 (clip 'c'): preprocessing: pose: broken"))
     assert ask("d", 9 * mb)  # larger than the whole budget: admitted once nothing else is in flight
+    tracker.on_plan(ClipPlan(4, "e", "fe", error="row 4 (clip 'e'): not preprocessed: the job stopped preprocessing"))
+    assert ask("e") is None  # a clip that ended before it was admitted is never rendered
     assert clip_scratch_bytes([16, 16], 256, 256) == 32 * 256 * 256 * 3
