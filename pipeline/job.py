@@ -28,11 +28,10 @@ from pipeline.rerun import RerunStamps
 from pipeline.results import write_results
 from pipeline.rows import ClipPlan, JobSettings, SegmentWork
 from pipeline.stages import RENDER_DEATHS_IN_A_ROW, SEGMENT_ATTEMPTS, AssembleStage, JobBoard, PreprocessStage, RenderStage
-from pipeline.tracker import STOP, JobInterrupted, Tracker, raise_if_stopped
+from pipeline.tracker import PREPROCESS_TASK_RETRIES, STOP, JobInterrupted, Tracker, raise_if_stopped
 
-ACTOR_RESTARTS = 2  # a preprocess actor that dies is replaced this often; Ray's default is forever
-# Render actors are always replaced (-1): the driver bounds how often they may die (tracker.py). A death also
-# costs a retry to every other segment queued on that actor, hence more task retries than attempts per segment.
+# Actors of both pools are always replaced (-1): the driver bounds how often they may die (tracker.py), so a
+# worker that dies while it starts counts too. A render worker's death also costs a retry to every other segment queued on that actor, hence more task retries than attempts per segment.
 RENDER_TASK_RETRIES = RENDER_DEATHS_IN_A_ROW + SEGMENT_ATTEMPTS
 ASSEMBLY_RETRIES = 1  # re-run an assembly whose worker died (system failures only)
 
@@ -116,11 +115,12 @@ def run_job(manifest: str, specs: list[ClipSpec], problems: list[Problem], setti
             configure_ray_data()
             dataset = ray.data.from_items([row_of(spec) for spec in to_run], override_num_blocks=len(to_run))
             dataset = on_ray_data(dataset, preprocess, ClipSpec, workers=(1, max(1, min(preprocess_actors, len(to_run)))),
-                                  max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
+                                  max_restarts=-1, max_task_retries=PREPROCESS_TASK_RETRIES)
             dataset = on_ray_data(dataset, render, SegmentWork, workers=(render_actors, render_actors),
                                   max_restarts=-1, max_task_retries=RENDER_TASK_RETRIES)
             tracker.assemble = lambda plan: assemble_task.remote(assemble, plan)
             tracker.count_render_restarts = lambda: worker_restarts(render)
+            tracker.count_preprocess_restarts = lambda: worker_restarts(preprocess)
             with tracker.progress:
                 tracker.follow(dataset, board)
     except (KeyboardInterrupt, JobInterrupted) as stop:  # committed clips stay; the others say why they stopped

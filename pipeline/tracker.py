@@ -6,6 +6,8 @@ It also holds the job's bound on render worker deaths: Ray restarts a render wor
 counts those restarts from Ray's actor table (`ray_data.worker_restarts`), so a worker that dies while it
 starts counts as one that dies mid-segment. After RENDER_DEATHS_IN_A_ROW deaths with no segment finished in
 between, the job stops rendering: every clip not yet done fails naming its row, and `run` exits 3.
+Preprocessing workers are bounded alike: after PREPROCESS_DEATHS_IN_A_ROW deaths with no clip planned in
+between, every clip not yet planned fails naming its row; the planned ones go on rendering.
 """
 from __future__ import annotations
 
@@ -30,6 +32,10 @@ from pipeline.rows import ClipPlan, JobSettings, SegmentResult, row_label
 from pipeline.segment_store import read_clip_plan
 from pipeline.stages import RENDER_DEATHS_IN_A_ROW
 
+# A manifest row whose preprocessing kills its worker is tried this often more (Ray restarts the worker)
+# before its clip fails; the job stops preprocessing after two such rows in a row.
+PREPROCESS_TASK_RETRIES = 2
+PREPROCESS_DEATHS_IN_A_ROW = 2 * (1 + PREPROCESS_TASK_RETRIES)
 POLL_SECONDS = 0.5
 WATCH_WORKERS_SECONDS = 2.0  # how often the driver reads the render workers' restart count
 LOG_PROGRESS_SECONDS = 10.0  # a plain progress line at most this often when the output is not a terminal (if it moved)
@@ -80,6 +86,9 @@ class Tracker:
         self.ledger = Ledger(settings.output)
         self.assemble, self.count_render_restarts = assemble, render_restarts
         self.render_restarts_seen = 0
+        self.count_preprocess_restarts: Callable[[], int] = lambda: 0  # run_job gives Ray's count
+        self.preprocess_restarts_seen = self.preprocess_restarts_at_last_plan = 0
+        self.preprocessing_stopped = False
         self.clips = {spec.clip_id: ClipState(spec) for spec in specs}
         self.refused = refused_rows(problems)
         self.assemblies: dict = {}  # ObjectRef -> clip_id
@@ -116,6 +125,7 @@ class Tracker:
         render workers' deaths at least every POLL_SECONDS even while a segment renders for minutes."""
         puller = RowPuller(dataset)
         self.restarts_at_last_segment = self.render_restarts()
+        self.preprocess_restarts_at_last_plan = self.preprocess_restarts()
         watched = time.monotonic()
         stopped = None
         while stopped is None:
@@ -133,8 +143,14 @@ class Tracker:
                 restarts = self.render_restarts()
                 self.observer.render_deaths(restarts)
                 stopped = self.on_render_deaths(restarts - self.restarts_at_last_segment)
+                self.on_preprocess_deaths(self.preprocess_restarts() - self.preprocess_restarts_at_last_plan)
             self.collect_assemblies(wait=False)
             self._refresh()
+            if self.preprocessing_stopped and all(c.result is not None for c in self.clips.values()):
+                # the rows still in the pipeline belong to clips that have failed; their workers may never
+                # start again
+                self.pipeline_open = not puller.stop(wait=5.0)
+                break
         if stopped:
             # The puller closes the pipeline, which stops its workers, once it gets a row; workers that keep
             # dying may never send one.
@@ -151,6 +167,13 @@ class Tracker:
         except Exception:  # noqa: BLE001 - a slow or restarting control store: count again on the next poll
             pass
         return self.render_restarts_seen
+
+    def preprocess_restarts(self) -> int:
+        try:
+            self.preprocess_restarts_seen = self.count_preprocess_restarts()
+        except Exception:  # noqa: BLE001 - as render_restarts
+            pass
+        return self.preprocess_restarts_seen
 
     def take_plans(self, board) -> None:
         for plan in board.take_plans():
@@ -208,8 +231,21 @@ class Tracker:
         return (f"not rendered: render workers died {in_a_row} times in a row without finishing a segment, "
                 "the job stopped rendering")
 
+    def on_preprocess_deaths(self, in_a_row: int) -> None:
+        """Once preprocessing workers died PREPROCESS_DEATHS_IN_A_ROW times in a row, every clip not yet
+        planned fails naming its row (a late plan of one is ignored, and it is never admitted to render)."""
+        if in_a_row < PREPROCESS_DEATHS_IN_A_ROW or self.preprocessing_stopped:
+            return
+        self.preprocessing_stopped = True
+        for clip in self.clips.values():
+            if clip.plan is None and clip.result is None:
+                self._finish(clip, "failed", error=f"{row_label(clip.spec)}: not preprocessed: preprocessing workers "
+                                                   f"died {in_a_row} times in a row without planning a clip, the job "
+                                                   "stopped preprocessing (see the Ray logs)")
+
     def on_plan(self, plan: ClipPlan) -> None:
         clip = self.clips[plan.clip_id]
+        self.preprocess_restarts_at_last_plan = self.preprocess_restarts_seen
         if clip.result is not None:
             return  # already failed: a late plan of that clip is ignored
         self.observer.planned(plan)

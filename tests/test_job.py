@@ -400,3 +400,39 @@ def test_clips_are_admitted_to_rendering_within_the_scratch_budget(tmp_path):
     tracker.on_plan(ClipPlan(4, "e", "fe", error="row 4 (clip 'e'): not preprocessed: the job stopped preprocessing"))
     assert ask("e") is None  # a clip that ended before it was admitted is never rendered
     assert clip_scratch_bytes([16, 16], 256, 256) == 32 * 256 * 256 * 3
+
+
+def test_preprocessing_workers_that_keep_dying_fail_the_unplanned_clips_only(tmp_path):
+    """The preprocess pool's workers are restarted by Ray without limit (a finite max_restarts makes Ray log an
+    error for each of them): the driver's count bounds them. After PREPROCESS_DEATHS_IN_A_ROW deaths with no
+    plan in between, the clips not yet planned fail naming their rows; a planned clip goes on."""
+    from rich.console import Console
+
+    from pipeline.manifest import ClipSpec
+    from pipeline.rows import ClipPlan, JobSettings
+    from pipeline.stages import JobBoard
+    from pipeline.tracker import PREPROCESS_DEATHS_IN_A_ROW, Tracker
+
+    settings = JobSettings(output=str(tmp_path), preset="tiny", weights=None, model_identity="m+w",
+                           segment_frames=16, overlap_frames=4)
+    tracker = Tracker(settings, [ClipSpec(row=i, clip_id=c, image="x.png", audio="x.wav") for i, c in enumerate("abc")],
+                      [], Console(file=io.StringIO()))
+    tracker.start_assembly = lambda clip: None
+    deaths = [1]
+    tracker.count_preprocess_restarts = lambda: deaths[0]
+    tracker.preprocess_restarts()
+    tracker.on_plan(ClipPlan(0, "a", "fa", frames=10, fps=12.0, segments=[(0, 10)], pending=[(0, 10)]))
+    deaths[0] += PREPROCESS_DEATHS_IN_A_ROW - 1
+    tracker.on_preprocess_deaths(tracker.preprocess_restarts() - tracker.preprocess_restarts_at_last_plan)
+    assert all(clip.result is None for clip in tracker.clips.values())  # one short of the bound
+    deaths[0] += 1
+    tracker.on_preprocess_deaths(tracker.preprocess_restarts() - tracker.preprocess_restarts_at_last_plan)
+    assert tracker.clips["a"].result is None
+    for row, clip_id in ((1, "b"), (2, "c")):
+        assert tracker.clips[clip_id].result["error"] == (
+            f"row {row} (clip {clip_id!r}): not preprocessed: preprocessing workers died {PREPROCESS_DEATHS_IN_A_ROW} "
+            "times in a row without planning a clip, the job stopped preprocessing (see the Ray logs)")
+    board = JobBoard(admission=True)
+    assert board.ask_admission("b", 1) is False
+    tracker.admit_clips(board)
+    assert board.ask_admission("b", 1) is None  # a late plan of a failed clip never renders
