@@ -31,7 +31,8 @@ from pipeline.stages import RENDER_DEATHS_IN_A_ROW, SEGMENT_ATTEMPTS, AssembleSt
 from pipeline.tracker import PREPROCESS_TASK_RETRIES, STOP, JobInterrupted, Tracker, raise_if_stopped
 
 # Actors of both pools are always replaced (-1): the driver bounds how often they may die (tracker.py), so a
-# worker that dies while it starts counts too. A render worker's death also costs a retry to every other segment queued on that actor, hence more task retries than attempts per segment.
+# worker that dies while it starts counts too. A render worker's death also costs a retry to every other
+# segment queued on that actor, hence more task retries than attempts per segment.
 RENDER_TASK_RETRIES = RENDER_DEATHS_IN_A_ROW + SEGMENT_ATTEMPTS
 ASSEMBLY_RETRIES = 1  # re-run an assembly whose worker died (system failures only)
 
