@@ -63,13 +63,8 @@ def run_command(manifest: str, output: str, weights: str | Path | None = None, p
     if refused:  # before the model note and before Ray or torch is imported: a refusal answers at once
         console.print(f"[red]error[/red]: {escape(refused)}")
         return EXIT_JOB_FAILED
-    if note:
-        console.print(note)
-    from pipeline.job import JobError, JobInterrupted, load_specs, pipeline_left_open, record_start, run_job
-    from pipeline.logs import quiet_libraries
-    from pipeline.tracker import STOP
+    from pipeline.job_control import STOP, JobError, JobInterrupted, load_specs, record_start
 
-    quiet_libraries(output, verbose)
     # From here a SIGINT / SIGTERM ends the job with its results (exit 130 / 143), also while Ray starts.
     STOP.clear()
     restore_signals = stop_on_signals()
@@ -78,6 +73,12 @@ def run_command(manifest: str, output: str, weights: str | Path | None = None, p
         # Everything that needs no Ray is checked first: a misspelt manifest or a finished rerun answers in
         # seconds, and the manifest before the model (a misspelt path must not wait for torch to import).
         specs, problems = load_specs(manifest, allow_http=allow_http)
+        if note:  # once the manifest is read: a misspelt path gets its error alone
+            console.print(note)
+        from pipeline.job import pipeline_left_open, run_job  # Ray, Ray Data and their loggers from here
+        from pipeline.logs import quiet_libraries
+
+        quiet_libraries(output, verbose)
         settings = _job_settings(output, preset, weights, random_weights, fp8, segment_frames, overlap_frames, force,
                                  allow_http, input_root, compile_cache, unsuitable)
         settings = replace(settings, weights=weights_uri, scratch_budget=budget)
@@ -178,7 +179,7 @@ def _choose_preset(preset: str | None, weights: Path | None, random_weights: boo
 def _job_settings(output, preset, weights, random_weights, fp8, segment_frames, overlap_frames, force, allow_http,
                   input_root, compile_cache, unsuitable):
     """The job's settings, the weights' identity included (JobError if the weights cannot be read)."""
-    from pipeline.job import JobError
+    from pipeline.job_control import JobError
     from pipeline.render import model_identity
     from pipeline.rows import JobSettings
 
@@ -221,8 +222,7 @@ def _start_ray(address: str | None, gpus: int | None) -> bool:
     loaded machine) is tried once more. JobError when Ray cannot be started or reached."""
     import ray
 
-    from pipeline.job import JobError
-    from pipeline.tracker import request_stop
+    from pipeline.job_control import JobError, request_stop
 
     if ray.is_initialized():
         return False
@@ -356,7 +356,7 @@ def stop_on_signals():
     """SIGINT and SIGTERM ask the job to stop (a flag its driver loop reads every half second: an exception
     raised inside Ray's own calls would be swallowed there), so it writes its results and exits 130 / 143;
     returns what puts the previous handlers back."""
-    from pipeline.tracker import request_stop
+    from pipeline.job_control import request_stop
 
     def interrupt(signal_number, _frame):
         request_stop(signal_number)

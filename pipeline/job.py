@@ -21,14 +21,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from pipeline import storage
+from pipeline.job_control import STOP, JobError, JobInterrupted, load_specs, raise_if_stopped, record_start
 from pipeline.ledger import Ledger
-from pipeline.manifest import ClipSpec, Problem, parse_manifest, read_manifest
+from pipeline.manifest import ClipSpec, Problem
 from pipeline.ray_data import RemoteObject, configure_ray_data, on_ray_data, row_of, worker_restarts
 from pipeline.rerun import RerunStamps
 from pipeline.results import write_results
 from pipeline.rows import ClipPlan, JobSettings, SegmentWork
 from pipeline.stages import RENDER_DEATHS_IN_A_ROW, SEGMENT_ATTEMPTS, AssembleStage, JobBoard, PreprocessStage, RenderStage
-from pipeline.tracker import PREPROCESS_TASK_RETRIES, STOP, JobInterrupted, Tracker, raise_if_stopped
+from pipeline.tracker import PREPROCESS_TASK_RETRIES, Tracker
 
 # Actors of both pools are always replaced (-1): the driver bounds how often they may die (tracker.py), so a
 # worker that dies while it starts counts too. A render worker's death also costs a retry to every other
@@ -40,10 +41,6 @@ __all__ = ["JobError", "JobInterrupted", "JobReport", "JobSettings", "load_specs
            "run_job"]
 
 _left_open = [False]
-
-
-class JobError(Exception):
-    """The job itself cannot run (unreadable manifest, unreachable output, bad weights)."""
 
 
 @dataclass
@@ -61,30 +58,6 @@ def pipeline_left_open() -> bool:
 @ray.remote(num_cpus=AssembleStage.resources.num_cpus, max_retries=ASSEMBLY_RETRIES)
 def assemble_task(stage: AssembleStage, plan: ClipPlan) -> dict:
     return stage(plan)
-
-
-def load_specs(manifest: str, *, allow_http: bool = False) -> tuple[list[ClipSpec], list[Problem]]:
-    """The manifest's rows and its per-row problems; JobError for a manifest that cannot be used at all."""
-    try:
-        df = read_manifest(storage.check_uri(manifest, allow_http=allow_http))
-    except FileNotFoundError:
-        raise JobError(f"manifest not found: {storage.redact(manifest)}") from None
-    except Exception as exc:
-        raise JobError(f"manifest {storage.redact(manifest)}: {storage.describe_error(exc)}") from None
-    specs, problems = parse_manifest(df)
-    whole_manifest = [p for p in problems if p.row is None]
-    if whole_manifest:
-        raise JobError("; ".join(str(p) for p in whole_manifest))
-    return specs, problems
-
-
-def record_start(manifest: str, settings: JobSettings) -> None:
-    """The job's first write (before Ray starts): it proves the output root is reachable and writable."""
-    try:
-        Ledger(settings.output).record_job("start", manifest=storage.redact(manifest), preset=settings.preset,
-                                           model=settings.model_identity, force=settings.force)
-    except Exception as exc:
-        raise JobError(f"output {storage.redact(settings.output)} is not writable: {storage.describe_error(exc)}") from None
 
 
 def run_job(manifest: str, specs: list[ClipSpec], problems: list[Problem], settings: JobSettings, *, render_actors: int,

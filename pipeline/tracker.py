@@ -11,7 +11,6 @@ between, every clip not yet planned fails naming its row; the planned ones go on
 """
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipeline import storage
 from pipeline.admission import ScratchBudget
 from pipeline.events import JobObserver
+from pipeline.job_control import STOP, JobInterrupted, raise_if_stopped, request_stop  # noqa: F401 - their old home
 from pipeline.ledger import Ledger
 from pipeline.manifest import ClipSpec, Problem
 from pipeline.qc import QC_COLUMNS, qc_columns
@@ -40,27 +40,6 @@ POLL_SECONDS = 0.5
 WATCH_WORKERS_SECONDS = 2.0  # how often the driver reads the render workers' restart count
 LOG_PROGRESS_SECONDS = 10.0  # a plain progress line at most this often when the output is not a terminal (if it moved)
 QUIET_PROGRESS_SECONDS = 60.0  # and at least this often while nothing moves
-STOP = threading.Event()  # set by a signal handler (commands.stop_on_signals): the job stops and writes results
-_stop_signal = [0]
-
-
-def request_stop(signal_number: int) -> None:
-    """Ask the running job to stop (safe in a signal handler: it only sets a flag)."""
-    _stop_signal[0] = signal_number
-    STOP.set()
-
-
-def raise_if_stopped() -> None:
-    if STOP.is_set():
-        raise JobInterrupted(_stop_signal[0])
-
-
-class JobInterrupted(Exception):
-    """SIGINT or SIGTERM reached the driver: the job stops, committed work stays, results are written."""
-
-    def __init__(self, signal_number: int):
-        super().__init__(f"interrupted by signal {signal_number}")
-        self.signal_number = signal_number
 
 
 @dataclass

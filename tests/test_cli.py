@@ -59,6 +59,12 @@ def test_refusals_answer_before_any_model_library_and_say_what_is_wrong(tmp_path
     code, output, imported = cli_in_fresh_process("run", demo, "--output", str(tmp_path / "out"), "--weights",
                                                   str(tmp_path / "nope"))
     assert code == 2 and "--weights" in output and "nope: folder not found" in output and imported == []
+    code, output, imported = cli_in_fresh_process("run", str(tmp_path / "nope.parquet"), "--output", str(tmp_path / "out"))
+    assert code == 2 and f"manifest not found: {tmp_path / 'nope.parquet'}" in output and imported == []
+    assert "note: no --weights" not in output
+    code, output, imported = cli_in_fresh_process("run", demo, "--output", str(tmp_path / "out"), "--scratch-budget", "lots")
+    assert code == 2 and "--scratch-budget must be a size like 500M or 20G (or none), got 'lots'" in output
+    assert imported == []
     code, output, imported = cli_in_fresh_process("weights", "check", str(tmp_path / "nope"))
     assert code == 1 and output.startswith(f"{tmp_path / 'nope'}: folder not found") and imported == []
 
