@@ -217,7 +217,7 @@ def _run_on_small_volume(tmp_path, output: Path, clips: int, *options: str):
     return done, read_results(str(output)).to_dict("records")
 
 
-def test_a_volume_that_holds_one_clip_s_segments_finishes_every_clip(tmp_path, small_volume):  # ~50 s
+def test_a_volume_that_holds_one_clip_s_segments_finishes_every_clip(tmp_path, small_volume):  # ~45 s
     """Issue 33 #12: on a volume where two clips' segments do not fit at once (each alone does), clips are
     admitted to rendering one at a time (the default budget: 80% of the free space) and every clip is done;
     without admission two clips render at once, their frames fill the volume, and they fail with ENOSPC."""
