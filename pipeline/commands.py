@@ -382,6 +382,45 @@ def _init_ray(address: str | None, gpus: int | None) -> None:
     ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
              logging_level="WARNING", object_store_memory=int(min(2e9, 0.2 * total_memory)),
              _temp_dir=ray_temp_dir())
+    _agents_end_with_this_process()
+
+
+# Run by a small process of its own: it waits for the driver's end (its stdin closes, however the driver ended,
+# SIGKILL included), then kills the given processes that are still the same ones (pid and start time).
+_REAPER = """
+import sys, psutil
+sys.stdin.read()
+for pid, started in zip(sys.argv[1::2], sys.argv[2::2]):
+    try:
+        process = psutil.Process(int(pid))
+        if abs(process.create_time() - float(started)) < 0.01:
+            process.kill()
+    except psutil.Error:
+        pass
+"""
+_reaper: list = []  # the reaper's Popen: its stdin stays open as long as this process lives
+
+
+def _agents_end_with_this_process() -> None:
+    """The local Ray's processes die with the driver (Ray ties them to it), except the raylet's two agents: they
+    see their raylet gone within a second, then report its death to the GCS, which died too, waiting up to 60 s
+    (Ray's timeout) before they exit. A killed driver would leave them running that long; a reaper process ends
+    them with the driver instead."""
+    import subprocess
+
+    import psutil
+    import ray
+
+    try:
+        node = ray._private.worker._global_node
+        raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+        agents = [child for child in raylet.children() if "agent" in " ".join([child.name(), *child.cmdline()]).lower()]
+        arguments = [str(value) for agent in agents for value in (agent.pid, agent.create_time())]
+    except (AttributeError, LookupError, psutil.Error):  # a Ray whose layout differs: its agents end by themselves
+        return
+    if arguments:
+        _reaper.append(subprocess.Popen([sys.executable, "-c", _REAPER, *arguments], stdin=subprocess.PIPE,
+                                        start_new_session=True))
 
 
 def ray_temp_dir() -> str:

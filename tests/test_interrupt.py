@@ -100,3 +100,27 @@ def _cmdline(process) -> str:
         return " ".join(process.cmdline())
     except psutil.Error:  # gone meanwhile
         return ""
+
+
+def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path):  # ~30 s
+    """Issue 33 (Also): a SIGKILLed driver's local Ray ends with it. Ray ties its own processes to the driver, but
+    the raylet's two agents waited up to 60 s (reporting the raylet's death to a GCS that died too)."""
+    import psutil
+
+    (tmp_path / "a.png").write_bytes(image_bytes(0))
+    (tmp_path / "a.wav").write_bytes(wav_bytes(2.0))
+    manifest = write_manifest(str(tmp_path), [dict(clip_id="a", image="a.png", audio="a.wav")])
+    job = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "run", manifest, "--output", str(tmp_path / "out"),
+                            "--gpus", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    for line in job.stdout:  # Ray is up
+        if line.startswith("job:"):
+            break
+    ray_processes = psutil.Process(job.pid).children(recursive=True)
+    [raylet] = [p for p in ray_processes if p.name() == "raylet"]
+    agents = [p for p in raylet.children() if "agent" in " ".join([p.name(), *p.cmdline()]).lower()]
+    assert len(agents) == 2, [p.cmdline()[:3] for p in raylet.children()]
+    job.kill()
+    job.wait()
+    _, alive = psutil.wait_procs(ray_processes, timeout=15)
+    assert not alive, [p.cmdline()[:3] for p in alive]
