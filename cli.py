@@ -9,6 +9,17 @@ import typer
 from echomimic2.presets import DEFAULT_WITH_WEIGHTS, DEFAULT_WITHOUT_WEIGHTS, PRESETS
 
 FULL_SIZE_PRESETS = [name for name, preset in PRESETS.items() if preset.full_size]
+# The one switch read from the environment: `run --eager`'s default, for clusters whose jobs are started with a
+# runtime_env (cluster/runtime_env.yaml's env_vars) rather than a changed command line.
+COMPILE_ENV = "ECHOMIMIC2_COMPILE"
+
+
+def eager_by_default() -> bool:
+    """`ECHOMIMIC2_COMPILE=0` in the environment: `run` renders eager, as with --eager."""
+    import os
+
+    return os.environ.get(COMPILE_ENV, "1") == "0"
+
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 weights_app = typer.Typer(no_args_is_help=True, help="Inspect official EchoMimic V2 weight folders.")
@@ -44,6 +55,11 @@ def run(
         False, help="Opt-in fast mode: fp8 matmuls in the denoising UNet (Ada/Hopper or newer). Measured on an H200: "
                     "no faster, 1.3 GiB less memory, frames up to 21 levels from fp32 (BENCHMARKS.md). Part of each "
                     "clip's fingerprint."),
+    eager: bool = typer.Option(
+        False, "--eager", help=f"GPU render workers do not torch.compile their networks (default: they do; also "
+                               f"{COMPILE_ENV}=0 in the environment, e.g. a cluster's runtime_env)."),
+    saved_traces: bool = typer.Option(
+        True, help="The compile cache keeps Dynamo's traces too, so warm workers neither compile nor trace."),
     unsuitable: str = typer.Option(
         "warn", help="A reference that is not a half-body portrait (see `validate`): warn (render, results say why), "
                      "skip (not rendered, a result with the reason) or fail (the row fails)."),
@@ -53,6 +69,7 @@ def run(
 ) -> None:
     """Render one MP4 per manifest row into OUTPUT (resumable: finished clips are skipped)."""
     arguments = dict(locals())  # the parameters only, taken before the import adds a name
+    arguments["eager"] = eager or eager_by_default()
     from pipeline.commands import end_process_if_interrupted, run_command
 
     code = run_command(**arguments)

@@ -62,8 +62,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in (
-        # Measured: quality 3 rows of 2.5 / 1 / 1 s cut into 48-frame segments (a shorter run: 6x acc's time
-        # per frame), acc 3 rows of 13 / 2 / 2 s with the default 288-frame segments.
+        # Each cost is the job run BENCHMARKS.md describes (its clips and segment plan in the fields).
         Preset("quality", steps=30, guidance=2.5, width=768, height=768, variant="quality",
                cost=JobRenderCost(171.2, clip_frames=(60, 24, 24), segment_frames=48, overlap_frames=6),
                official=OfficialRenderCost(175.0, peak_gib=13.2, target_seconds_per_120_frames=80.0)),

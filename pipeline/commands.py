@@ -45,8 +45,8 @@ def run_command(manifest: str, output: str, weights: str | Path | None = None, p
                 address: str | None = None, gpus: int | None = None, cpus: int | None = None, force: bool = False,
                 segment_frames: int | None = None, overlap_frames: int | None = None, allow_http: bool = False,
                 input_root: Path | None = None, shared_fs: bool = False, random_weights: bool = False,
-                compile_cache: str | None = None, fp8: bool = False, unsuitable: str = "warn",
-                notify: str | None = None) -> int:
+                compile_cache: str | None = None, fp8: bool = False, eager: bool = False, saved_traces: bool = True,
+                unsuitable: str = "warn", notify: str | None = None) -> int:
     """`cli.py run`: the options and the manifest are checked before anything slow starts; then the job runs
     under the project's signal handlers (installed before Ray starts) and its outcome becomes the exit code."""
     from pipeline.job import JobError, JobInterrupted, load_specs, pipeline_left_open, record_start, run_job
@@ -73,7 +73,7 @@ def run_command(manifest: str, output: str, weights: str | Path | None = None, p
         specs, problems = load_specs(manifest, allow_http=allow_http)
         settings = _job_settings(output, preset, weights, random_weights, fp8, segment_frames, overlap_frames, force,
                                  allow_http, input_root, compile_cache, unsuitable)
-        settings = replace(settings, weights=weights_uri)
+        settings = replace(settings, weights=weights_uri, compile=not eager, saved_traces=saved_traces)
         specs, problems, finished, stamps = _skip_finished(specs, problems, settings)
         workers = WorkerCounts()
         needs_ray = len(finished) < len(specs)
@@ -491,6 +491,7 @@ def plan_command(manifest: str, segment_frames: int | None = None, overlap_frame
     from echomimic2 import PRESETS
     from pipeline.manifest import Limits, Problem, parse_manifest, read_manifest
     from pipeline.media import audio_duration_seconds, refuse_too_long
+    from pipeline.params import RenderParams
 
     segment_frames = segment_frames or DEFAULT_SEGMENT_FRAMES
     overlap_frames = DEFAULT_OVERLAP_FRAMES if overlap_frames is None else overlap_frames
@@ -529,9 +530,9 @@ def plan_command(manifest: str, segment_frames: int | None = None, overlap_frame
         total_frames += frames
         total_segments += len(segments)
         for preset in measured:  # a row's own size, steps and guidance, else the preset's
-            per_preset[preset.name] += clip_render_flops(
-                frames, segment_frames, overlap_frames, spec.width or preset.width, spec.height or preset.height,
-                spec.steps or preset.steps, preset.guidance if spec.guidance is None else spec.guidance)
+            params = RenderParams.for_row(spec, preset.name, segment_frames=segment_frames, overlap_frames=overlap_frames)
+            per_preset[preset.name] += clip_render_flops(frames, params.segment_frames, params.overlap_frames,
+                                                         params.width, params.height, params.steps, params.guidance)
         size = f"{spec.width}x{spec.height}" if spec.width and spec.height else "preset's"
         table.add_row(str(spec.row), spec.clip_id, f"{seconds:.2f}", f"{spec.fps:g}", str(frames), str(len(segments)), size,
                       *([verdicts.get(spec.row, "unreadable")] if triage else []))

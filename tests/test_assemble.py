@@ -101,7 +101,7 @@ def test_probe_fallback_without_ffprobe(tmp_path, monkeypatch):
     segments = constant_segments(tmp_path, [(0, 25)], [90], size=(64, 64))
     assemble_clip(segments, 25, 25, speech_like(1.0), str(tmp_path / "c.mp4"))
     with_ffprobe = probe_video(str(tmp_path / "c.mp4"))
-    monkeypatch.setattr(assemble, "FFPROBE", None)
+    monkeypatch.setattr(assemble, "ffprobe_exe", lambda: None)
     without = probe_video(str(tmp_path / "c.mp4"))
     assert without.keys() == with_ffprobe.keys()
     for key in ("vcodec", "acodec", "fps", "frames", "width", "height"):

@@ -11,7 +11,6 @@ from PIL import Image
 
 from pipeline.manifest import Limits
 from pipeline.media import (
-    FFMPEG,
     SAMPLE_RATE,
     audio_duration_seconds,
     audio_input_options,
@@ -19,6 +18,7 @@ from pipeline.media import (
     decode_audio,
     decode_image,
     decode_reference,
+    ffmpeg_exe,
 )
 from pipeline.storage import InputError
 
@@ -112,7 +112,7 @@ def test_decode_soundfile_formats_to_16k_mono(fmt):
 
 def test_decode_container_formats_through_ffmpeg(tmp_path):
     sf.write(tmp_path / "a.wav", tone(1.5, 22050), 22050)
-    subprocess.run([FFMPEG, "-loglevel", "error", "-i", str(tmp_path / "a.wav"), "-c:a", "aac", str(tmp_path / "a.m4a")],
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(tmp_path / "a.wav"), "-c:a", "aac", str(tmp_path / "a.m4a")],
                    check=True)
     data = (tmp_path / "a.m4a").read_bytes()
     assert audio_duration_seconds(data, "a.m4a") == pytest.approx(1.5, abs=0.05)
