@@ -116,7 +116,8 @@ def compiled_regions(module: torch.nn.Module) -> int:
 
 # Where a warm start's time went before (BENCHMARKS.md, 2026-12-04): ~11 s of Dynamo tracing the 23 graphs
 # again, although their kernels came from the compile cache. Saved traces (Dynamo's bytecode and guards, an
-# experimental torch feature) let the next process skip that; SAVED_TRACES_ENV=0 turns it off.
+# experimental torch feature) let the next process skip that. Opt-in (SAVED_TRACES_ENV=1): on torch 2.11 a
+# block compiled a second time in a process (a new shape) fails inside Dynamo once saved traces are on.
 SAVED_TRACES_ENV = "ECHOMIMIC2_SAVED_TRACES"
 
 
@@ -128,7 +129,7 @@ def enable_saved_traces() -> bool:
     import logging
     import os
 
-    if os.environ.get(SAVED_TRACES_ENV, "1") == "0" or not hasattr(torch._dynamo.config, "caching_precompile"):
+    if os.environ.get(SAVED_TRACES_ENV, "0") != "1" or not hasattr(torch._dynamo.config, "caching_precompile"):
         return False
     torch._dynamo.config.caching_precompile = True
     # It logs a warning per identity guard it drops (hundreds per graph): expected, not a problem to report.

@@ -136,9 +136,9 @@ def test_a_warm_worker_traces_nothing_with_saved_traces(tmp_path):
     def worker(name: str, **env_extra) -> dict:
         return worker_in_fresh_process(tmp_path, name, BLOCKS_SCRIPT, **env_extra)
 
-    cold = worker("a")
+    cold = worker("a", ECHOMIMIC2_SAVED_TRACES="1")
     assert (cold["loaded"], cold["saved"]) == (False, True) and cold["traced"] >= 1 and cold["fxgraph_cache_miss"] >= 1
-    warm = worker("b")
+    warm = worker("b", ECHOMIMIC2_SAVED_TRACES="1")
     assert (warm["loaded"], warm["saved"]) == (True, False)
     assert warm["traced"] == 0 and not warm.get("fxgraph_cache_miss")
     assert warm["out"] == cold["out"]
