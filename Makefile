@@ -36,7 +36,7 @@ lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
 
 test: lint system-tools
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=15
 
 test-all: lint system-tools
-	$(VENV)/bin/pytest -q -m ""
+	$(VENV)/bin/pytest -q --durations=15 -m ""

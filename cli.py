@@ -4,12 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+import typer.core
 
 # a plain table (no torch): the choices below come from it
 from echomimic2.presets import DEFAULT_WITH_WEIGHTS, DEFAULT_WITHOUT_WEIGHTS, PRESETS
 
 FULL_SIZE_PRESETS = [name for name, preset in PRESETS.items() if preset.full_size]
-# The one switch read from the environment: `run --eager`'s default, for clusters whose jobs are started with a
+# The one project switch read from the environment: `run --eager`'s default, for clusters whose jobs are started with a
 # runtime_env (cluster/runtime_env.yaml's env_vars) rather than a changed command line.
 COMPILE_ENV = "ECHOMIMIC2_COMPILE"
 
@@ -20,6 +21,18 @@ def eager_by_default() -> bool:
 
     return os.environ.get(COMPILE_ENV, "1") == "0"
 
+
+def _value_name(parameter, ctx) -> str | None:
+    """What help shows after an option that takes a value: its metavar (DIR, URI, N), else its name in capitals;
+    nothing after a flag or an argument (its name is shown). Typer's default, the Python type (`--force <bool>`,
+    `manifest <str>`), says nothing the help text does not."""
+    if isinstance(parameter, typer.core.TyperArgument) or getattr(parameter, "is_flag", False):
+        return None
+    return parameter.metavar or parameter.name.upper()
+
+
+typer.core.TyperArgument.display_type_rich = _value_name
+typer.core.TyperOption.display_type_rich = _value_name
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 weights_app = typer.Typer(no_args_is_help=True, help="Inspect official EchoMimic V2 weight folders.")
@@ -41,8 +54,8 @@ def run(
     gpus: int | None = typer.Option(None, help="Render actors (GPUs) to use; default: all the cluster has."),
     cpus: int | None = typer.Option(None, help="Preprocessing actors; default: follow the cluster's CPUs."),
     force: bool = typer.Option(False, help="Redo every clip, ignoring the ledger."),
-    segment_frames: int | None = typer.Option(None, help="Frames per segment (unit of GPU work)."),
-    overlap_frames: int | None = typer.Option(None, help="Frames shared by neighbouring segments (cross-faded)."),
+    segment_frames: int | None = typer.Option(None, help="Frames per segment (unit of GPU work); default 288."),
+    overlap_frames: int | None = typer.Option(None, help="Frames shared by neighbouring segments (cross-faded); default 6."),
     allow_http: bool = typer.Option(False, help="Allow http(s):// inputs."),
     input_root: Path | None = typer.Option(None, help="Confine local inputs to this folder (symlinks may not leave it)."),
     shared_fs: bool = typer.Option(
@@ -59,17 +72,27 @@ def run(
         False, "--eager", help=f"GPU render workers do not torch.compile their networks (default: they do; also "
                                f"{COMPILE_ENV}=0 in the environment, e.g. a cluster's runtime_env)."),
     saved_traces: bool = typer.Option(
-        True, help="The compile cache keeps Dynamo's traces too, so warm workers neither compile nor trace."),
+        False, help="The compile cache keeps Dynamo's traces too, so warm workers neither compile nor trace (opt-in: "
+                    "on torch 2.11 a worker that then meets a second shape fails inside Dynamo, BENCHMARKS.md)."),
     unsuitable: str = typer.Option(
         "warn", help="A reference that is not a half-body portrait (see `validate`): warn (render, results say why), "
                      "skip (not rendered, a result with the reason) or fail (the row fails)."),
     notify: str | None = typer.Option(
         None, help="POST the job's summary (JSON: counts, failures, the output root without credentials) to this URL "
                    "at the end; retried, waited for at most 15 s."),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Also show the libraries' own log lines (Ray Data, MediaPipe's native logs; "
+                                 "without it the native ones go to OUTPUT/_logs/native.log)."),
 ) -> None:
     """Render one MP4 per manifest row into OUTPUT (resumable: finished clips are skipped)."""
     arguments = dict(locals())  # the parameters only, taken before the import adds a name
     arguments["eager"] = eager or eager_by_default()
+    import os
+
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        # The job's own local Ray gets Ray's default, token authentication, said explicitly: left unset, Ray warns
+        # that it chose it. Set before Ray is imported (it reads the mode once); a user's own choice is kept.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     from pipeline.commands import end_process_if_interrupted, run_command
 
     code = run_command(**arguments)
@@ -159,8 +182,8 @@ def preview(
 @app.command()
 def plan(
     manifest: str = typer.Argument(..., help="Parquet manifest: local path or fsspec URL."),
-    segment_frames: int | None = typer.Option(None),
-    overlap_frames: int | None = typer.Option(None),
+    segment_frames: int | None = typer.Option(None, help="Frames per segment (unit of GPU work), as `run` takes it."),
+    overlap_frames: int | None = typer.Option(None, help="Frames shared by neighbouring segments, as `run` takes it."),
     triage: bool = typer.Option(True, help="Judge each reference (its verdict in the table)."),
     output: str | None = typer.Option(None, help="The job's output root: remember each reference's detection there."),
 ) -> None:
@@ -186,6 +209,13 @@ def bench(
     fp8: bool = typer.Option(False, help="The opt-in fast mode (fp8 matmuls in the denoising UNet); not with --schedule."),
 ) -> None:
     """Measure the segment renderer with full-size random-weight networks (GPU; small CPU run otherwise)."""
+    from echomimic2.presets import full_size_preset
+
+    try:  # before torch is imported: a misspelt preset answers at once
+        full_size_preset(preset)
+    except ValueError as exc:
+        typer.echo(f"bench: {exc}")
+        raise typer.Exit(2) from None
     if schedule is not None:
         from pipeline.schedule_bench import schedule_command
 
@@ -203,7 +233,8 @@ def doctor(
     weights: str | None = typer.Option(
         None, help="Official weights to check (layout, then a short render): a folder, an fsspec URI or hf://org/name."),
     output: str | None = typer.Option(None, "--output", "-o", help="Output root whose storage and credentials to check."),
-    preset: str | None = typer.Option(None, help="Preset whose weights to check (default: acc with --weights, else tiny)."),
+    preset: str | None = typer.Option(None, help="Preset whose weights to check and render (default: every file of both "
+                                                 "variants, then an acc render with --weights; tiny without)."),
     render: bool = typer.Option(True, help="Also render one short segment."),
 ) -> None:
     """Self-check: CUDA and GPU memory, ffmpeg, the weights folder, storage credentials, one short render."""
@@ -224,7 +255,7 @@ def weights_check(
     variant: str = typer.Option("both", help="quality | acc | both"),
 ) -> None:
     """Per file: keys found / missing / unexpected; exit non-zero on any problem."""
-    from echomimic2.checkpoints import weights_check_command
+    from echomimic2.weights_check import weights_check_command
     from pipeline.weights_source import WeightsSourceError, local_weights
 
     try:

@@ -188,26 +188,3 @@ def load_prefixed_networks(networks: OfficialNetworks, path: str | Path, device=
         _materialise(module, {key.removeprefix(name + "."): tensor for key, tensor in state.items() if key.startswith(name + ".")},
                      own.device if device is None else device, own.dtype if dtype is None else dtype)
     return networks
-
-
-def weights_check_command(directory: Path, variant: str = "both") -> int:
-    """`cli.py weights check`: one summary per file; exit code 1 on any problem, else 0."""
-    from .audio import check_whisper_checkpoint
-
-    variants = VARIANTS if variant == "both" else (variant,)
-    if not set(variants) <= set(VARIANTS):
-        print(f"variant must be quality, acc or both, got {variant!r}")
-        return 2
-    directory = Path(directory)
-    networks = _meta_networks()
-    reports: dict[Path, object] = {}
-    for name in variants:
-        for report in check_official_files(directory, name, networks)[0]:
-            reports.setdefault(report.path, report)  # shared files are checked once
-    whisper = check_whisper_checkpoint(directory / WHISPER_FILE)
-    all_reports = [*reports.values(), whisper]
-    for report in all_reports:
-        print(report.summary())
-    failed = sum(not report.ok for report in all_reports)
-    print(f"{len(all_reports) - failed} of {len(all_reports)} files OK" + (f", {failed} with problems" if failed else ""))
-    return 1 if failed else 0

@@ -14,7 +14,7 @@ from .fast import prepare_for_gpu, use_float8_linears
 from .identity import official_identity, random_identity, tiny_identity, tiny_random_identity, with_fast_mode
 from .networks import OfficialNetworks, build_networks, random_networks
 from .presets import PRESETS, Preset, full_size_preset
-from .sampler import VAE_DOWNSCALE, render_segment
+from .sampler import VAE_DOWNSCALE, RenderProgress, render_segment
 from .weights_layout import TINY_DEMO_WEIGHTS
 
 AUDIO_TOKENS, AUDIO_WIDTH = 50, 384
@@ -84,9 +84,8 @@ class EchoMimicV2:
                 if isinstance(weight, torch.Tensor) and hasattr(layer, "reset_parameters") and not weight.any():
                     layer.reset_parameters()
         for module in networks:
-            module.to(device=device).eval().requires_grad_(False)
-            if dtype != torch.float32:  # diffusers warns on any dtype move, even a no-op one
-                module.to(dtype=dtype)
+            # torch's own cast: diffusers' `ModelMixin.to` warns of float32 modules on any dtype move, even with none
+            torch.nn.Module.to(module, device=device, dtype=dtype).eval().requires_grad_(False)
         return cls(networks, PRESETS["tiny"], tiny_random_identity(seed))
 
     @classmethod
@@ -118,6 +117,7 @@ class EchoMimicV2:
         initial_latents: torch.Tensor | None = None,
         windows_per_batch: int | None = None,
         on_frames: Callable[[np.ndarray], None] | None = None,
+        on_progress: Callable[[RenderProgress], None] | None = None,
     ) -> np.ndarray:
         """Frames [first_frame, first_frame + n) of a clip → uint8 (n, H, W, 3).
 
@@ -130,6 +130,8 @@ class EchoMimicV2:
         device's measured best (`sampler.default_batches`: 2 on CUDA, 4 on the CPU).
         `on_frames` receives the frames in order, in chunks, as they are decoded (on a GPU while it decodes the
         rest), e.g. to write them meanwhile; each chunk is a view of the returned array.
+        `on_progress` receives a `sampler.RenderProgress` after every UNet call and every decoded batch (for a
+        progress bar: how many calls, steps and frames are done, and the fraction of the work).
         """
         steps = self.preset.steps if steps is None else steps
         guidance = self.preset.guidance if guidance is None else guidance
@@ -145,7 +147,7 @@ class EchoMimicV2:
         return render_segment(
             self.networks, reference_image, frame_audio, pose_images, seed, first_frame, steps, guidance,
             reference_compatible=reference_compatible, initial_latents=initial_latents,
-            windows_per_batch=windows_per_batch, on_frames=on_frames,
+            windows_per_batch=windows_per_batch, on_frames=on_frames, on_progress=on_progress,
         )
 
 

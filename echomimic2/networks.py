@@ -63,7 +63,8 @@ def random_networks(unet_config: UNetConfig, vae_config: dict, device: torch.dev
         missed = [name for name, tensor in module.named_parameters() if not torch.isfinite(tensor).all()]
         if missed:
             raise RuntimeError(f"{type(module).__name__}: no initialisation for {missed[:5]} ({len(missed)} tensors)")
-        if dtype != torch.float32:  # diffusers warns about any dtype move of the VAE, even a no-op one
-            module.to(dtype=dtype)
+        # torch's own cast: diffusers' `ModelMixin.to` warns of "modules that should be kept in float32" on every
+        # dtype move, even with an empty list of them (the VAE has none).
+        torch.nn.Module.to(module, dtype=dtype)
         module.eval().requires_grad_(False)
     return networks

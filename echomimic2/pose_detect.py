@@ -14,6 +14,10 @@ is written as a lost point of the official files: (-1, -1) with score 0, which t
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -70,14 +74,63 @@ class MediaPipeMissing(RuntimeError):
     """mediapipe (an optional dependency, installed --no-deps) is not importable."""
 
 
-def _import_solutions():
+# A file for MediaPipe's native log lines (TFLite and absl write them to the process's stderr, at WARNING, on
+# every graph: "Feedback manager requires a model with a single signature", "Created TensorFlow Lite XNNPACK
+# delegate"): the batch job names one under its output root; unset, they stay on stderr.
+NATIVE_LOG_ENV = "ECHOMIMIC2_NATIVE_LOG"
+_native_lock = threading.Lock()
+_native_users = [0, -1]  # [calls inside `native_log`, the saved stderr descriptor]
+
+
+@contextlib.contextmanager
+def native_log():
+    """While inside, file descriptor 2 (what C++ libraries write to) goes to the file named by NATIVE_LOG_ENV.
+    Nested and concurrent uses share one redirection."""
+    path = os.environ.get(NATIVE_LOG_ENV)
+    if not path:
+        yield
+        return
+    with _native_lock:
+        if _native_users[0] == 0:
+            sys.stderr.flush()
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            _native_users[1] = os.dup(2)
+            os.dup2(target, 2)
+            os.close(target)
+        _native_users[0] += 1
     try:
-        from mediapipe import solutions
+        yield
+    finally:
+        with _native_lock:
+            _native_users[0] -= 1
+            if _native_users[0] == 0:
+                sys.stderr.flush()
+                os.dup2(_native_users[1], 2)
+                os.close(_native_users[1])
+
+
+def import_mediapipe():
+    """`mediapipe`, importable beside protobuf 6 (Ray needs >= 6.33.5; mediapipe 0.10.21 was built against 4.x).
+    Its pybind11 protobuf bridge looks up `MessageFactory.GetPrototype` on import, which protobuf 5 removed (the
+    lookup fails with "AttributeError: 'MessageFactory' object has no attribute 'GetPrototype'" and the bridge
+    cannot convert Python messages); `GetMessageClass` is the same function under its new name."""
+    from google.protobuf import message_factory
+
+    if not hasattr(message_factory.MessageFactory, "GetPrototype"):
+        message_factory.MessageFactory.GetPrototype = lambda _factory, descriptor: message_factory.GetMessageClass(descriptor)
+    try:
+        with native_log():
+            import mediapipe
     except ImportError as error:
         raise MediaPipeMissing(
             "pose extraction needs mediapipe==0.10.21 (pip install --no-deps mediapipe==0.10.21, see README)"
         ) from error
-    return solutions
+    return mediapipe
+
+
+def _import_solutions():
+    return import_mediapipe().solutions
 
 
 class PoseDetector:
@@ -87,9 +140,10 @@ class PoseDetector:
     def __init__(self, video: bool = True, max_hands: int = 2):
         solutions = _import_solutions()
         static = not video
-        self._pose = solutions.pose.Pose(static_image_mode=static, model_complexity=1)
-        self._hands = solutions.hands.Hands(static_image_mode=static, max_num_hands=max_hands, model_complexity=1)
-        self._face = solutions.face_mesh.FaceMesh(static_image_mode=static, max_num_faces=1, refine_landmarks=False)
+        with native_log():
+            self._pose = solutions.pose.Pose(static_image_mode=static, model_complexity=1)
+            self._hands = solutions.hands.Hands(static_image_mode=static, max_num_hands=max_hands, model_complexity=1)
+            self._face = solutions.face_mesh.FaceMesh(static_image_mode=static, max_num_faces=1, refine_landmarks=False)
 
     def __enter__(self) -> PoseDetector:
         return self
@@ -109,15 +163,16 @@ class PoseDetector:
         size = np.array([width, height], dtype=np.float64)
         found = FrameLandmarks(width, height)
 
-        pose = self._pose.process(frame_rgb).pose_landmarks
+        with native_log():  # a graph's first frame logs too ("Using NORM_RECT without IMAGE_DIMENSIONS")
+            pose = self._pose.process(frame_rgb).pose_landmarks
+            face = self._face.process(frame_rgb).multi_face_landmarks
+            hands = self._hands.process(frame_rgb)
         if pose is not None:
             found.body = np.array([(p.x * width, p.y * height, p.visibility) for p in pose.landmark])
 
-        face = self._face.process(frame_rgb).multi_face_landmarks
         if face:
             found.face = np.array([(p.x, p.y) for p in face[0].landmark]) * size
 
-        hands = self._hands.process(frame_rgb)
         if hands.multi_hand_landmarks:
             detected = [
                 (np.array([(p.x, p.y) for p in landmarks.landmark]) * size, handedness.classification[0])

@@ -1,6 +1,6 @@
 """Named render settings, in one table: steps, guidance, default output size, which weights they need and
 what they cost. Everything that lists presets or a per-preset fact reads `PRESETS` (the CLI's choices, the
-model loader, `pipeline.steps.resolve_params`, `cli.py plan`, the bench); adding a preset is one entry.
+model loader, `pipeline.params.RenderParams.resolve`, `cli.py plan`, the bench); adding a preset is one entry.
 """
 from __future__ import annotations
 

@@ -45,6 +45,35 @@ VAE_DOWNSCALE = 8
 DEFAULT_BATCHES = {"cuda": (2, 2), "cpu": (4, 8)}
 
 
+@dataclass(frozen=True)
+class RenderProgress:
+    """Where one segment's render stands: `render_segment` hands one to its `on_progress` after every UNet call
+    and every decoded batch (on a GPU when the work is queued, which runs at most a call ahead of the GPU)."""
+
+    calls_done: int  # UNet calls made, of `calls` (a call holds a few context windows, maybe of two steps)
+    calls: int
+    steps_done: int  # denoising steps that every frame has taken, of `steps`
+    steps: int
+    frames_decoded: int  # of `frames`
+    frames: int
+    decode_share: float  # the VAE decode's part of the segment's work (spec FLOPs, `echomimic2.flops`)
+
+    @property
+    def fraction(self) -> float:
+        """Work done, 0..1: UNet calls and decoded frames weighed by their FLOPs."""
+        denoised = self.calls_done / self.calls if self.calls else 1.0
+        decoded = self.frames_decoded / self.frames if self.frames else 1.0
+        return (1.0 - self.decode_share) * denoised + self.decode_share * decoded
+
+
+def decode_share(size: int, frames: int, steps: int, guidance: float) -> float:
+    """The decode's share of a segment's denoise + decode FLOPs (spec §12), for `RenderProgress.fraction`."""
+    from .flops import spec_flops
+
+    counts = spec_flops(size, frames, steps, guidance)
+    return counts["decode"] / (counts["decode"] + counts["denoise"])
+
+
 def default_batches(device: torch.device, guided: bool = False) -> tuple[int, int]:
     """(windows_per_batch, decode_batch) that `render_segment` uses on `device` unless told otherwise."""
     rows, decode = DEFAULT_BATCHES.get(device.type, DEFAULT_BATCHES["cpu"])
@@ -136,13 +165,15 @@ def encode_window_poses(pose_encoder, pose_images: torch.Tensor, group: Sequence
 
 @torch.no_grad()
 def decode_latents(vae, latents: torch.Tensor, dtype: torch.dtype, batch: int,
-                   on_frames: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+                   on_frames: Callable[[np.ndarray], None] | None = None,
+                   on_batch: Callable[[int], None] | None = None) -> np.ndarray:
     """Latents (1, 4, n, h, w) → uint8 frames (n, H, W, 3), `batch` frames per VAE call.
 
     Pixel conversion follows the official code: (x/2 + 0.5).clamp(0, 1) in the model dtype, then
     float32 × 255 truncated to uint8. `on_frames`, when given, receives the frames in order, in chunks, each as
     soon as it is on the host: on a GPU while the later batches are still being decoded (so the caller can
-    write them meanwhile). A chunk is a view of the returned array.
+    write them meanwhile). A chunk is a view of the returned array. `on_batch`, when given, receives the count of
+    frames decoded so far after each VAE call (for progress; it waits for nothing).
     """
     per_frame = latents[0].permute(1, 0, 2, 3)  # (n, 4, h, w)
     frame_count = per_frame.shape[0]
@@ -182,6 +213,8 @@ def decode_latents(vae, latents: torch.Tensor, dtype: torch.dtype, batch: int,
                 copied.record()
             pending.append((begin, len(images), copied))
             hand_over(wait=False)
+        if on_batch is not None:
+            on_batch(begin + len(images))
     if on_gpu:
         torch.cuda.current_stream(latents.device).synchronize()
     if on_frames is not None:
@@ -281,6 +314,7 @@ def denoise(
     guidance: float,
     reference_compatible: bool,
     windows_per_batch: int,
+    on_call: Callable[[int, int, int], None] | None = None,
 ) -> torch.Tensor:
     """Run the DDIM loop on float32 latents (1, 4, n, h, w), updated in place and returned; audio
     (n, 50, 384) is in the model dtype, pose images are host uint8 (n, H, W, 3).
@@ -290,6 +324,7 @@ def denoise(
     and the frame takes its DDIM step (diffusers' own `step`, on a few frames at a time) as soon as no
     later window of the step reads it. Each frame sees exactly the operations of the step-by-step
     whole-tensor update (sum over its windows in order, / count, CFG, step).
+    `on_call(calls_done, calls, steps_done)`, when given, runs after each UNet call's work is queued.
     """
     dtype = frame_audio.dtype
     frames = latents.shape[2]
@@ -304,8 +339,9 @@ def denoise(
     calls, slot_count = denoising_calls([schedule(frames, step) for step in range(len(step_values))], windows_per_batch)
     accumulated = torch.zeros((branches, LATENT_CHANNELS, slot_count, *latents.shape[3:]), device=latents.device, dtype=torch.float32)
     counter = torch.zeros((1, 1, slot_count, 1, 1), device=latents.device, dtype=torch.float32)
+    frames_updated = [0] * len(step_values)  # per step: frames that took it (progress only)
 
-    for call in calls:
+    for call_number, call in enumerate(calls, 1):
         group = [row.frames for row in call.windows]
         index = device_indices(group, latents.device)  # (k, f)
         sample = latents[0][:, index].permute(1, 0, 2, 3, 4).to(dtype)  # (k, 4, f, h, w)
@@ -338,6 +374,10 @@ def denoise(
                 # pageable memory, which synchronises.
                 accumulated.index_fill_(2, slots, 0)
                 counter.index_fill_(2, slots, 0)
+        if on_call is not None:
+            for update in call.updates:
+                frames_updated[update.step] += len(update.frames)
+            on_call(call_number, len(calls), sum(count == frames for count in frames_updated))
     return latents
 
 
@@ -357,9 +397,11 @@ def render_segment(
     windows_per_batch: int | None = None,
     decode_batch: int | None = None,
     on_frames: Callable[[np.ndarray], None] | None = None,
+    on_progress: Callable[[RenderProgress], None] | None = None,
 ) -> np.ndarray:
     """Frames [first_frame, first_frame + n) → uint8 (n, H, W, 3). Inputs are assumed validated.
-    `on_frames` receives them in order as they are decoded (`decode_latents`).
+    `on_frames` receives them in order as they are decoded (`decode_latents`); `on_progress` a `RenderProgress`
+    after every UNet call and every decoded batch (it reads counters only: the frames do not depend on it).
 
     `networks` has `reference_unet`, `denoising_unet`, `pose_encoder` and `vae` on one device and
     dtype. `initial_latents` (1, 4, n, H/8, W/8) replaces the drawn noise (for comparison runs).
@@ -387,9 +429,22 @@ def render_segment(
     poses = host_pose_images(pose_images, device)
     audio = torch.from_numpy(np.ascontiguousarray(frame_audio)).to(device=device, dtype=dtype)
 
+    on_call = on_batch = None
+    if on_progress is not None:
+        share = decode_share(round((reference_image.shape[0] * reference_image.shape[1]) ** 0.5), frames, steps, guidance)
+        state = dict(calls_done=0, calls=1, steps_done=0, steps=steps, frames_decoded=0, frames=frames, decode_share=share)
+
+        def on_call(calls_done: int, calls: int, steps_done: int) -> None:
+            state.update(calls_done=calls_done, calls=calls, steps_done=steps_done)
+            on_progress(RenderProgress(**state))
+
+        def on_batch(frames_decoded: int) -> None:
+            state.update(frames_decoded=frames_decoded)
+            on_progress(RenderProgress(**state))
+
     latents = denoise(
         networks.denoising_unet, reference_kv, latents, audio, networks.pose_encoder, poses,
-        steps, guidance, reference_compatible, windows_per_batch,
+        steps, guidance, reference_compatible, windows_per_batch, on_call=on_call,
     )
     del reference_kv, audio
-    return decode_latents(networks.vae, latents, dtype, decode_batch, on_frames)
+    return decode_latents(networks.vae, latents, dtype, decode_batch, on_frames, on_batch=on_batch)

@@ -41,6 +41,12 @@ def vae_weight_file(vae_dir: Path) -> Path:
     return vae_dir / VAE_WEIGHT_FILES[0]
 
 
+def checked_files(weights_dir: str | Path, variants: tuple[str, ...] = VARIANTS) -> list[Path]:
+    """Every file `weights check` reads for `variants` (both: the 9 files of a complete folder), in layout order."""
+    files = [path for variant in variants for path in official_weight_files(weights_dir, variant)]
+    return [*dict.fromkeys(files), Path(weights_dir) / WHISPER_FILE]
+
+
 def official_weight_files(weights_dir: str | Path, variant: str) -> list[Path]:
     """The files `load_official_networks` reads for `variant` (what the rendered frames depend on)."""
     weights_dir = Path(weights_dir)

@@ -211,20 +211,30 @@ class EchoMimicV2Pipeline:
         """Each segment's frames [(start, stop, frames)], rendered with the job's noise: global frame i's
         noise depends on (seed, i) only."""
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         params, rendered = clip.params, []
-        bar = Progress(TextColumn("segments"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                       console=Console(stderr=True), disable=not progress)
+        # The bar moves with every UNet call and decoded batch (`RenderProgress`), in segments; its ETA comes from
+        # the measured rate once the first call is done.
+        bar = Progress(TextColumn("segment {task.fields[segment]}/{task.fields[segments]}, step {task.fields[step]}"),
+                       BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TextColumn("ETA"),
+                       TimeRemainingColumn(), console=Console(stderr=True), disable=not progress)
         with bar:
-            task = bar.add_task("segments", total=len(segments))
+            task = bar.add_task("segments", total=len(segments), segment=1, segments=len(segments),
+                                step=f"0/{params.steps}")
             for i, (start, stop) in enumerate(segments):
                 tokens, pose_images = segment_inputs(features.features, poses, params.fps, start, stop,
                                                      params.width, params.height)
+
+                def on_progress(state, i=i):
+                    step = f"{state.steps_done}/{state.steps}" if state.frames_decoded == 0 else "decoding"
+                    bar.update(task, completed=i + state.fraction, segment=i + 1, step=step)
+
                 frames = render_frames(self.model, clip.reference, tokens, pose_images, seed=params.seed,
-                                       first_frame=start, steps=params.steps, guidance=params.guidance)
+                                       first_frame=start, steps=params.steps, guidance=params.guidance,
+                                       on_progress=on_progress)
                 rendered.append((start, stop, frames))
-                bar.advance(task)
+                bar.update(task, completed=i + 1)
                 if callback is not None:
                     callback(SegmentStep(i=i, total=len(segments), start=start, stop=stop, frames=frames))
         return rendered

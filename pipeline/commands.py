@@ -45,24 +45,29 @@ def run_command(manifest: str, output: str, weights: str | Path | None = None, p
                 address: str | None = None, gpus: int | None = None, cpus: int | None = None, force: bool = False,
                 segment_frames: int | None = None, overlap_frames: int | None = None, allow_http: bool = False,
                 input_root: Path | None = None, shared_fs: bool = False, random_weights: bool = False,
-                compile_cache: str | None = None, fp8: bool = False, eager: bool = False, saved_traces: bool = True,
-                unsuitable: str = "warn", notify: str | None = None) -> int:
+                compile_cache: str | None = None, fp8: bool = False, eager: bool = False, saved_traces: bool = False,
+                unsuitable: str = "warn", notify: str | None = None, verbose: bool = False) -> int:
     """`cli.py run`: the options and the manifest are checked before anything slow starts; then the job runs
     under the project's signal handlers (installed before Ray starts) and its outcome becomes the exit code."""
-    from pipeline.job import JobError, JobInterrupted, load_specs, pipeline_left_open, record_start, run_job
     from pipeline.reference_triage import UNSUITABLE_POLICIES
-    from pipeline.tracker import STOP
 
     if unsuitable not in UNSUITABLE_POLICIES:
         console.print(f"[red]error[/red]: --unsuitable must be one of {', '.join(UNSUITABLE_POLICIES)}, got {escape(repr(unsuitable))}")
         return EXIT_JOB_FAILED
-    preset, refused = _choose_preset(preset, weights, random_weights)
+    preset, refused, note = _choose_preset(preset, weights, random_weights)
     weights_uri = None if weights is None else str(weights)  # a URI: what each worker resolves on its node
     weights, refused = (weights, refused) if refused else _weights_here(weights_uri, preset)
     refused = refused or refuse_before_starting(output, weights, input_root)
-    if refused:
+    if refused:  # before the model note and before Ray or torch is imported: a refusal answers at once
         console.print(f"[red]error[/red]: {escape(refused)}")
         return EXIT_JOB_FAILED
+    if note:
+        console.print(note)
+    from pipeline.job import JobError, JobInterrupted, load_specs, pipeline_left_open, record_start, run_job
+    from pipeline.logs import quiet_libraries
+    from pipeline.tracker import STOP
+
+    quiet_libraries(output, verbose)
     # From here a SIGINT / SIGTERM ends the job with its results (exit 130 / 143), also while Ray starts.
     STOP.clear()
     restore_signals = stop_on_signals()
@@ -128,27 +133,29 @@ def _weights_here(weights: str | None, preset: str) -> tuple[Path | None, str | 
         return None, storage.redact(str(exc))
 
 
-def _choose_preset(preset: str | None, weights: Path | None, random_weights: bool) -> tuple[str | None, str | None]:
-    """(the preset the job runs, or why the options cannot go together); prints the model note."""
+def _choose_preset(preset: str | None, weights: Path | None, random_weights: bool) -> tuple[str | None, str | None, str]:
+    """(the preset the job runs, why the options cannot go together or None, a note on the model to print once
+    nothing refuses the job)."""
     from echomimic2 import PRESETS
     from echomimic2.presets import default_preset
 
     preset = preset or default_preset(with_weights=bool(weights or random_weights))
     if preset not in PRESETS:
-        return preset, f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})"
+        return preset, f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})", ""
     if random_weights:
         if weights is not None or not PRESETS[preset].full_size:
             return preset, ("--random-weights builds the full-size acc/quality networks with random weights: use it "
-                            "with --preset acc or quality and without --weights")
-        console.print("[yellow]note[/yellow]: --random-weights: full-size networks with RANDOM weights, for "
-                      "benchmarks only (the videos are noise)")
+                            "with --preset acc or quality and without --weights"), ""
+        return preset, None, ("[yellow]note[/yellow]: --random-weights: full-size networks with RANDOM weights, for "
+                              "benchmarks only (the videos are noise)")
     elif PRESETS[preset].full_size == (weights is None):
         return preset, f"preset {preset!r} " + (
-            "needs --weights (the official checkpoints)" if weights is None else "runs the built-in demo model; drop --weights")
+            "needs --weights (the official checkpoints)" if weights is None else "runs the built-in demo model; drop --weights"), ""
     elif weights is None:
-        console.print("[yellow]note[/yellow]: no --weights: the tiny DEMO model runs, trained on drawn figures, not people: "
-                      "blurry figures whose mouths follow the speech and hands the poses. See README for the official weights.")
-    return preset, None
+        return preset, None, ("[yellow]note[/yellow]: no --weights: the tiny DEMO model runs, trained on drawn figures, "
+                              "not people: blurry figures whose mouths follow the speech and hands the poses. See README "
+                              "for the official weights.")
+    return preset, None, ""
 
 
 def _job_settings(output, preset, weights, random_weights, fp8, segment_frames, overlap_frames, force, allow_http,
@@ -271,9 +278,8 @@ def end_process_if_interrupted(code: int) -> None:
     Data (workers gave up), end the process at once. Its Ray is left running: `ray.shutdown()` or the
     interpreter's exit around that thread once crashed the driver (SIGSEGV instead of exit 143, on a loaded
     machine). The processes of a local Ray share the driver's fate, and a cluster drops a dead driver's actors."""
-    from pipeline.job import pipeline_left_open
-
-    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM) or pipeline_left_open():
+    job = sys.modules.get("pipeline.job")  # not imported: no job ran (a refusal), nothing is left open
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM) or (job is not None and job.pipeline_left_open()):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -312,10 +318,16 @@ def refuse_before_starting(output: str, weights: Path | None, input_root: Path |
             return f"{option}: {exc}"
         if scheme != "file":
             return f"{option} {storage.redact(str(path))}: must be a local folder"
+        if not Path(path).exists():
+            return f"{option} {path}: folder not found"
+        if not Path(path).is_dir():
+            return f"{option} {path}: is a file, not a folder"
     try:
         storage.check_output_root(output)
     except storage.InputError as exc:
         return f"--output: {exc}"
+    if storage.check_plain_url(output) == "file" and Path(output.removeprefix("file://")).is_file():
+        return f"--output {output}: is a file; the output root is a folder (it is created if missing)"
     try:
         storage.probe_writable(output)
     except storage.InputError as exc:
@@ -430,9 +442,6 @@ def status_command(output: str, watch: bool = False, interval: float = 2.0, time
         from pipeline.watch import watch_command
 
         return watch_command(output, interval=interval, timeout=timeout, console=console)
-    from pipeline.ledger import Ledger
-    from pipeline.results import read_results
-
     shown = escape(storage.redact(output))
     try:
         storage.check_plain_url(output)
@@ -445,6 +454,9 @@ def status_command(output: str, watch: bool = False, interval: float = 2.0, time
     except Exception as exc:
         console.print(f"[red]error[/red]: {shown}: {escape(storage.describe_error(exc))}")
         return EXIT_JOB_FAILED
+    from pipeline.ledger import Ledger
+    from pipeline.results import read_results  # pandas: only once the root holds a job
+
     try:
         results = read_results(output)
     except FileNotFoundError:
@@ -533,7 +545,11 @@ def plan_command(manifest: str, segment_frames: int | None = None, overlap_frame
             params = RenderParams.for_row(spec, preset.name, segment_frames=segment_frames, overlap_frames=overlap_frames)
             per_preset[preset.name] += clip_render_flops(frames, params.segment_frames, params.overlap_frames,
                                                          params.width, params.height, params.steps, params.guidance)
-        size = f"{spec.width}x{spec.height}" if spec.width and spec.height else "preset's"
+        # the row's own size, else each preset's (the row renders at the size of the preset `run` is given)
+        sizes: dict[str, list[str]] = {}
+        for preset in PRESETS.values():
+            sizes.setdefault(f"{spec.width or preset.width}x{spec.height or preset.height}", []).append(preset.name)
+        size = "; ".join(f"{wh} ({', '.join(names)})" if len(sizes) > 1 else wh for wh, names in sizes.items())
         table.add_row(str(spec.row), spec.clip_id, f"{seconds:.2f}", f"{spec.fps:g}", str(frames), str(len(segments)), size,
                       *([verdicts.get(spec.row, "unreadable")] if triage else []))
     console.print(table)

@@ -69,24 +69,26 @@ def check_ffmpeg() -> Check:
     return Check("ffmpeg", OK, f"{ffmpeg_exe()}: {first_line} (libx264, aac)")
 
 
-def check_weights(weights: Path | None, preset: str) -> Check:
+def check_weights(weights: Path | None, variant: str) -> Check:
+    """The folder's files for `variant` (quality, acc or both), as `weights check` reads them; every file with a
+    problem is named."""
     if weights is None:
         return Check("weights", WARN, "no --weights: only the tiny demo preset can run (drawn figures, not people)",
                      "download the official weights (README, 'Official weights') and pass --weights DIR")
     import contextlib
     import io
 
-    from echomimic2 import PRESETS
-    from echomimic2.checkpoints import weights_check_command
+    from echomimic2.weights_check import weights_check_command
 
-    variant = PRESETS[preset].variant
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = weights_check_command(Path(weights), variant)
     lines = printed.getvalue().strip().splitlines()
     if code:
-        problems = [line for line in lines if "OK" not in line.split(":")[-1]][:6]
-        return Check("weights", FAIL, f"{weights} ({variant}): " + " | ".join(problems),
+        # a file's first line names it; its key lists (indented) stay with `weights check`
+        problems = [line.replace(f"{weights}/", "").replace(": FAILED - file not found", ": not found") for line in lines[:-1]
+                    if not line.startswith(" ") and not line.endswith(": OK") and ": OK -" not in line]
+        return Check("weights", FAIL, f"{weights} ({variant}): {lines[-1]}: " + " | ".join(problems),
                      f"run `cli.py weights check {weights} --variant {variant}` for every file's report")
     return Check("weights", OK, f"{weights} ({variant}): {lines[-1] if lines else 'OK'}")
 
@@ -145,10 +147,12 @@ def check_render(weights: Path | None, preset: str) -> Check:
 
 
 def run_checks(weights: Path | None, output: str | None, preset: str | None, render: bool = True) -> list[Check]:
-    from echomimic2.presets import default_preset
+    from echomimic2.presets import PRESETS, default_preset
 
+    # Without --preset the whole folder is checked (both variants' files), and the default preset renders.
+    variant = PRESETS[preset].variant if preset else "both"
     preset = preset or default_preset(with_weights=weights is not None)
-    checks: list[Callable[[], Check]] = [check_accelerator, check_ffmpeg, lambda: check_weights(weights, preset),
+    checks: list[Callable[[], Check]] = [check_accelerator, check_ffmpeg, lambda: check_weights(weights, variant),
                                          lambda: check_output(output)]
     results = [check() for check in checks]
     weights_failed = any(c.name == "weights" and c.status == FAIL for c in results)
@@ -163,6 +167,7 @@ def doctor_command(weights: Path | None = None, output: str | None = None, prese
     results = run_checks(weights, output, preset, render)
     for check in results:
         print(check.line(), flush=True)
-    failed = [check.name for check in results if check.status == FAIL]
-    print(f"doctor: {len(results) - len(failed)} of {len(results)} checks passed" + (f"; failed: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    counts = {status: [check.name for check in results if check.status == status] for status in (OK, WARN, FAIL)}
+    print(f"doctor: {len(counts[OK])} passed, {len(counts[WARN])} warning(s) ({', '.join(counts[WARN]) or 'none'}), "
+          f"{len(counts[FAIL])} failed" + (f" ({', '.join(counts[FAIL])})" if counts[FAIL] else ""))
+    return 1 if counts[FAIL] else 0

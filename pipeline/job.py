@@ -106,7 +106,8 @@ def run_job(manifest: str, specs: list[ClipSpec], problems: list[Problem], setti
         raise_if_stopped()  # a signal while Ray started
         if to_run:
             # The board survives its actor's death: Ray restarts it and retries the calls made meanwhile.
-            board = RemoteObject(ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(JobBoard).remote())
+            board = RemoteObject(ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(JobBoard).remote(),
+                                 one_way=("post_progress",))
             # The three stages, top to bottom: the first two stream on Ray Data, the driver starts the third
             # for each clip whose segments are all in storage.
             preprocess = PreprocessStage(settings, board)

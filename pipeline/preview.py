@@ -201,8 +201,7 @@ def proof_markdown(card: dict) -> str:
         value = value.get(part) if part and isinstance(value, dict) else value
         if value is not None:
             shown.append(f"{label}: {value}")
-    lines.append(" · ".join(shown))
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + " · ".join(shown)  # a paragraph of its own, not the last warning's
 
 
 def qc_markdown(saved: dict) -> str:

@@ -107,10 +107,11 @@ class FaceMouth:
     def __init__(self):
         with FaceMouth._lock:
             if FaceMouth._mesh is None:
-                import mediapipe as mp
+                from echomimic2.pose_detect import import_mediapipe, native_log
 
-                FaceMouth._mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
-                                                                  refine_landmarks=False)
+                with native_log():
+                    FaceMouth._mesh = import_mediapipe().solutions.face_mesh.FaceMesh(
+                        static_image_mode=True, max_num_faces=1, refine_landmarks=False)
 
     def opening(self, frame: np.ndarray) -> float | None:
         found = self.measure(frame)
@@ -119,7 +120,9 @@ class FaceMouth:
     def measure(self, frame: np.ndarray) -> tuple[float | None, tuple[float, float, float, float]] | None:
         """(mouth opening or None, face box (x0, y0, x1, y1) of the mesh's points as fractions of the frame),
         or None without a face."""
-        with FaceMouth._lock:
+        from echomimic2.pose_detect import native_log
+
+        with FaceMouth._lock, native_log():
             found = FaceMouth._mesh.process(np.ascontiguousarray(frame, dtype=np.uint8)).multi_face_landmarks
         if not found:
             return None

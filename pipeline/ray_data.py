@@ -35,11 +35,14 @@ def pool_name(stage: Stage) -> str:
 def on_ray_data(dataset, stage: Stage, row_type, *, workers: tuple[int, int], **ray_args):
     """`stage` as a pool of Ray Data actors over `dataset` (rows of `row_type`), with its resources."""
     runner = type(pool_name(stage), (StageRunner,), {})
-    return dataset.map_batches(
-        runner, fn_constructor_kwargs=dict(stage=stage, row_type=row_type), batch_size=stage.batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=workers[0], max_size=workers[1]),
-        # Ray 2.60 has no named parameter for max_restarts / max_task_retries (its deprecation warning is expected).
-        **stage.resources.ray_args(), **ray_args)
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates passing Ray options through **ray_remote_args in favour of named parameters, but has
+        # none for max_restarts / max_task_retries: the job's bounds on worker deaths can only go this way.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return dataset.map_batches(
+            runner, fn_constructor_kwargs=dict(stage=stage, row_type=row_type), batch_size=stage.batch_size,
+            compute=ray.data.ActorPoolStrategy(min_size=workers[0], max_size=workers[1]),
+            **stage.resources.ray_args(), **ray_args)  # num_cpus, num_gpus, memory: named parameters
 
 
 def worker_restarts(stage: Stage) -> int:
@@ -74,15 +77,22 @@ class StageRunner:
 
 
 class RemoteObject:
-    """An actor that stages call like a local object: ``board.post_plan(plan)`` waits for the actor's answer."""
+    """An actor that stages call like a local object: ``board.post_plan(plan)`` waits for the actor's answer;
+    methods named in `one_way` (progress reports) are sent without waiting (calls from one caller still run in
+    their order)."""
 
-    def __init__(self, handle):
-        self.handle = handle
+    def __init__(self, handle, one_way: tuple[str, ...] = ()):
+        self.handle, self.one_way = handle, one_way
 
     def __getattr__(self, name: str):
-        if name.startswith("_"):  # pickling probes dunders before `handle` exists
+        if name.startswith("_") or name in ("handle", "one_way"):  # pickling probes attributes before they exist
             raise AttributeError(name)
         method = getattr(self.handle, name)
+        if name in self.one_way:
+            def send(*args, **kwargs) -> None:
+                method.remote(*args, **kwargs)
+
+            return send
         return lambda *args, **kwargs: ray.get(method.remote(*args, **kwargs))
 
 
@@ -98,17 +108,20 @@ class RowPuller:
         self.thread.start()
 
     def _pull(self, dataset) -> None:
-        rows = iter(dataset.iter_rows())  # a generator: closing it stops the pipeline
-        try:
-            for row in rows:
-                self.feed.put(row)
+        # Without prefetching: `iter_rows` holds each row back until the next one has arrived, so a finished
+        # clip waited for the next segment to render (with one render worker: the first MP4 came only at the end).
+        batches = iter(dataset.iter_batches(batch_size=None, prefetch_batches=0, batch_format="numpy"))
+        try:  # a generator: closing it stops the pipeline
+            for batch in batches:
+                for index in range(len(next(iter(batch.values())))):
+                    self.feed.put({name: column[index] for name, column in batch.items()})
                 if self.quit.is_set():
                     break
             self.feed.put(END)
         except BaseException as exc:  # noqa: BLE001 - handed to the driver's loop, which raises it
             self.feed.put(exc)
         finally:
-            rows.close()
+            batches.close()
 
     def next_row(self, timeout: float):
         try:

@@ -54,7 +54,7 @@ class CompileCache:
     whenever it generated new ones. Any problem with the cache (missing, corrupt, foreign, unwritable) costs a
     cold compile and a log line, never a segment."""
 
-    def __init__(self, folder_uri: str, preset: str, fp8: bool = False, saved_traces: bool = True):
+    def __init__(self, folder_uri: str, preset: str, fp8: bool = False, saved_traces: bool = False):
         from echomimic2.fast import compile_cache_key
 
         # The fast mode compiles other graphs: its own file, or the two modes' workers would overwrite each other's.

@@ -345,7 +345,8 @@ def _json_for_script(value) -> str:
 
 PAGE_KINDS = {
     # status filters (key and label; the page's STATUS_TESTS hold their tests), first sort, what a card is called
-    "review": dict(filters=[["all", "all"], ["failed", "failed"], ["flagged", "flagged"], ["done", "done"]],
+    "review": dict(filters=[["all", "all"], ["failed", "failed"], ["flagged", "flagged"], ["done", "done"],
+                            ["unsuitable", "skipped as unsuitable"]],
                    sort="score", noun="clip"),
     "proof": dict(filters=[["all", "all"], ["failed", "refused"], ["ready", "ready"]], sort="warnings", noun="row"),
 }
@@ -455,7 +456,9 @@ for (const c of CLIPS) { c.warnings = c.warnings || []; c.reasons = c.reasons ||
 // Status filters of this kind of page, then one per warning kind found in the rows.
 const STATUS_TESTS = {
   all: c => true, failed: c => c.status === "failed", flagged: c => c.flagged,
-  done: c => c.status === "done" || c.status === "skipped", ready: c => c.status === "ready",
+  // "skipped" is a clip finished by an earlier run, or (with an error) one `run --unsuitable skip` did not render.
+  done: c => c.status === "done" || (c.status === "skipped" && !c.error), ready: c => c.status === "ready",
+  unsuitable: c => c.status === "skipped" && !!c.error,
 };
 const FILTERS = {};
 for (const [key, label] of KIND.filters) FILTERS[key] = [label, STATUS_TESTS[key], false];
@@ -494,7 +497,7 @@ function recompute() {
 }
 function media(c) {
   if (KIND.kind === "proof") return "";
-  if (!c.strip) return `<div class="media nostrip">${c.status === "failed" ? "no video" : "no strip"}</div>`;
+  if (!c.strip) return `<div class="media nostrip">${c.status === "failed" ? "no video" : (c.link ? "no strip" : "not rendered")}</div>`;
   const play = c.link ? `<span class="play">▶ play</span>` : "";
   return `<div class="media" data-video="${esc(c.link || "")}"><img class="strip" loading="lazy" alt="frames of ${esc(c.clip_id)}" src="${esc(c.strip)}">${play}</div>`;
 }
@@ -545,9 +548,11 @@ function update(changes, keepPage) {
 const filters = document.getElementById("filters");
 let separated = false;
 for (const [key, [label, test, isWarning]] of Object.entries(FILTERS)) {
+  const count = CLIPS.filter(test).length;
+  if (key === "unsuitable" && !count) continue;  // only runs with --unsuitable skip have such rows
   if (isWarning && !separated) { const s = document.createElement("span"); s.className = "sep"; s.textContent = "warnings:"; filters.appendChild(s); separated = true; }
   const b = document.createElement("button"); b.dataset.filter = key; if (isWarning) b.className = "warnkind";
-  b.textContent = `${label} (${CLIPS.filter(test).length})`; b.onclick = () => update({filter: key}); filters.appendChild(b);
+  b.textContent = `${label} (${count})`; b.onclick = () => update({filter: key}); filters.appendChild(b);
 }
 document.getElementById("cards").addEventListener("click", e => {
   const slot = e.target.closest(".media[data-video]"); if (slot) playIn(slot);

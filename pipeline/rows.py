@@ -45,7 +45,7 @@ class JobSettings:
     fp8: bool = False  # the opt-in fast mode (EchoMimicV2.from_official's fp8): fp8 matmuls in the denoising UNet
     unsuitable: str = "warn"  # a reference that is not half-body: warn (render), skip (a result with the reason) or fail
     compile: bool = True  # GPU render workers torch.compile their networks (same math, faster; False: --eager)
-    saved_traces: bool = True  # the compile cache also keeps Dynamo's traces, so warm workers do not trace again
+    saved_traces: bool = False  # opt-in (run --saved-traces): the compile cache also keeps Dynamo's traces
 
 
 def row_label(spec_or_row: ClipSpec | int, clip_id: str | None = None) -> str:

@@ -36,6 +36,7 @@ SEGMENT_ATTEMPTS = 3  # tries per segment, whether the renderer raised or its wo
 # rendering (the driver counts Ray's restarts, tracker.py): a broken node or model must end the job in
 # bounded time, not restart workers forever.
 RENDER_DEATHS_IN_A_ROW = 2 * SEGMENT_ATTEMPTS
+PROGRESS_SECONDS = 1.0  # a render worker tells the board how far it is into a segment at most this often
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class JobBoard:
         self.attempts_per_segment = attempts_per_segment
         self.id = uuid.uuid4().hex
         self.plans: list[ClipPlan] = []
+        self.progress: dict[tuple, tuple[float, str] | None] = {}  # segment -> (fraction, step) since the driver looked
         self.outcomes: dict[tuple, list[str | None]] = {}  # segment -> per attempt: error, "ok", None (running/died)
         self.failed_clips: set[tuple[str, str]] = set()
 
@@ -102,6 +104,16 @@ class JobBoard:
     def take_plans(self) -> list[ClipPlan]:
         plans, self.plans = self.plans, []
         return plans
+
+    # -- progress inside segments ------------------------------------------------------------
+    def post_progress(self, key: tuple, fraction: float, step: str) -> None:
+        """How far a render worker is into segment `key` (0..1) and which step; sent without waiting."""
+        self.progress[key] = (fraction, step)
+
+    def take_progress(self) -> dict[tuple, tuple[float, str] | None]:
+        """The latest progress of each segment since the last call; None: the segment's attempt failed."""
+        progress, self.progress = self.progress, {}
+        return progress
 
     # -- render attempts ----------------------------------------------------------------------
     def begin(self, label: str, key: tuple) -> Attempt:
@@ -119,6 +131,8 @@ class JobBoard:
 
     def end(self, key: tuple, error: str | None = None) -> None:
         self.outcomes[key][-1] = error or "ok"
+        # done: whole until the driver gets its result row; failed: its progress is lost
+        self.progress[key] = (1.0, "done") if error is None else None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -284,7 +298,7 @@ class RenderStage(Stage):
                 with segment_output(uri, work.stop - work.start, *work.reference.shape[:2]) as segment:
                     render_frames(self.model, work.reference, work.audio, work.poses, seed=work.params.seed,
                                   first_frame=work.start, steps=work.params.steps, guidance=work.params.guidance,
-                                  on_frames=segment.write)
+                                  on_frames=segment.write, on_progress=ProgressReporter(self.board, key))
                     seconds = time.perf_counter() - started
                 self.ledger.record_segment(*key, seconds=seconds, attempt=attempt.number, pid=os.getpid(),
                                            node_id=self.node_id, model=self.model.identity, **self._worker_start())
@@ -318,6 +332,21 @@ class RenderStage(Stage):
                     setup_seconds=round(self.setup_seconds, 3),
                     compile_cache=None if cache is None else ("hit" if cache.loaded else "miss"),
                     compile_cache_load_seconds=None if cache is None else round(cache.load_seconds, 3))
+
+
+class ProgressReporter:
+    """The engine's `on_progress` on a render worker: each `RenderProgress` to the board, at most every
+    PROGRESS_SECONDS (the last step of a segment's denoising and its end always go), without waiting for it."""
+
+    def __init__(self, board, key: tuple):
+        self.board, self.key, self.sent = board, key, 0.0
+
+    def __call__(self, state) -> None:
+        step = f"step {state.steps_done}/{state.steps}" if state.frames_decoded == 0 else "decoding"
+        now = time.monotonic()
+        if now - self.sent >= PROGRESS_SECONDS or state.calls_done == state.calls and state.frames_decoded == 0:
+            self.sent = now
+            self.board.post_progress(self.key, round(state.fraction, 4), step)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -66,11 +66,12 @@ def segment_inputs(features: np.ndarray, poses: list[dict], fps: float, start: i
 
 
 def render_frames(model, reference: np.ndarray, audio: np.ndarray, pose_images: np.ndarray, *, seed: int,
-                  first_frame: int, steps: int, guidance: float, on_frames=None) -> np.ndarray:
+                  first_frame: int, steps: int, guidance: float, on_frames=None, on_progress=None) -> np.ndarray:
     """One segment's frames, uint8 (n, H, W, 3); its noise depends on (seed, global frame) only. `on_frames`
-    receives them in order as they are decoded (`EchoMimicV2.render`)."""
+    receives them in order as they are decoded, `on_progress` a `RenderProgress` per UNet call and decoded
+    batch (`EchoMimicV2.render`)."""
     return model.render(reference, audio, pose_images, seed=seed, first_frame=first_frame, steps=steps,
-                        guidance=guidance, on_frames=on_frames)
+                        guidance=guidance, on_frames=on_frames, on_progress=on_progress)
 
 
 def stitch(segments: list[tuple[int, int, np.ndarray]], frames: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline import storage
 from pipeline.events import JobObserver
@@ -31,7 +31,8 @@ from pipeline.stages import RENDER_DEATHS_IN_A_ROW
 
 POLL_SECONDS = 0.5
 WATCH_WORKERS_SECONDS = 2.0  # how often the driver reads the render workers' restart count
-LOG_PROGRESS_SECONDS = 30.0  # a plain progress line this often when the output is not a terminal
+LOG_PROGRESS_SECONDS = 10.0  # a plain progress line at most this often when the output is not a terminal (if it moved)
+QUIET_PROGRESS_SECONDS = 60.0  # and at least this often while nothing moves
 STOP = threading.Event()  # set by a signal handler (commands.stop_on_signals): the job stops and writes results
 _stop_signal = [0]
 
@@ -84,17 +85,23 @@ class Tracker:
         self.restarts_at_last_segment = 0  # render worker restarts when the last segment finished
         self.board_incarnation = None
         self.pipeline_open = False  # the row-pulling thread is still inside Ray Data: Ray must not be shut down
+        # The segments bar moves inside a segment too: the render workers report each denoising step (and
+        # decoded batch) to the board (`stages.ProgressReporter`); its ETA is `SegmentRate`'s.
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)
+                                 TimeElapsedColumn(), TextColumn("{task.fields[eta]}"), console=console)
         total_rows = len(specs) + len(self.refused)
         self.clip_task = self.progress.add_task(self._clip_description(), total=total_rows,
-                                                completed=len(self.refused))
+                                                completed=len(self.refused), eta="")
         # The segment total is known only once every clip is planned: until then the bar has no total
         # (an ETA from the segments planned so far would say "0:00:00" with most clips still to plan).
         self.planned_segments: dict[str, int] = {}
         self.segments_done = 0
-        self.segment_task = self.progress.add_task("segments", total=None)
+        self.segment_task = self.progress.add_task("segments", total=None, eta="")
+        self.in_flight: dict[tuple, tuple[float, str]] = {}  # segment -> (fraction rendered, step), from the board
+        self.segments_seen: set[tuple] = set()  # segments whose result row came: later reports are stale
+        self.rate = SegmentRate()
         self.last_log = time.monotonic()  # non-terminal output (a log file) gets a plain progress line instead
+        self.last_line = ""
         # the event stream and the driver's metrics (pipeline/events.py, pipeline/metrics.py)
         self.observer = JobObserver(settings.output, settings.preset, total_rows, settings.model_identity, notify)
         for refused in self.refused:
@@ -115,6 +122,7 @@ class Tracker:
             if row is END:
                 break
             self.take_plans(board)
+            self.take_progress(board)
             if row is not None:
                 self.on_segment(item_of(SegmentResult, row))
             if row is not None or time.monotonic() - watched >= WATCH_WORKERS_SECONDS:
@@ -148,6 +156,19 @@ class Tracker:
         if self.board_incarnation not in (None, incarnation):
             self.on_board_restarted()
         self.board_incarnation = incarnation
+
+    def take_progress(self, board) -> None:
+        try:
+            reports = board.take_progress()
+        except Exception:  # noqa: BLE001 - progress is for show: a board that does not answer is asked again
+            return
+        for key, report in reports.items():
+            if key in self.segments_seen:
+                continue
+            if report is None:
+                self.in_flight.pop(key, None)
+            else:
+                self.in_flight[key] = report
 
     # -- events ------------------------------------------------------------------------------
     def on_board_restarted(self) -> None:
@@ -192,7 +213,9 @@ class Tracker:
     def on_segment(self, result: SegmentResult) -> None:
         clip = self.clips[result.clip_id]
         self.segments_done += 1
-        self.progress.advance(self.segment_task)
+        key = (result.clip_id, result.fingerprint, result.start, result.stop)
+        self.segments_seen.add(key)
+        self.in_flight.pop(key, None)
         if result.error is None:
             self.restarts_at_last_segment = self.render_restarts()
         if clip.result is not None:
@@ -289,12 +312,20 @@ class Tracker:
         self.progress.update(self.clip_task, description=self._clip_description())
         planned = sum(self.planned_segments.values())
         all_planned = all(c.plan is not None or c.result is not None for c in self.clips.values())
-        self.progress.update(self.segment_task, total=planned if all_planned else None,
-                             description="segments" if all_planned else f"segments ({planned} planned so far)")
-        if not self.console.is_terminal and time.monotonic() - self.last_log >= LOG_PROGRESS_SECONDS:
-            self.last_log = time.monotonic()
-            self.console.print(f"progress: {self._clip_description()} of {len(self.clips) + len(self.refused)}; "
-                               f"segments {self.segments_done} rendered of {planned}{'' if all_planned else '+'}")
+        rendered = self.segments_done + sum(fraction for fraction, _ in self.in_flight.values())
+        rendering = [step for _, step in self.in_flight.values() if step != "done"]  # done: its result row is on its way
+        doing = f" ({len(rendering)} rendering: {', '.join(sorted(set(rendering)))})" if rendering else ""
+        remaining = self.rate.remaining(rendered, planned) if all_planned else None
+        eta = "ETA " + (time.strftime("%H:%M:%S", time.gmtime(remaining)) if remaining is not None else "-:--:--")
+        self.progress.update(self.segment_task, total=planned if all_planned else None, completed=rendered, eta=eta,
+                             description=("segments" if all_planned else f"segments ({planned} planned so far)") + doing)
+        line = (f"progress: {self._clip_description()} of {len(self.clips) + len(self.refused)}; segments "
+                f"{round(rendered, 2):g} rendered of {planned}{'' if all_planned else '+'}{doing}")
+        since = time.monotonic() - self.last_log
+        if not self.console.is_terminal and (since >= LOG_PROGRESS_SECONDS and line != self.last_line
+                                             or since >= QUIET_PROGRESS_SECONDS):
+            self.last_log, self.last_line = time.monotonic(), line
+            self.console.print(f"{line}; {eta}")
 
     def results(self) -> list[dict]:
         rows = self.refused + [c.result for c in self.clips.values() if c.result is not None]
@@ -303,3 +334,23 @@ class Tracker:
 
 def _result_row(row: dict) -> dict:
     return {name: row.get(name) for name in RESULT_COLUMNS}
+
+
+class SegmentRate:
+    """The job's rendering rate in segments per second, measured from the first progress a render worker
+    reported (so model loading is not in it); `remaining` is the ETA in seconds, None until it was measured."""
+
+    def __init__(self):
+        self.first: tuple[float, float] | None = None  # (time, segments rendered) at the first report
+
+    def remaining(self, rendered: float, total: int, now: float | None = None) -> float | None:
+        now = time.monotonic() if now is None else now
+        if rendered <= 0:
+            return None
+        if self.first is None:
+            self.first = (now, rendered)
+            return None
+        seconds, done = now - self.first[0], rendered - self.first[1]
+        if seconds <= 0 or done <= 0:
+            return None
+        return max(0.0, total - rendered) / (done / seconds)

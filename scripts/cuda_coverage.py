@@ -60,7 +60,10 @@ def cuda_only_lines(path: Path) -> dict[int, str]:
             if side:
                 lines |= _statement_lines(getattr(node, side))
         elif isinstance(node, ast.stmt) and not isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.If, ast.For, ast.With)):
-            for call in (c for c in ast.walk(node) if isinstance(c, ast.Call)):
+            # A call inside a conditional expression (`torch.cuda.x() if cuda else None`) does not make its statement
+            # CUDA-only: the statement runs on the CPU too.
+            conditional = {id(c) for e in ast.walk(node) if isinstance(e, ast.IfExp) for c in ast.walk(e)}
+            for call in (c for c in ast.walk(node) if isinstance(c, ast.Call) and id(c) not in conditional):
                 name = ast.get_source_segment(source, call.func) or ""
                 if name.startswith("torch.cuda.") and name not in CPU_SAFE_CALLS:
                     lines.add(node.lineno)

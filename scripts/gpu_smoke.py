@@ -25,9 +25,11 @@ in the official checkpoint layout (`echomimic2/official_layout.py`) unless named
   preview app      the Gradio app built around it (`build_app`, not served); skip where gradio is not installed
   run tiny         `cli.py run` with the built-in tiny model (1 row)
 
-Every Python process the lines start (Ray's workers too) runs under coverage.py when it is importable (a
-`sitecustomize` on PYTHONPATH starts it), so at the end `scripts/cuda_coverage.py` names which CUDA-only lines
-ran (OUT/coverage.json, OUT/cuda_coverage.txt). Lines that would start past `--budget` seconds are skipped
+Every Python process the lines start runs under coverage.py when it is importable (a `sitecustomize` on
+PYTHONPATH starts it), so at the end `scripts/cuda_coverage.py` names which CUDA-only lines ran
+(OUT/coverage.json, OUT/cuda_coverage.txt). Ray's workers save as they go (Ray ends them without their exit
+handlers), but what Ray runs on its own native threads (a render actor's batches) is not traced: the CUDA-only
+lines a render reaches run in the benches', the clip API's, doctor's and pytest's own processes too. Lines that would start past `--budget` seconds are skipped
 and say so; a line past its time limit is stopped and fails.
 
     python scripts/gpu_smoke.py --cpu-dry-run --out /tmp/smoke   # no GPU: the lines that run on the CPU (tiny
@@ -55,6 +57,8 @@ DETAIL_PREFIX = "DETAIL: "  # a line's process prints its one-line summary after
 LOG_TAIL = 3000  # characters of a failed line's log printed under it
 OUTPUT_TAIL_LINES = 16  # lines of a command's output printed under it when it succeeds (a bench's report)
 
+GPU_BUDGET, CPU_BUDGET = 500, 1800  # seconds; the device call's limit is 600, the CPU runs the tiny lines slowly
+CPU_SLOWER = 3  # the CPU dry run's time limits: the GPU's times this
 ACC_CLIPS = {"posed": 2.0, "plain": 1.0}  # a few seconds: the compile, not the rendering, is what takes time
 TINY_CLIPS = {"plain": 1.0}
 
@@ -171,11 +175,27 @@ import importlib.util
 import os
 import sys
 
+def _save_every(cov, seconds):
+    import time
+
+    while True:
+        time.sleep(seconds)
+        try:
+            cov.save()
+        except Exception:  # the next save, or the exit's, may still work
+            pass
+
+
 if os.environ.get("COVERAGE_PROCESS_START"):
     try:
         import coverage
 
-        coverage.process_startup()
+        _cov = coverage.process_startup()
+        # Ray ends its workers (the render actors) without running their exit handlers: they save as they go.
+        if _cov is not None and os.path.basename(sys.argv[0] if sys.argv else "") == "default_worker.py":
+            import threading
+
+            threading.Thread(target=_save_every, args=(_cov, 5), daemon=True).start()
     except Exception as error:  # a process without coverage still runs its line
         print(f"coverage not started: {error}", file=sys.stderr)
 
@@ -341,7 +361,10 @@ def plan(args, cuda: bool) -> tuple[list[Line], list[Line], list[Line]]:
     cli = [python, str(REPO / "cli.py")]
     work, weights, cache = args.work, args.weights, args.work / "compile-cache"
 
+    scale = 1 if cuda else CPU_SLOWER
+
     def own(name: str, timeout: float, needs_cuda: bool = False) -> Line:
+        timeout *= scale
         argv = [python, str(SCRIPT), "--line", name, "--work", str(work), "--weights", str(weights),
                 "--timeout", str(timeout)] + (["--cpu-dry-run"] if not cuda else [])
         return Line(name.replace("-", " "), argv, timeout + 30, needs_cuda=needs_cuda)
@@ -351,13 +374,13 @@ def plan(args, cuda: bool) -> tuple[list[Line], list[Line], list[Line]]:
     lane1 = [
         own("run-acc-cold", 330, needs_cuda=True),
         own("run-acc-warm", 200, needs_cuda=True),
-        Line("bench", [*cli, "bench", "--preset", "acc", "--frames", "48", "--size", "768", "--compile-cache", str(cache)], 240),
-        Line("bench schedule", [*cli, "bench", "--preset", "acc", "--schedule", "5", "--compile-cache", str(cache)], 240),
+        Line("bench", [*cli, "bench", "--preset", "acc", "--frames", "48", "--size", "768", "--compile-cache", str(cache)], 240 * scale),
+        Line("bench schedule", [*cli, "bench", "--preset", "acc", "--schedule", "5", "--compile-cache", str(cache)], 240 * scale),
     ]
     lane2 = [
-        Line("pytest -m gpu", [python, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-q"], 330,
+        Line("pytest -m gpu", [python, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-q"], 330 * scale,
              env={"ECHOMIMIC2_TEST_WEIGHTS": str(weights)} if cuda else {}, judge=judge_pytest),
-        Line("doctor", [*cli, "doctor", *(["--weights", str(weights)] if cuda else []), "--output", str(work / "doctor-out")], 150),
+        Line("doctor", [*cli, "doctor", *(["--weights", str(weights)] if cuda else []), "--output", str(work / "doctor-out")], 150 * scale),
         own("clip", 180),
         own("preview", 150),
         own("preview-app", 60),
@@ -377,14 +400,16 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="Folder for the logs, smoke.json, coverage.json, cuda_coverage.txt.")
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-smoke"), help="Weights (6.6 GB), inputs, outputs.")
     parser.add_argument("--weights", type=Path, help="An official-layout folder to use (default: WORK/weights, written).")
-    parser.add_argument("--budget", type=float, default=500,
-                        help="Seconds after which no line starts (one that started may run 40 s longer).")
+    parser.add_argument("--budget", type=float,
+                        help="Seconds after which no line starts (one that started may run 40 s longer); "
+                             "default 500, 1800 for --cpu-dry-run.")
     parser.add_argument("--cpu-dry-run", dest="cpu", action="store_true",
                         help="No GPU: run what runs on the CPU (the tiny model), to check the lines and the coverage.")
     parser.add_argument("--line", choices=sorted(LINE_FUNCTIONS), help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=float, default=600, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.weights = args.weights or args.work / "weights"
+    args.budget = args.budget or (CPU_BUDGET if args.cpu else GPU_BUDGET)
     sys.path.insert(0, str(REPO))
     if args.line:
         return run_line_function(args)

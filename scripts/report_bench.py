@@ -11,7 +11,7 @@ page written) and again into a separate folder (every strip and picture copied).
 Proof: a manifest of N rows over real references (skimage's astronaut, a crop of her at the collar, a grey
 image, two people side by side; gestures from a 4 s speech-like audio), proofed with the tiny preset's
 256x256 and the acc preset's 768x768; prints each row's own time (median, 90th percentile, the first row of
-each worker apart: it loads the detector) and the wall time."""
+each worker apart: it loads the detector), the wall time, and how fast the page opens and pages in Chromium."""
 from __future__ import annotations
 
 import argparse
@@ -57,6 +57,23 @@ def proof_bench(rows: int, workers: int | None, scratch: Path) -> None:
               f"({len(summary.first_row_seconds)} worker(s)); per row median {np.median(steady):.2f} s, "
               f"p90 {np.percentile(steady, 90):.2f} s, max {steady.max():.2f} s; first row per worker (detector "
               f"warm-up) {max(summary.first_row_seconds):.2f} s -> {summary.page}")
+    print(page_timings(summary.page))
+
+
+def page_timings(page: str) -> str:
+    """Open a written page in headless Chromium: its open time, and how long the next page of cards takes."""
+    from scripts.chromium import CHROMIUM, Chromium
+
+    if CHROMIUM is None:
+        return "page: no chromium to open it"
+    with Chromium(width=1280, height=900) as browser:
+        started = time.perf_counter()
+        browser.open(Path(page).as_uri(), wait_for="document.querySelectorAll('.card').length")
+        opened = time.perf_counter() - started
+        step = browser.evaluate("(() => { const t = performance.now(); document.getElementById('next').click();"
+                                " return performance.now() - t; })()")
+        info = browser.evaluate("document.getElementById('pageinfo').textContent")
+    return f"page: opens in {opened:.2f} s, next page in {step:.0f} ms ({info})"
 
 
 def main() -> None:

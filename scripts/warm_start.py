@@ -77,7 +77,7 @@ def main() -> int:
     parser.add_argument("--preset", default="acc")
     parser.add_argument("--frames", default="48,48", help="segment lengths, rendered in this order")
     parser.add_argument("--size", type=int, default=768)
-    parser.add_argument("--no-saved-traces", action="store_true", help="kernels only in the cache (run --no-saved-traces)")
+    parser.add_argument("--saved-traces", action="store_true", help="Dynamo's traces in the cache too (run --saved-traces)")
     parser.add_argument("--profile-setup", type=Path, help="write a cProfile table of the worker's setup here")
     parser.add_argument("--per-call", action="store_true", help="then each length again, every network call timed")
     args = parser.parse_args()
@@ -92,7 +92,7 @@ def main() -> int:
 
     settings = JobSettings(output=args.output, preset=args.preset, weights=None, random_weights=True,
                            model_identity=model_identity(args.preset, None, True), segment_frames=288,
-                           overlap_frames=6, compile_cache=args.compile_cache, saved_traces=not args.no_saved_traces)
+                           overlap_frames=6, compile_cache=args.compile_cache, saved_traces=args.saved_traces)
     rng = np.random.default_rng(0)
     size, lengths = args.size, [int(n) for n in args.frames.split(",")]
     next_start = [0]

@@ -19,10 +19,10 @@ from echomimic2.checkpoints import (
     check_official_files,
     load_official_networks,
     read_state_dict,
-    weights_check_command,
 )
 from echomimic2.config import official_vae_config
 from echomimic2.motion_module import sinusoidal_position_table
+from echomimic2.weights_check import weights_check_command
 
 REPO = Path(__file__).resolve().parent.parent
 KEYS_DIR = Path(__file__).resolve().parent / "data" / "checkpoint_keys"
@@ -297,3 +297,26 @@ def test_full_size_random_checkpoints_round_trip(tmp_path):
         assert set(loaded) == set(saved), name
         for key, tensor in saved.items():
             assert loaded[key].dtype == torch.float16 and torch.equal(loaded[key], tensor.to(torch.float16)), key
+
+
+def test_weights_check_of_a_folder_that_does_not_exist_says_so_first_and_imports_no_torch(tmp_path):
+    script = ("import sys; from pathlib import Path; from echomimic2.weights_check import weights_check_command; "
+              f"code = weights_check_command(Path({str(tmp_path / 'nope')!r})); "
+              "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 1 and lines[0] == f"{tmp_path / 'nope'}: folder not found"
+    assert len([line for line in lines if line.endswith(": FAILED - file not found")]) == 9  # every file, worded alike
+    assert lines[-2] == "0 of 9 files OK, 9 with problems (9 not found)" and lines[-1] == "no torch"
+
+
+def test_weights_check_words_a_missing_file_as_the_others_beside_files_it_reads(official_dir, tmp_path, capsys):
+    root, _ = official_dir
+    folder = linked_copy(root, tmp_path / "w")
+    (folder / "sd-vae-ft-mse" / "config.json").unlink()
+    (folder / "motion_module_acc.pth").unlink()
+    assert weights_check_command(folder, "acc") == 1
+    out = capsys.readouterr().out
+    assert f"{folder / 'sd-vae-ft-mse' / 'config.json'}: FAILED - file not found" in out
+    assert f"{folder / 'motion_module_acc.pth'}: FAILED - file not found" in out
+    assert f"{folder / 'reference_unet.pth'}: OK" in out and out.strip().endswith("5 of 7 files OK, 2 with problems (2 not found)")

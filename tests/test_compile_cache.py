@@ -119,7 +119,7 @@ class TwoBlocks(torch.nn.Module):  # two blocks of one class: one compiled funct
 
 torch.manual_seed(0)
 net = TwoBlocks().eval()
-cache = CompileCache(sys.argv[1], "acc", saved_traces=sys.argv[2:] != ["kernels-only"])
+cache = CompileCache(sys.argv[1], "acc", saved_traces=sys.argv[2:] == ["saved-traces"])
 loaded = cache.load()
 compile_regions(net)
 with torch.no_grad():
@@ -138,12 +138,12 @@ def test_a_warm_worker_traces_nothing_with_saved_traces(tmp_path):
     def worker(name: str, *args: str) -> dict:
         return worker_in_fresh_process(tmp_path, name, BLOCKS_SCRIPT, *args)
 
-    cold = worker("a")
+    cold = worker("a", "saved-traces")  # a job run with --saved-traces
     assert (cold["loaded"], cold["saved"]) == (False, True) and cold["traced"] >= 1 and cold["fxgraph_cache_miss"] >= 1
-    warm = worker("b")
+    warm = worker("b", "saved-traces")
     assert (warm["loaded"], warm["saved"]) == (True, False)
     assert warm["traced"] == 0 and not warm.get("fxgraph_cache_miss")
     assert warm["out"] == cold["out"]
-    kernels_only = worker("c", "kernels-only")  # a job run with --no-saved-traces
+    kernels_only = worker("c")  # the default: kernels only
     assert kernels_only["loaded"] is True and kernels_only["traced"] >= 1 and not kernels_only.get("fxgraph_cache_miss")
     assert kernels_only["saved"] is False  # found every kernel: nothing new to write

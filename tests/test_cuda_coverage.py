@@ -24,6 +24,7 @@ def f(x, device, compile):
         g = 6
     torch.cuda.synchronize()
     n = torch.cuda.device_count()
+    peak = torch.cuda.max_memory_allocated() if x.is_cuda else None
 '''
 
 

@@ -19,6 +19,8 @@ def test_cpu_machine_passes_with_warnings_and_a_tiny_render(tmp_path):
     assert "[  ok] ffmpeg" in done.stdout and "[  ok] output" in done.stdout
     assert re.search(r"\[  ok\] render: tiny-demo-[0-9a-f]{16} on cpu", done.stdout)
     assert list((tmp_path / "out" / "_ledger").iterdir()) == []  # the probe is deleted
+    # warnings are counted as warnings, not as passed checks
+    assert done.stdout.strip().splitlines()[-1] == "doctor: 3 passed, 2 warning(s) (accelerator, weights), 0 failed"
 
 
 def test_failures_name_the_problem_and_what_to_do(tmp_path, capsys):
@@ -31,7 +33,7 @@ def test_failures_name_the_problem_and_what_to_do(tmp_path, capsys):
     assert check_weights(None, "tiny").status == WARN
     assert doctor_command(weights=tmp_path / "weights", output=str(tmp_path / "out")) == 1
     printed = capsys.readouterr().out
-    assert "failed: weights" in printed and "] render:" not in printed  # no render with weights known to be bad
+    assert "1 failed (weights)" in printed and "] render:" not in printed  # no render with weights known to be bad
 
 
 def test_without_any_ffmpeg_the_pipeline_imports_and_the_doctor_says_so(tmp_path):
@@ -47,3 +49,12 @@ def test_without_any_ffmpeg_the_pipeline_imports_and_the_doctor_says_so(tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     status, detail, fix = (part.strip() for part in done.stdout.strip().splitlines()[-1].split("|"))
     assert status == FAIL and detail.startswith("ffmpeg:") and "install ffmpeg" in fix
+
+
+def test_a_missing_weights_folder_is_named_with_every_file(tmp_path):
+    check = check_weights(tmp_path / "nope", "both")
+    assert check.status == FAIL and f"{tmp_path / 'nope'}: folder not found" in check.detail
+    for name in ("reference_unet.pth", "denoising_unet.pth", "motion_module.pth", "denoising_unet_acc.pth",
+                 "motion_module_acc.pth", "pose_encoder.pth", "sd-vae-ft-mse/config.json",
+                 "sd-vae-ft-mse/diffusion_pytorch_model.safetensors", "audio_processor/tiny.pt"):
+        assert f"{name}: not found" in check.detail

@@ -232,7 +232,7 @@ def test_a_job_that_cannot_run_exits_2(ray_cluster, tmp_path, capsys):
     assert run_command(manifest, output, **{**JOB, "preset": "acc"}) == EXIT_JOB_FAILED
     assert "needs --weights" in capsys.readouterr().out
     assert run_command(manifest, output, weights=tmp_path / "no-weights", **{**JOB, "preset": "acc"}) == EXIT_JOB_FAILED
-    assert "error: weights" in capsys.readouterr().out
+    assert "error: --weights" in (said := capsys.readouterr().out) and "no-weights: folder not found" in said
     assert not Path(output, "a.mp4").exists()
 
 
@@ -329,3 +329,31 @@ def test_a_restarted_board_loses_no_plan(tmp_path):
     tracker.take_plans(JobBoard())
     assert tracker.clips["a"].plan == plan and tracker.clips["a"].waiting == {(0, 16), (12, 28)}
     assert tracker.clips["b"].plan is None  # still being preprocessed: it posts to the new board
+
+
+def test_each_result_reaches_the_driver_as_soon_as_it_is_rendered(ray_cluster):  # ~15 s
+    """Issue 38: a finished segment must not wait for the next one (Ray Data's `iter_rows` prefetch held each
+    row back until the following one arrived, so with one render worker the first MP4 came at the end)."""
+    import ray
+
+    from pipeline.manifest import ClipSpec
+    from pipeline.ray_data import END, RowPuller, configure_ray_data, item_of, on_ray_data, row_of
+    from pipeline.stages import Resources, Stage
+
+    class SlowStage(Stage):  # one worker, one row at a time, as a render worker on one GPU
+        name = "slow"
+        resources = Resources(num_cpus=0)
+
+        def __call__(self, spec: ClipSpec) -> ClipSpec:
+            time.sleep(6.0)
+            return ClipSpec(spec.row, spec.clip_id, spec.image, f"{time.time()}")  # when it was done
+
+    configure_ray_data()
+    specs = [ClipSpec(row, f"c{row}", "a.png", "a.wav") for row in range(2)]
+    dataset = ray.data.from_items([row_of(spec) for spec in specs], override_num_blocks=2)
+    puller = RowPuller(on_ray_data(dataset, SlowStage(), ClipSpec, workers=(1, 1)))
+    arrivals = []
+    while (row := puller.next_row(timeout=60)) is not END:
+        arrivals.append((float(item_of(ClipSpec, row).audio), time.time()))
+    (first_done, first_received), (second_done, _) = arrivals
+    assert first_received - first_done < 3.0 and first_received < second_done, arrivals

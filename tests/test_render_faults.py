@@ -98,7 +98,7 @@ def run_cli(tmp_path: Path, clips: dict[str, float], kill: str = "", killers: tu
     return job.returncode, log, time.monotonic() - started
 
 
-def test_a_worker_killed_once_is_replaced_and_the_job_finishes(tmp_path):  # ~70 s: in the default suite
+def test_a_worker_killed_once_is_replaced_and_the_job_finishes(tmp_path):  # ~30 s (75 s loaded): default suite
     """Also the board: its actor killed once (issue 33 #6) is restarted by Ray, and no plan is lost with it."""
     from pipeline.ledger import Ledger
 

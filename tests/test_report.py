@@ -221,3 +221,25 @@ def test_ten_thousand_clips_page_quickly(tmp_path):
         assert browser.console_errors == []
     print(f"10,000 clips: report {written:.1f} s, page open {opened:.2f} s, next page {step:.0f} ms, filter {refilter:.0f} ms")
     assert step < 250 and refilter < 500
+
+
+@needs_chromium
+def test_rows_skipped_as_unsuitable_have_their_own_filter(tmp_path):
+    """`run --unsuitable skip` leaves `skipped` rows with a reason: not counted as done, filtered apart."""
+    summary = dict(verdict="no_person", warnings=[dict(kind="no_person", message="no face and shoulders found")],
+                   framing="whole_image")
+    results = pd.DataFrame([
+        dict(row=0, clip_id="rendered", status="done", output=None, frames=24, seconds=1.0),
+        dict(row=1, clip_id="earlier", status="skipped", output=None, frames=24, seconds=1.0),
+        dict(row=2, clip_id="cat", status="skipped", error="row 2 (clip 'cat'): image: unsuitable reference (no_person)",
+             verdict="no_person", warnings=json.dumps(summary["warnings"]), poses_info=json.dumps(summary)),
+    ])
+    (tmp_path / "index.html").write_text(report.render_page(report.clip_rows(results), title="unsuitable"))
+    with Chromium(width=1280, height=900) as browser:
+        browser.open((tmp_path / "index.html").as_uri())
+        labels = browser.evaluate("Array.from(document.querySelectorAll('#filters button')).map(b => b.textContent)")
+        assert "done (2)" in labels and "skipped as unsuitable (1)" in labels and "no person (1)" in labels
+        browser.evaluate("document.querySelector('#filters button[data-filter=unsuitable]').click()")
+        assert browser.evaluate(CARD_IDS) == ["cat"]
+        assert browser.evaluate("document.querySelector('.card .nostrip').textContent") == "not rendered"
+        assert browser.console_errors == []
