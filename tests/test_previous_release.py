@@ -1,5 +1,5 @@
 """Finished outputs stay finished across the release that made render parameters a typed `RenderParams`: the
-fingerprints the previous release computed (tests/data/previous_release/fingerprints.json, written by its own
+fingerprints the previous release (main at 31e1789) computed (tests/data/previous_release/fingerprints.json, written by its own
 code for a few rows, presets and segment plans) come out equal, and a rerun against the output root that release
 wrote for the demo manifest (tests/data/previous_release/output: its ledger records, rerun stamps and MP4s)
 skips both clips."""
