@@ -256,3 +256,19 @@ def test_segment_work_arrays_travel_without_pickle():
     assert back.label == "row 0 (clip 'a'): segment 0-2"
     for name in ("reference", "audio", "poses"):
         np.testing.assert_array_equal(getattr(back, name), getattr(work, name))
+
+
+def test_compiling_is_a_job_setting(tmp_path, monkeypatch):
+    """Whether render workers compile is `JobSettings.compile` (`run --eager`), decided from the settings alone;
+    the environment is read once, by cli.py, as --eager's default."""
+    from cli import eager_by_default
+    from pipeline.render import compiles_networks
+
+    settings = settings_for(tmp_path)
+    assert compiles_networks(settings, "cuda") and not compiles_networks(settings, "cpu")
+    monkeypatch.setenv("ECHOMIMIC2_COMPILE", "0")
+    assert compiles_networks(settings, "cuda")  # the workers do not read it
+    assert not compiles_networks(settings_for(tmp_path, compile=False), "cuda")
+    assert eager_by_default()
+    monkeypatch.delenv("ECHOMIMIC2_COMPILE")
+    assert not eager_by_default()
