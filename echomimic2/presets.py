@@ -50,7 +50,7 @@ class Preset:
     width: int
     height: int
     variant: str  # "quality" | "acc": which official files; "tiny": the built-in demo networks
-    cost: JobRenderCost | None = None  # None: not measured (the tiny preset is for tests and demos)
+    cost: JobRenderCost | None = None  # None: not measured
     official: OfficialRenderCost | None = None  # the official code's figure beside ours (full-size presets)
 
     @property
@@ -69,7 +69,10 @@ PRESETS: dict[str, Preset] = {
         Preset("acc", steps=6, guidance=1.0, width=768, height=768, variant="acc",
                cost=JobRenderCost(24.04, clip_frames=(312, 48, 48), segment_frames=288, overlap_frames=6),
                official=OfficialRenderCost(22.3, peak_gib=13.2, target_seconds_per_120_frames=12.0)),
-        Preset("tiny", steps=3, guidance=1.0, width=256, height=256, variant="tiny"),
+        # The demo model on the CPU: the estimate a user without weights (and without a GPU) can use.
+        Preset("tiny", steps=3, guidance=1.0, width=256, height=256, variant="tiny",
+               cost=JobRenderCost(68.5, clip_frames=(84, 72), segment_frames=288, overlap_frames=6, size=256,
+                                  device="2-core CPU", source="`make demo` from a fresh clone, 2026-12-07 (other work running)")),
     )
 }
 DEFAULT_WITH_WEIGHTS = "acc"  # `cli.py run --weights DIR` without --preset

@@ -557,12 +557,16 @@ def plan_command(manifest: str, segment_frames: int | None = None, overlap_frame
                   f"({segment_frames} frames, overlap {overlap_frames})")
     for preset in measured:
         flops, device = per_preset[preset.name], preset.cost.device.removeprefix("NVIDIA ")
-        gpu_seconds = flops / measured_throughput(preset)
-        console.print(f"preset {preset.name}: {flops / 1e15:,.1f} PFLOP ≈ {gpu_seconds / 3600:,.2f} {device}-hours "
-                      f"({gpu_seconds:,.0f} GPU-s)")
+        seconds = flops / measured_throughput(preset)
+        if preset.full_size:
+            console.print(f"preset {preset.name}: {flops / 1e15:,.1f} PFLOP ≈ {seconds / 3600:,.2f} {device}-hours "
+                          f"({seconds:,.0f} GPU-s)")
+        else:  # a smaller network: the spec's FLOPs only scale its measured time to these clips
+            console.print(f"preset {preset.name}: ≈ {seconds / 60:,.1f} minutes of render on one {device}")
     for preset in measured:
         cost = preset.cost
-        console.print(f"assumption ({preset.name}): {measured_throughput(preset) / 1e12:.0f} TFLOP/s, the job's measured "
+        rate = f"{measured_throughput(preset) / 1e12:.0f} TFLOP/s, " if preset.full_size else ""
+        console.print(f"assumption ({preset.name}): {rate}the job's measured "
                       f"render time on one {cost.device}, {'compiled' if cost.compiled else 'eager'}, "
                       f"{cost.seconds_per_120_frames:g} s per 120 frames at {cost.size}² ({cost.source})")
     console.print("FLOPs from spec §12 as `cli.py bench` counts them, per segment (other sizes scale by pixel count)")

@@ -89,7 +89,9 @@ def test_plan_prints_each_measured_preset(tmp_path, capsys):
     assert plan_command(str(manifest)) == 0
     out = capsys.readouterr().out
     estimates = dict(re.findall(r"preset (\w+): [\d.,]+ PFLOP ≈ [\d.,]+ H200-hours \(([\d,]+) GPU-s\)", out))
-    assert set(estimates) == {name for name, preset in PRESETS.items() if preset.cost is not None}
+    assert set(estimates) == {name for name, preset in PRESETS.items() if preset.cost is not None and preset.full_size}
+    # the demo model (the one preset a user without weights can run) gets its CPU estimate
+    assert re.search(r"preset tiny: ≈ [\d.,]+ minutes of render on one 2-core CPU", out)
     # row a at 768², row b at 384² (a quarter of the pixels, so a bit under a quarter of the time: attention)
     acc = PRESETS["acc"]
     expected = sum(clip_render_flops(240, 288, 6, size, size, acc.steps, acc.guidance) for size in (768, 384))
