@@ -10,6 +10,17 @@ import typer.core
 from echomimic2.presets import DEFAULT_WITH_WEIGHTS, DEFAULT_WITHOUT_WEIGHTS, PRESETS
 
 FULL_SIZE_PRESETS = [name for name, preset in PRESETS.items() if preset.full_size]
+# The one project switch read from the environment: `run --eager`'s default, for clusters whose jobs are started with a
+# runtime_env (cluster/runtime_env.yaml's env_vars) rather than a changed command line.
+COMPILE_ENV = "ECHOMIMIC2_COMPILE"
+
+
+def eager_by_default() -> bool:
+    """`ECHOMIMIC2_COMPILE=0` in the environment: `run` renders eager, as with --eager."""
+    import os
+
+    return os.environ.get(COMPILE_ENV, "1") == "0"
+
 
 def _value_name(parameter, ctx) -> str | None:
     """What help shows after an option that takes a value: its metavar (DIR, URI, N), else its name in capitals;
@@ -57,6 +68,12 @@ def run(
         False, help="Opt-in fast mode: fp8 matmuls in the denoising UNet (Ada/Hopper or newer). Measured on an H200: "
                     "no faster, 1.3 GiB less memory, frames up to 21 levels from fp32 (BENCHMARKS.md). Part of each "
                     "clip's fingerprint."),
+    eager: bool = typer.Option(
+        False, "--eager", help=f"GPU render workers do not torch.compile their networks (default: they do; also "
+                               f"{COMPILE_ENV}=0 in the environment, e.g. a cluster's runtime_env)."),
+    saved_traces: bool = typer.Option(
+        False, help="The compile cache keeps Dynamo's traces too, so warm workers neither compile nor trace (opt-in: "
+                    "on torch 2.11 a worker that then meets a second shape fails inside Dynamo, BENCHMARKS.md)."),
     unsuitable: str = typer.Option(
         "warn", help="A reference that is not a half-body portrait (see `validate`): warn (render, results say why), "
                      "skip (not rendered, a result with the reason) or fail (the row fails)."),
@@ -73,6 +90,7 @@ def run(
 ) -> None:
     """Render one MP4 per manifest row into OUTPUT (resumable: finished clips are skipped)."""
     arguments = dict(locals())  # the parameters only, taken before the import adds a name
+    arguments["eager"] = eager or eager_by_default()
     import os
 
     if not (address or os.environ.get("RAY_ADDRESS")):

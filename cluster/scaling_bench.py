@@ -50,6 +50,7 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from cli import eager_by_default  # noqa: E402 - how `cli.py run` reads ECHOMIMIC2_COMPILE
 from pipeline import storage  # noqa: E402
 
 ASSETS = REPO / "manifests" / "assets"
@@ -328,11 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--preset {preset} builds the full-size networks: it needs GPUs (use --preset tiny here)")
     if not counts:
         parser.error(f"no GPU count in {requested} fits the {len(gpu_ids)} GPU(s) present")
-    from pipeline.render import COMPILE_ENV
-
     settings = dict(preset=preset, size=args.size, clips=args.clips, clip_seconds=args.clip_seconds,
                     long_seconds=args.long_seconds, segment_frames=args.segment_frames,
-                    compiled=bool(gpu_ids) and os.environ.get(COMPILE_ENV, "1") != "0")
+                    compiled=bool(gpu_ids) and not eager_by_default())
     baseline = None
     if args.baseline and 1 not in counts:
         try:

@@ -11,6 +11,9 @@ from .config import UNetConfig
 
 
 class DenoisingUNet3D(UNetBackbone):
+    # Compiled block by block (`fast.compile_regions`), as diffusers' ModelMixin.compile_repeated_blocks reads it.
+    _repeated_blocks = ("ResnetBlock2D", "SpatialTransformer", "MotionModule")
+
     def __init__(self, cfg: UNetConfig):
         super().__init__(cfg, temporal=True, audio=True)
         # GroupNorm over (B·f, C, h, w) rows = the official "inflated" per-frame GroupNorm.

@@ -1,8 +1,8 @@
 """GPU execution settings that keep the math: cuDNN autotuning and optional torch.compile.
 
 Neither changes what is computed, only how: cuDNN choosing its fastest algorithm per shape, and
-compiled (fused) elementwise/normalisation kernels.
-Measured one by one in BENCHMARKS.md.
+compiled (fused) elementwise/normalisation kernels (measured one by one in BENCHMARKS.md). Nothing here
+changes a torch-wide setting on import; the functions that do say so, and run only when called.
 """
 from __future__ import annotations
 
@@ -17,27 +17,22 @@ REGION_RECOMPILE_LIMIT = 128
 
 
 def prepare_for_gpu(networks: OfficialNetworks, compile_networks: bool = False) -> OfficialNetworks:
-    """cuDNN autotuning for the eager networks; FlashAttention-4 for the attention shapes where it is faster, when
-    the optional flash-attn-4 package is installed (`attention.fa4_available`); optionally compile the denoising
-    UNet's blocks and the VAE decoder.
-
-    channels_last was measured and dropped: no gain for either UNet or the VAE (BENCHMARKS.md).
-    """
-    # cuDNN's timing of each new convolution shape costs a compiled worker ~8 s of its warm start, for a rate
-    # equal within run-to-run spread (14.05-14.16 s per 120 frames either way; BENCHMARKS.md, 2026-12-06):
-    # compiled workers take cuDNN's heuristic choice. Eager networks keep the autotuning.
+    """cuDNN autotuning for the eager networks (`torch.backends.cudnn.benchmark`, process-wide: set here, on the
+    caller's request); FlashAttention-4 for the attention shapes where it is faster, when the optional flash-attn-4
+    package is installed (`attention.fa4_available`); optionally compile the denoising UNet's repeated blocks
+    (`compile_regions`) and the VAE decoder. channels_last is not used: no gain for either UNet or the VAE."""
+    # Compiled workers take cuDNN's heuristic choice: its timing of each new shape costs their warm start more
+    # than it gains.
     torch.backends.cudnn.benchmark = not compile_networks
     if fa4_available():  # the optional flash-attn-4 package is installed (and ECHOMIMIC2_FA4 is not 0)
         use_fa4_attention(networks.denoising_unet)
         use_fa4_attention(networks.reference_unet)
     if compile_networks:
-        # Fuses the norms, GEGLU, residual adds and layout copies between the cuBLAS/cuDNN calls.
-        # No CUDA graphs: on the eager UNet they saved 1.3 % of a step for a 3.4 GiB pool (BENCHMARKS.md, 2026-12-02).
-        # The UNet by blocks (same speed as its whole forward, 0.6x the cold compile, 0.65x the warm start:
-        # BENCHMARKS.md, 2026-12-03); the VAE decoder whole (one shape per job: decode_latents pads batches).
+        # Fuses the norms, GEGLU, residual adds and layout copies between the cuBLAS/cuDNN calls; no CUDA graphs
+        # (little gain for a large memory pool). The UNet by its repeated blocks (as fast as its whole forward,
+        # less to compile and trace); the VAE decoder whole (one shape per job: decode_latents pads batches).
         compile_regions(networks.denoising_unet)
-        # Its traces are not saved: torch 2.11 cannot load them back (the guard on its forward's default
-        # argument fails to unpickle; H100, 2026-12-06), and it is one graph of the 23 to trace.
+        # Without saved traces: torch cannot load the decoder's back (a guard on a default argument).
         networks.vae.decoder.forward = compile_function(networks.vae.decoder.forward, saved_traces=False)
     return networks
 
@@ -56,24 +51,28 @@ def use_fa4_attention(module: torch.nn.Module) -> int:
     return routed
 
 
-def compile_regions(unet: torch.nn.Module, backend: str = "inductor") -> int:
-    """Compile the UNet's repeated blocks (resnets, spatial transformers, motion modules) instead of its whole
-    forward: one compiled `forward` per block class, bound to each of its blocks, so blocks of one class and
-    input shape share one graph (less to compile cold, less to trace warm). One compiled function per class,
-    not `nn.Module.compile` per block: Dynamo's saved traces (`enable_saved_traces`) are keyed by the function,
-    and 59 compiled `Module._call_impl`s of one code object collide when their traces are loaded back.
-    Returns how many blocks were compiled."""
+def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The submodules of `model` whose class it declares repeated (`_repeated_blocks`: class names, as in
+    diffusers' `ModelMixin.compile_repeated_blocks`); ValueError when it declares none."""
+    names = set(getattr(model, "_repeated_blocks", ()))
+    if not names:
+        raise ValueError(f"{type(model).__name__} declares no _repeated_blocks to compile")
+    return [module for module in model.modules() if type(module).__name__ in names]
+
+
+def compile_regions(model: torch.nn.Module, backend: str = "inductor") -> int:
+    """Compile the repeated blocks `model` declares (`repeated_blocks`) instead of its whole forward: one compiled
+    `forward` per block class, bound to each of its blocks, so blocks of one class and input shape share one graph
+    (less to compile cold, less to trace warm). One compiled function per class, not `nn.Module.compile` per
+    block: Dynamo's saved traces (`enable_saved_traces`) are keyed by the function, and compiled
+    `Module._call_impl`s of one code object collide when their traces are loaded back. Bound per block, not
+    set on the class: other networks (the reference UNet, the VAE) use the same classes eagerly.
+    Raises Dynamo's recompile limit (process-wide) to REGION_RECOMPILE_LIMIT. Returns how many blocks were compiled."""
     import types
 
-    from diffusers.models.resnet import ResnetBlock2D
-
-    from .blocks import SpatialTransformer
-    from .motion_module import MotionModule
-
-    enable_saved_traces()
+    regions = repeated_blocks(model)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, REGION_RECOMPILE_LIMIT)
     compiled: dict[type, object] = {}
-    regions = [m for m in unet.modules() if isinstance(m, (ResnetBlock2D, SpatialTransformer, MotionModule))]
     for module in regions:
         cls = type(module)
         if cls not in compiled:
@@ -114,21 +113,16 @@ def compiled_regions(module: torch.nn.Module) -> int:
     return sum(compiled(m) for m in module.modules())
 
 
-# Where a warm start's time went before (BENCHMARKS.md, 2026-12-04): ~11 s of Dynamo tracing the 23 graphs
-# again, although their kernels came from the compile cache. Saved traces (Dynamo's bytecode and guards, an
-# experimental torch feature) let the next process skip that; SAVED_TRACES_ENV=0 turns it off.
-SAVED_TRACES_ENV = "ECHOMIMIC2_SAVED_TRACES"
-
-
 def enable_saved_traces() -> bool:
     """Have `compile_artifacts()` include Dynamo's traces and `load_compile_artifacts()` install them, so a warm
-    process neither traces nor compiles. Needs a torch that has `caching_precompile`; returns whether it is on.
-    The traces it saves keep every guard on shapes, dtypes, devices and values, and drop identity guards
-    (which object a name points to): fine here, the networks are never swapped inside a process."""
+    process neither traces nor compiles (without them a warm start still traces every graph, although the
+    kernels come from the cache). Process-wide (Dynamo's `caching_precompile`, an experimental torch feature);
+    returns whether this torch has it. The traces it saves keep every guard on shapes, dtypes, devices and
+    values, and drop identity guards (which object a name points to): fine here, the networks are never
+    swapped inside a process."""
     import logging
-    import os
 
-    if os.environ.get(SAVED_TRACES_ENV, "1") == "0" or not hasattr(torch._dynamo.config, "caching_precompile"):
+    if not hasattr(torch._dynamo.config, "caching_precompile"):
         return False
     torch._dynamo.config.caching_precompile = True
     # It logs a warning per identity guard it drops (hundreds per graph): expected, not a problem to report.
@@ -153,8 +147,8 @@ def compile_cache_key() -> str:
 def load_compile_artifacts(data: bytes) -> bool:
     """Pre-fill PyTorch's compile caches (inductor + AOT autograd) from `compile_artifacts()` bytes of an
     earlier process, so `torch.compile` finds its kernels instead of generating them (warm start).
-    A corrupt or foreign cache is ignored: the networks then compile as if there were none."""
-    enable_saved_traces()  # before loading: the traces in `data` are installed only with it on
+    A corrupt or foreign cache is ignored: the networks then compile as if there were none. The traces in
+    `data` are installed only after `enable_saved_traces()`."""
     try:
         return torch.compiler.load_cache_artifacts(data) is not None
     except Exception:  # noqa: BLE001 - any unusable cache means a cold compile, never a failed job
@@ -179,8 +173,7 @@ def generated_kernel_graphs() -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# The opt-in fast mode: fp8 matmuls. Its numerics differ from the fp16 path (BENCHMARKS.md: speed and
-# deviation from fp32 in uint8 levels side by side), so it is never the default.
+# The opt-in fast mode: fp8 matmuls. Its numerics differ from the fp16 path, so it is never the default.
 
 FLOAT8 = torch.float8_e4m3fn
 FLOAT8_MAX = torch.finfo(FLOAT8).max  # 448: e4m3 has 3 mantissa bits, ~6 % relative rounding per element

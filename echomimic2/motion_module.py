@@ -40,13 +40,12 @@ class PositionalEncoding(nn.Module):
 def short_sequence_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """Softmax attention as two batched matmuls, scores and softmax in fp32 (the same math as SDPA's fused
     kernels). For sequences of a window's 12 frames, those kernels spend their time setting up each tiny
-    sequence: at the 96² level 2.4 ms per call against 0.84 ms for the matmuls (BENCHMARKS.md, 2026-12-04)."""
+    sequence; two matmuls are faster there."""
     *batch, queries, _ = query.shape
     needs_grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)
     if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and not needs_grad:
         # fp32 scores straight from half operands on cuBLAS's tensor cores (CUDA only; no backward: training
-        # takes the upcast): upcasting first ran the fp32 GEMM on SIMT cores, 1.5 ms against 0.84 ms at 96².
-        # Exact products, fp32 sums either way.
+        # takes the upcast): upcasting first would run a slower fp32 GEMM. Exact products, fp32 sums either way.
         scores = torch.bmm(query.reshape(-1, queries, query.shape[-1]), key.reshape(-1, *key.shape[-2:]).transpose(-1, -2),
                            out_dtype=torch.float32).view(*batch, queries, key.shape[-2])
     else:

@@ -1,6 +1,6 @@
 """Named render settings, in one table: steps, guidance, default output size, which weights they need and
 what they cost. Everything that lists presets or a per-preset fact reads `PRESETS` (the CLI's choices, the
-model loader, `pipeline.steps.resolve_params`, `cli.py plan`, the bench); adding a preset is one entry.
+model loader, `pipeline.params.RenderParams.resolve`, `cli.py plan`, the bench); adding a preset is one entry.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class Preset:
     width: int
     height: int
     variant: str  # "quality" | "acc": which official files; "tiny": the built-in demo networks
-    cost: JobRenderCost | None = None  # None: not measured (the tiny preset is for tests and demos)
+    cost: JobRenderCost | None = None  # None: not measured
     official: OfficialRenderCost | None = None  # the official code's figure beside ours (full-size presets)
 
     @property
@@ -62,15 +62,17 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in (
-        # Measured: quality 3 rows of 2.5 / 1 / 1 s cut into 48-frame segments (a shorter run: 6x acc's time
-        # per frame), acc 3 rows of 13 / 2 / 2 s with the default 288-frame segments.
+        # Each cost is the job run BENCHMARKS.md describes (its clips and segment plan in the fields).
         Preset("quality", steps=30, guidance=2.5, width=768, height=768, variant="quality",
                cost=JobRenderCost(171.2, clip_frames=(60, 24, 24), segment_frames=48, overlap_frames=6),
                official=OfficialRenderCost(175.0, peak_gib=13.2, target_seconds_per_120_frames=80.0)),
         Preset("acc", steps=6, guidance=1.0, width=768, height=768, variant="acc",
                cost=JobRenderCost(24.04, clip_frames=(312, 48, 48), segment_frames=288, overlap_frames=6),
                official=OfficialRenderCost(22.3, peak_gib=13.2, target_seconds_per_120_frames=12.0)),
-        Preset("tiny", steps=3, guidance=1.0, width=256, height=256, variant="tiny"),
+        # The demo model on the CPU: the estimate a user without weights (and without a GPU) can use.
+        Preset("tiny", steps=3, guidance=1.0, width=256, height=256, variant="tiny",
+               cost=JobRenderCost(68.5, clip_frames=(84, 72), segment_frames=288, overlap_frames=6, size=256,
+                                  device="2-core CPU", source="`make demo` from a fresh clone, 2026-12-07 (other work running)")),
     )
 }
 DEFAULT_WITH_WEIGHTS = "acc"  # `cli.py run --weights DIR` without --preset

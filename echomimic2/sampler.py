@@ -40,9 +40,8 @@ NOISE_CLAMP = 1.5  # spec §10.2.4: the official pipeline clamps its initial Gau
 LATENT_CHANNELS = 4
 VAE_DOWNSCALE = 8
 # (UNet rows per call, frames per VAE decode call) by device type; a window is one row, two with CFG.
-# On an H100 at 768² two of each keep peak memory ≤ 8 GiB and get almost all of the batching gain
-# (BENCHMARKS.md: 4 rows or 8 decoded frames cost 11 / 9 GiB for ≤ 1% / 15% more speed); the CPU has
-# memory to spare.
+# On a GPU two of each keep peak memory within the 8 GiB goal at 768² and get almost all of the batching gain;
+# the CPU has memory to spare.
 DEFAULT_BATCHES = {"cuda": (2, 2), "cpu": (4, 8)}
 
 
@@ -228,17 +227,8 @@ def decode_latents(vae, latents: torch.Tensor, dtype: torch.dtype, batch: int,
 
 
 @dataclass(frozen=True)
-class WindowRow:
-    """One context window of one denoising step in a UNet call; `slots` hold its frames' running averages."""
-
-    step: int
-    frames: tuple[int, ...]
-    slots: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class FrameUpdate:
-    """Frames whose average for `step` is final after a call: they take that step's DDIM update."""
+class StepFrames:
+    """Frames of one denoising step and the accumulator slots that hold their running averages."""
 
     step: int
     frames: tuple[int, ...]
@@ -247,8 +237,8 @@ class FrameUpdate:
 
 @dataclass(frozen=True)
 class DenoisingCall:
-    windows: tuple[WindowRow, ...]
-    updates: tuple[FrameUpdate, ...]
+    windows: tuple[StepFrames, ...]  # the context windows this UNet call denoises
+    updates: tuple[StepFrames, ...]  # frames whose average for `step` is final after it: they take that DDIM update
 
 
 def denoising_calls(step_windows: Sequence[Sequence[Sequence[int]]], windows_per_call: int) -> tuple[list[DenoisingCall], int]:
@@ -294,7 +284,7 @@ def denoising_calls(step_windows: Sequence[Sequence[Sequence[int]]], windows_per
                         slot_of[f] = heapq.heappop(free_slots)
                     else:
                         slot_of[f], slot_count = slot_count, slot_count + 1
-            rows.append(WindowRow(step, tuple(window), tuple(slot_of[f] for f in window)))
+            rows.append(StepFrames(step, tuple(window), tuple(slot_of[f] for f in window)))
         completed: dict[int, list[int]] = {}
         for step, window in chosen:
             for f in window:
@@ -305,7 +295,7 @@ def denoising_calls(step_windows: Sequence[Sequence[Sequence[int]]], windows_per
         updates = []
         for step, done in sorted(completed.items()):
             done.sort()
-            updates.append(FrameUpdate(step, tuple(done), tuple(slot_of[f] for f in done)))
+            updates.append(StepFrames(step, tuple(done), tuple(slot_of[f] for f in done)))
             for f in done:
                 heapq.heappush(free_slots, slot_of.pop(f))
         calls.append(DenoisingCall(tuple(rows), tuple(updates)))

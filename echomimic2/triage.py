@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from echomimic2.pose_detect import FACE68_FROM_MESH, FrameLandmarks, MediaPipeMissing, PoseDetector, _import_solutions
+from echomimic2.pose_detect import FACE68_FROM_MESH, FrameLandmarks, MediaPipeMissing, PoseDetector, _import_solutions, native_log
 
 VERDICTS = ("image_too_small", "no_person", "cut_off", "head_only", "several_people", "too_small", "half_body")
 # Warnings a clip's summary may carry besides the verdicts above (added once poses are aligned).
@@ -113,7 +113,8 @@ class PeopleDetector:
 
     def __init__(self):
         solutions = _import_solutions()
-        self._faces = solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=FACE_SCORE)
+        with native_log():  # TFLite's chatter on creating the graph goes to the job's native log
+            self._faces = solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=FACE_SCORE)
         self._pose = PoseDetector(video=False)
 
     def __enter__(self) -> PeopleDetector:
@@ -129,7 +130,9 @@ class PeopleDetector:
     def faces(self, image_rgb: np.ndarray) -> list[tuple[float, float, float, float, float]]:
         height, width = image_rgb.shape[:2]
         found = []
-        for detection in self._faces.process(np.ascontiguousarray(image_rgb)).detections or []:
+        with native_log():
+            detections = self._faces.process(np.ascontiguousarray(image_rgb)).detections or []
+        for detection in detections:
             box = detection.location_data.relative_bounding_box
             found.append((box.xmin * width, box.ymin * height, (box.xmin + box.width) * width,
                           (box.ymin + box.height) * height, float(detection.score[0])))

@@ -4,6 +4,7 @@ duration, and write the MP4 atomically. Frames stream from storage into ffmpeg a
 meter (pipeline/qc.py) measures them on the way, so checking a clip costs no second decode."""
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
@@ -23,10 +24,14 @@ import soundfile as sf
 
 from pipeline import qc, storage
 from pipeline.manifest import Limits
-from pipeline.media import FFMPEG, SAMPLE_RATE, audio_input_options, decode_audio, ffmpeg_report, report_duration
+from pipeline.media import SAMPLE_RATE, audio_input_options, decode_audio, ffmpeg_exe, ffmpeg_report, report_duration
 from pipeline.segment_store import iter_segment
 
-FFPROBE = shutil.which("ffprobe")  # optional: probe_video falls back to parsing `ffmpeg -i`
+
+@functools.cache
+def ffprobe_exe() -> str | None:
+    """ffprobe on PATH, looked up on first use; optional: probe_video falls back to parsing `ffmpeg -i`."""
+    return shutil.which("ffprobe")
 CHUNK_FRAMES = 8
 
 
@@ -172,7 +177,7 @@ def assemble_clip(segments: list[tuple[int, int, str]], total_frames: int, fps: 
                           acodec="aac", r=str(rate), movflags="+faststart")
             .global_args("-hide_banner", "-loglevel", "error")
             .overwrite_output()
-            .run_async(cmd=FFMPEG, pipe_stdin=True, pipe_stderr=True)
+            .run_async(cmd=ffmpeg_exe(), pipe_stdin=True, pipe_stderr=True)
         )
         errors: list[bytes] = []
         reader = threading.Thread(target=_drain, args=(process.stderr, errors))  # a full pipe would stall ffmpeg
@@ -209,9 +214,10 @@ def assemble_clip(segments: list[tuple[int, int, str]], total_frames: int, fps: 
 
 
 def _probe_local(path: str) -> dict:
-    if FFPROBE:
+    ffprobe = ffprobe_exe()
+    if ffprobe:
         report = json.loads(subprocess.run(
-            [FFPROBE, "-v", "error", "-show_streams", "-show_format", "-of", "json", path],
+            [ffprobe, "-v", "error", "-show_streams", "-show_format", "-of", "json", path],
             capture_output=True, text=True, check=True, timeout=60).stdout)
         streams = report.get("streams", [])
         video = next((s for s in streams if s.get("codec_type") == "video"), {})

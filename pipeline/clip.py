@@ -10,7 +10,6 @@ inputs, parameters and seed its frames are the frames the Ray job encodes.
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 from echomimic2.presets import DEFAULT_WITH_WEIGHTS
 from pipeline.manifest import Limits
 from pipeline.media import SAMPLE_RATE, decode_audio, decode_reference
+from pipeline.params import DEFAULT_FPS, DEFAULT_GESTURE, DEFAULT_POSE_ALIGN, DEFAULT_SEED, RenderParams
 from pipeline.pose_sources import PoseInput, read_pose_input
 from pipeline.segments import DEFAULT_OVERLAP_FRAMES, DEFAULT_SEGMENT_FRAMES
 from pipeline.steps import (
@@ -28,15 +28,11 @@ from pipeline.steps import (
     plan_segments,
     reference_and_poses,
     render_frames,
-    resolve_params,
     segment_inputs,
     stitch,
 )
 
 __all__ = ["EchoMimicV2Output", "EchoMimicV2Pipeline", "SegmentStep"]
-
-SIZE_MULTIPLE = 64  # the model's latent sides are multiples of 8 (echomimic2.model)
-MAX_FPS = 60.0  # as the manifest allows
 
 
 @dataclass
@@ -82,14 +78,14 @@ class EchoMimicV2Output:
 
 
 @dataclass
-class ClipInputs:
+class DecodedClip:
     """Inputs as `check_inputs` left them: decoded, and the parameters resolved against the preset."""
 
     reference: np.ndarray  # uint8 RGB: the whole image, then (step 3) framed to (height, width, 3)
     waveform: np.ndarray  # float32 16 kHz mono
     audio_file: bytes
     poses: list[dict] | None  # given as dicts, or parsed from pose files; None: from a driving video or gestures
-    params: dict  # steps.resolve_params: seed, steps, guidance, fps, width, height, segment plan, poses
+    params: RenderParams
     pose_input: PoseInput | None = None  # a pose file, folder or driving video as its source read it
     detection: object = None  # the reference's echomimic2.triage.PeopleDetection (None: no mediapipe)
     triage: object = None  # its echomimic2.triage.ReferenceTriage at the output size
@@ -146,9 +142,9 @@ class EchoMimicV2Pipeline:
 
     # -- one clip -----------------------------------------------------------------------------
     def __call__(self, image, audio, poses=None, *, width: int | None = None, height: int | None = None,
-                 fps: float = 24.0, steps: int | None = None, guidance: float | None = None, seed: int = 0,
-                 segment_frames: int | None = None, overlap_frames: int | None = None, pose_align: str = "auto",
-                 gesture: str = "calm", person: int | None = None, unsuitable: str = "warn",
+                 fps: float = DEFAULT_FPS, steps: int | None = None, guidance: float | None = None, seed: int = DEFAULT_SEED,
+                 segment_frames: int | None = None, overlap_frames: int | None = None, pose_align: str = DEFAULT_POSE_ALIGN,
+                 gesture: str = DEFAULT_GESTURE, person: int | None = None, unsuitable: str = "warn",
                  callback: Callable[[SegmentStep], None] | None = None, progress: bool = True) -> EchoMimicV2Output:
         """Render one clip.
 
@@ -171,67 +167,46 @@ class EchoMimicV2Pipeline:
                                  person=person, unsuitable=unsuitable)
         params = clip.params
         # 2. audio features: whisper states, and the video's frame count (the audio's length)
-        features = audio_features(self.whisper, clip.waveform, params["fps"])
+        features = audio_features(self.whisper, clip.waveform, params.fps)
         # 3. poses: one per frame (from the driving video if one was given), the reference framed around its
         #    person and the poses mapped onto it
         given, source_info = clip.poses, {}
         if clip.pose_input is not None:
-            given, source_info = clip.pose_input.sequence(params["fps"], features.frames, self.limits)
+            given, source_info = clip.pose_input.sequence(params.fps, features.frames, self.limits)
         clip.reference, frame_poses, poses_info = reference_and_poses(clip.reference, params, features.frames,
                                                                       poses=given, waveform=clip.waveform,
                                                                       detection=clip.detection)
         poses_info = dict(poses_info, **source_info)
         # 4. plan segments: overlapping frame ranges, each rendered on its own
-        segments = plan_segments(features.frames, params["segment_frames"], params["overlap_frames"])
+        segments = plan_segments(features.frames, params.segment_frames, params.overlap_frames)
         # 5. render segments
         rendered = self.render_segments(clip, features, frame_poses, segments, callback=callback, progress=progress)
         # 6. stitch: cross-fade the frames neighbouring segments share
         frames = stitch(rendered, features.frames)
-        return EchoMimicV2Output(frames=frames, fps=params["fps"], audio=clip.waveform, segments=segments,
+        return EchoMimicV2Output(frames=frames, fps=params.fps, audio=clip.waveform, segments=segments,
                                  audio_file=clip.audio_file, poses_info=poses_info)
 
-    def check_inputs(self, image, audio, poses=None, *, width=None, height=None, fps=24.0, steps=None,
-                     guidance=None, seed=0, segment_frames=None, overlap_frames=None, pose_align="auto",
-                     gesture="calm", person=None, unsuitable="warn") -> ClipInputs:
-        """Every argument checked (ValueError naming it), then the image decoded and judged and the audio
+    def check_inputs(self, image, audio, poses=None, *, width=None, height=None, fps=None, steps=None,
+                     guidance=None, seed=None, segment_frames=None, overlap_frames=None, pose_align=None,
+                     gesture=None, person=None, unsuitable="warn") -> DecodedClip:
+        """Every argument checked (ValueError naming it) against the limits the manifest has
+        (`params.FIELD_CHECKS`), then the image decoded and judged and the audio
         decoded exactly as the job's preprocessing does."""
-        segment_frames = self.segment_frames if segment_frames is None else segment_frames
-        overlap_frames = self.overlap_frames if overlap_frames is None else overlap_frames
-        from pipeline.manifest import GESTURE_STYLES, POSE_ALIGN_MODES
-
-        if pose_align not in POSE_ALIGN_MODES:
-            raise ValueError(f"pose_align: expected one of {', '.join(POSE_ALIGN_MODES)}, got {pose_align!r}")
-        if gesture not in GESTURE_STYLES:
-            raise ValueError(f"gesture: expected one of {', '.join(GESTURE_STYLES)}, got {gesture!r}")
         if unsuitable not in ("warn", "fail"):
             raise ValueError(f"unsuitable: expected warn or fail, got {unsuitable!r}")
-        if person is not None and (not _is_int(person) or person < 0):
-            raise ValueError(f"person: expected an int >= 0 or None, got {person!r}")
-        params = resolve_params(self.preset.name, seed=seed, steps=steps, guidance=guidance, fps=fps, width=width,
-                                height=height, segment_frames=segment_frames, overlap_frames=overlap_frames,
-                                pose_align=pose_align, gesture=gesture, person=person)
-        for name in ("width", "height"):
-            value = params[name]
-            if not _is_int(value) or value < SIZE_MULTIPLE or value % SIZE_MULTIPLE:
-                raise ValueError(f"{name}: expected a positive multiple of {SIZE_MULTIPLE}, got {value!r}")
-        if not _is_number(params["fps"]) or not 0 < params["fps"] <= MAX_FPS:
-            raise ValueError(f"fps: expected a number in (0, {MAX_FPS:g}], got {fps!r}")
-        if not _is_int(params["steps"]) or not 1 <= params["steps"] <= 1000:
-            raise ValueError(f"steps: expected an int in [1, 1000], got {steps!r}")
-        if not _is_number(params["guidance"]) or not params["guidance"] >= 0:
-            raise ValueError(f"guidance: expected a finite number >= 0, got {guidance!r}")
-        if not _is_int(params["seed"]) or params["seed"] < 0:
-            raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
-        plan_segments(segment_frames + 1, segment_frames, overlap_frames)  # ValueError on a bad pair
+        params = RenderParams.resolve(self.preset.name, seed=seed, steps=steps, guidance=guidance, fps=fps, width=width,
+                                      height=height, pose_align=pose_align, gesture=gesture, person=person,
+                                      segment_frames=self.segment_frames if segment_frames is None else segment_frames,
+                                      overlap_frames=self.overlap_frames if overlap_frames is None else overlap_frames)
         image_data, image_name = _image_file(image, self.limits)
         reference = decode_reference(image_data, self.limits, image_name)  # framed in step 3, with the poses
         detection, triage = _judge(image_data, reference, params, unsuitable)
         waveform, audio_file = _audio(audio, self.limits)
         pose_input = read_pose_input(str(poses), self.limits) if isinstance(poses, (str, Path)) else None
         given = pose_input.poses if pose_input is not None else _given_poses(poses)
-        return ClipInputs(reference, waveform, audio_file, given, params, pose_input, detection, triage)
+        return DecodedClip(reference, waveform, audio_file, given, params, pose_input, detection, triage)
 
-    def render_segments(self, clip: ClipInputs, features: AudioFeatures, poses: list[dict],
+    def render_segments(self, clip: DecodedClip, features: AudioFeatures, poses: list[dict],
                         segments: list[tuple[int, int]], *, callback=None, progress: bool = True):
         """Each segment's frames [(start, stop, frames)], rendered with the job's noise: global frame i's
         noise depends on (seed, i) only."""
@@ -246,17 +221,17 @@ class EchoMimicV2Pipeline:
                        TimeRemainingColumn(), console=Console(stderr=True), disable=not progress)
         with bar:
             task = bar.add_task("segments", total=len(segments), segment=1, segments=len(segments),
-                                step=f"0/{params['steps']}")
+                                step=f"0/{params.steps}")
             for i, (start, stop) in enumerate(segments):
-                tokens, pose_images = segment_inputs(features.features, poses, params["fps"], start, stop,
-                                                     params["width"], params["height"])
+                tokens, pose_images = segment_inputs(features.features, poses, params.fps, start, stop,
+                                                     params.width, params.height)
 
                 def on_progress(state, i=i):
                     step = f"{state.steps_done}/{state.steps}" if state.frames_decoded == 0 else "decoding"
                     bar.update(task, completed=i + state.fraction, segment=i + 1, step=step)
 
-                frames = render_frames(self.model, clip.reference, tokens, pose_images, seed=params["seed"],
-                                       first_frame=start, steps=params["steps"], guidance=params["guidance"],
+                frames = render_frames(self.model, clip.reference, tokens, pose_images, seed=params.seed,
+                                       first_frame=start, steps=params.steps, guidance=params.guidance,
                                        on_progress=on_progress)
                 rendered.append((start, stop, frames))
                 bar.update(task, completed=i + 1)
@@ -265,7 +240,7 @@ class EchoMimicV2Pipeline:
         return rendered
 
 
-def _judge(image_data: bytes, reference: np.ndarray, params: dict, unsuitable: str):
+def _judge(image_data: bytes, reference: np.ndarray, params: RenderParams, unsuitable: str):
     """(detection, triage) of the reference at the output size, as the job judges it; an unsuitable one
     warns or (unsuitable="fail") raises ValueError naming the verdict and why."""
     import warnings
@@ -274,24 +249,16 @@ def _judge(image_data: bytes, reference: np.ndarray, params: dict, unsuitable: s
     from pipeline.reference_triage import DetectionCache, remembered_detection, unsuitable_reason
 
     try:
-        detection = remembered_detection(DetectionCache(None), image_data, reference, params["person"])
+        detection = remembered_detection(DetectionCache(None), image_data, reference, params.person)
     except ValueError as exc:  # a person beyond the faces found
         raise ValueError(f"person: {exc}") from None
-    triage = triage_or_unknown(reference, params["width"], params["height"], detection)
+    triage = triage_or_unknown(reference, params.width, params.height, detection)
     if not triage.ok:
         reason = "image: " + unsuitable_reason(triage.verdict, [w.to_json() for w in triage.warnings])
         if unsuitable == "fail":
             raise ValueError(reason)
         warnings.warn(reason, UserWarning, stacklevel=4)
     return detection, triage
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _read_file(path: str | Path, max_bytes: int, what: str) -> bytes:

@@ -45,8 +45,9 @@ def run_command(manifest: str, output: str, weights: str | Path | None = None, p
                 address: str | None = None, gpus: int | None = None, cpus: int | None = None, force: bool = False,
                 segment_frames: int | None = None, overlap_frames: int | None = None, allow_http: bool = False,
                 input_root: Path | None = None, shared_fs: bool = False, random_weights: bool = False,
-                compile_cache: str | None = None, fp8: bool = False, unsuitable: str = "warn",
-                notify: str | None = None, verbose: bool = False, scratch_budget: str | None = None) -> int:
+                compile_cache: str | None = None, fp8: bool = False, eager: bool = False, saved_traces: bool = False,
+                unsuitable: str = "warn", notify: str | None = None, verbose: bool = False,
+                scratch_budget: str | None = None) -> int:
     """`cli.py run`: the options and the manifest are checked before anything slow starts; then the job runs
     under the project's signal handlers (installed before Ray starts) and its outcome becomes the exit code."""
     from pipeline.reference_triage import UNSUITABLE_POLICIES
@@ -81,7 +82,8 @@ def run_command(manifest: str, output: str, weights: str | Path | None = None, p
         quiet_libraries(output, verbose)
         settings = _job_settings(output, preset, weights, random_weights, fp8, segment_frames, overlap_frames, force,
                                  allow_http, input_root, compile_cache, unsuitable)
-        settings = replace(settings, weights=weights_uri, scratch_budget=budget)
+        settings = replace(settings, weights=weights_uri, compile=not eager, saved_traces=saved_traces,
+                           scratch_budget=budget)
         specs, problems, finished, stamps = _skip_finished(specs, problems, settings)
         workers = WorkerCounts()
         needs_ray = len(finished) < len(specs)
@@ -559,6 +561,7 @@ def plan_command(manifest: str, segment_frames: int | None = None, overlap_frame
     from echomimic2 import PRESETS
     from pipeline.manifest import Limits, Problem, parse_manifest, read_manifest
     from pipeline.media import audio_duration_seconds, refuse_too_long
+    from pipeline.params import RenderParams
 
     segment_frames = segment_frames or DEFAULT_SEGMENT_FRAMES
     overlap_frames = DEFAULT_OVERLAP_FRAMES if overlap_frames is None else overlap_frames
@@ -597,9 +600,9 @@ def plan_command(manifest: str, segment_frames: int | None = None, overlap_frame
         total_frames += frames
         total_segments += len(segments)
         for preset in measured:  # a row's own size, steps and guidance, else the preset's
-            per_preset[preset.name] += clip_render_flops(
-                frames, segment_frames, overlap_frames, spec.width or preset.width, spec.height or preset.height,
-                spec.steps or preset.steps, preset.guidance if spec.guidance is None else spec.guidance)
+            params = RenderParams.for_row(spec, preset.name, segment_frames=segment_frames, overlap_frames=overlap_frames)
+            per_preset[preset.name] += clip_render_flops(frames, params.segment_frames, params.overlap_frames,
+                                                         params.width, params.height, params.steps, params.guidance)
         # the row's own size, else each preset's (the row renders at the size of the preset `run` is given)
         sizes: dict[str, list[str]] = {}
         for preset in PRESETS.values():
@@ -612,12 +615,16 @@ def plan_command(manifest: str, segment_frames: int | None = None, overlap_frame
                   f"({segment_frames} frames, overlap {overlap_frames})")
     for preset in measured:
         flops, device = per_preset[preset.name], preset.cost.device.removeprefix("NVIDIA ")
-        gpu_seconds = flops / measured_throughput(preset)
-        console.print(f"preset {preset.name}: {flops / 1e15:,.1f} PFLOP ≈ {gpu_seconds / 3600:,.2f} {device}-hours "
-                      f"({gpu_seconds:,.0f} GPU-s)")
+        seconds = flops / measured_throughput(preset)
+        if preset.full_size:
+            console.print(f"preset {preset.name}: {flops / 1e15:,.1f} PFLOP ≈ {seconds / 3600:,.2f} {device}-hours "
+                          f"({seconds:,.0f} GPU-s)")
+        else:  # a smaller network: the spec's FLOPs only scale its measured time to these clips
+            console.print(f"preset {preset.name}: ≈ {seconds / 60:,.1f} minutes of render on one {device}")
     for preset in measured:
         cost = preset.cost
-        console.print(f"assumption ({preset.name}): {measured_throughput(preset) / 1e12:.0f} TFLOP/s, the job's measured "
+        rate = f"{measured_throughput(preset) / 1e12:.0f} TFLOP/s, " if preset.full_size else ""
+        console.print(f"assumption ({preset.name}): {rate}the job's measured "
                       f"render time on one {cost.device}, {'compiled' if cost.compiled else 'eager'}, "
                       f"{cost.seconds_per_120_frames:g} s per 120 frames at {cost.size}² ({cost.source})")
     console.print("FLOPs from spec §12 as `cli.py bench` counts them, per segment (other sizes scale by pixel count)")

@@ -54,19 +54,19 @@ def check_accelerator() -> Check:
 
 
 def check_ffmpeg() -> Check:
-    from pipeline.media import FFMPEG
+    from pipeline.media import ffmpeg_exe
 
     try:
-        version = subprocess.run([FFMPEG, "-hide_banner", "-version"], capture_output=True, text=True, timeout=30)
-        encoders = subprocess.run([FFMPEG, "-hide_banner", "-encoders"], capture_output=True, text=True, timeout=30)
+        version = subprocess.run([ffmpeg_exe(), "-hide_banner", "-version"], capture_output=True, text=True, timeout=30)
+        encoders = subprocess.run([ffmpeg_exe(), "-hide_banner", "-encoders"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return Check("ffmpeg", FAIL, f"{FFMPEG}: {exc}", "install ffmpeg (apt-get install ffmpeg) or `pip install imageio-ffmpeg`")
+        return Check("ffmpeg", FAIL, f"{ffmpeg_exe()}: {exc}", "install ffmpeg (apt-get install ffmpeg) or `pip install imageio-ffmpeg`")
     first_line = (version.stdout.splitlines() or ["?"])[0]
     missing = [name for name in ("libx264", "aac") if f" {name} " not in encoders.stdout]
     if version.returncode or missing:
-        return Check("ffmpeg", FAIL, f"{FFMPEG}: {first_line}; missing encoders: {', '.join(missing) or '?'}",
+        return Check("ffmpeg", FAIL, f"{ffmpeg_exe()}: {first_line}; missing encoders: {', '.join(missing) or '?'}",
                      "use an ffmpeg build with libx264 and aac (imageio-ffmpeg's binary has both)")
-    return Check("ffmpeg", OK, f"{FFMPEG}: {first_line} (libx264, aac)")
+    return Check("ffmpeg", OK, f"{ffmpeg_exe()}: {first_line} (libx264, aac)")
 
 
 def check_weights(weights: Path | None, variant: str) -> Check:

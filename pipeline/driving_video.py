@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.limits import Limits
-from pipeline.media import FFMPEG, restricted_input
+from pipeline.media import ffmpeg_exe, restricted_input
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".m4v", ".avi")
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
@@ -64,7 +64,7 @@ def probe_video(path: str | Path, limits: VideoLimits = VideoLimits()) -> VideoI
     size = info.st_size
     if size > limits.max_bytes:
         raise DrivingVideoError(f"driving video is {size} bytes, over the limit of {limits.max_bytes}")
-    report = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", *INPUT_RESTRICTIONS, "-i", path], capture_output=True,
+    report = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", *INPUT_RESTRICTIONS, "-i", path], capture_output=True,
                             text=True, errors="replace", timeout=60).stderr.replace(path, "<file>")
     stream = _VIDEO_STREAM.search(report)
     duration = _DURATION.search(report)
@@ -97,7 +97,7 @@ def decode_frames(path: str | Path, fps: float, max_frames: int | None = None,
     info = probe_video(path, limits)
     width, height = decoded_size(info, limits.max_side)
     count = limits.max_frames if max_frames is None else min(max_frames, limits.max_frames)
-    command = [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", *INPUT_RESTRICTIONS, "-i", str(path), "-an", "-sn",
+    command = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", *INPUT_RESTRICTIONS, "-i", str(path), "-an", "-sn",
                "-vf", f"fps={fps:.6f},scale={width}:{height}:flags=area", "-frames:v", str(count),
                "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
     frame_bytes = width * height * 3
@@ -200,7 +200,7 @@ def check_driving_video(data_or_path: bytes | str | Path, limits: VideoLimits = 
 
 def write_video(frames: Iterator[np.ndarray], path: str | Path, fps: float, width: int, height: int) -> int:
     """Encode RGB frames (H.264, yuv420p) to `path`; returns the number of frames written."""
-    command = [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo",
+    command = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo",
                "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{fps:.6f}", "-i", "pipe:0",
                "-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "veryfast", "-crf", "18", str(path)]
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -5,32 +5,25 @@ decoded as the job decodes it, so `validate` passes only what `run` can read."""
 from __future__ import annotations
 
 import io
-import math
 import posixpath
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from echomimic2.gestures import GESTURE_STYLES as GESTURE_STYLE_TABLE
-from echomimic2.pose_align import ALIGN_MODES
 from pipeline import storage
 from pipeline.limits import Limits
+from pipeline.params import DEFAULT_FPS, DEFAULT_GESTURE, DEFAULT_POSE_ALIGN, FIELD_CHECKS
 from pipeline.storage import InputError
 
-DEFAULT_FPS = 24.0  # the official model's frame rate
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 MAX_CLIP_ID_LEN = 128
 CHECK_THREADS = 8  # input checks are I/O-bound (object-store round trips)
 
 REQUIRED_COLUMNS = ("clip_id", "image", "audio")
-OPTIONAL_COLUMNS = ("pose", "seed", "steps", "guidance", "fps", "width", "height", "pose_align", "gesture", "person")
-MAX_PERSON = 63  # `person` indexes the faces found in the reference, left to right
-POSE_ALIGN_MODES = ALIGN_MODES  # their home is the engine's; named here for the manifest's checks
-GESTURE_STYLES = tuple(GESTURE_STYLE_TABLE)
+OPTIONAL_COLUMNS = ("pose", *FIELD_CHECKS)
 _CLIP_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 # Names Windows file systems (NTFS, SMB shares) reserve for devices, with any extension: `con.mp4` is a device.
 _RESERVED_NAMES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"{port}{n}" for port in ("COM", "LPT") for n in range(10))})
@@ -38,6 +31,9 @@ _RESERVED_NAMES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"{port}{n}" for port
 
 @dataclass(frozen=True)
 class ClipSpec:
+    """A manifest row as `parse_manifest` checked it; None and the defaults are resolved per job
+    (`params.RenderParams.resolve`, the preset's values)."""
+
     row: int  # 0-based position in the manifest
     clip_id: str
     image: str  # resolved URI
@@ -49,8 +45,8 @@ class ClipSpec:
     fps: float = DEFAULT_FPS
     width: int | None = None  # None: the preset's
     height: int | None = None
-    pose_align: str = "auto"  # map the poses onto the reference's person ("none": as given)
-    gesture: str = "calm"  # without poses: hand gestures from the audio in this style ("none": hands at rest)
+    pose_align: str = DEFAULT_POSE_ALIGN
+    gesture: str = DEFAULT_GESTURE
     person: int | None = None  # which person of several in the reference (0 = leftmost face); None: largest, most central
 
 
@@ -110,52 +106,6 @@ def check_clip_id(clip_id) -> str | None:
         return (f"{clip_id.split('.', 1)[0]!r} is a device name reserved on Windows file systems "
                 f"(CON, PRN, AUX, NUL, COM0-9, LPT0-9, with or without an extension)")
     return None
-
-
-def _as_int(value, low: int, high: int | None, multiple: int = 1) -> int:
-    """An integer in [low, high] (integral floats accepted: Parquet turns int columns with nulls into
-    floats); ValueError with the reason otherwise."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"must be an integer, got {type(value).__name__} {value!r}")
-    if not float(value).is_integer():
-        raise ValueError(f"must be an integer, got {value!r}")
-    number = int(value)
-    if number < low or (high is not None and number > high):
-        raise ValueError(f"must be in {low}..{high if high is not None else 'inf'}, got {number}")
-    if number % multiple:
-        raise ValueError(f"must be a multiple of {multiple}, got {number}")
-    return number
-
-
-def _as_float(value, low: float, high: float | None) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"must be a number, got {type(value).__name__} {value!r}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"must be a finite number, got {number}")
-    if number < low or (high is not None and number > high):
-        allowed = f"in {low:g}..{high:g}" if high is not None else f"≥ {low:g}"
-        raise ValueError(f"must be {allowed}, got {number:g}")
-    return number
-
-
-_OVERRIDES = {
-    "seed": lambda v: _as_int(v, 0, 2**63 - 1),
-    "steps": lambda v: _as_int(v, 1, 200),
-    "guidance": lambda v: _as_float(v, 0.0, None),
-    "fps": lambda v: _as_float(v, 1.0, 60.0),
-    "width": lambda v: _as_int(v, 64, 2048, 64),
-    "height": lambda v: _as_int(v, 64, 2048, 64),
-    "pose_align": lambda v: _as_choice(v, POSE_ALIGN_MODES),
-    "gesture": lambda v: _as_choice(v, GESTURE_STYLES),
-    "person": lambda v: _as_int(v, 0, MAX_PERSON),
-}
-
-
-def _as_choice(value, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
-    return value
 
 
 def resolve_path(value: str, base_uri: str | None) -> str:
@@ -226,7 +176,7 @@ def parse_manifest(df: pd.DataFrame, *, base_uri: str | None = None) -> tuple[li
                     row_problems.append(Problem(row, shown_id, field, str(exc)))
 
         overrides = {}
-        for field, convert in _OVERRIDES.items():
+        for field, convert in FIELD_CHECKS.items():
             value = record.get(field)
             if not is_set[row].get(field, False):
                 continue

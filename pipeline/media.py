@@ -9,6 +9,7 @@ the assembler give it), whose header report gives the duration and whose decode 
 """
 from __future__ import annotations
 
+import functools
 import io
 import re
 import shutil
@@ -33,20 +34,17 @@ SAMPLE_RATE = 16_000
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")  # fewer parsers exposed to untrusted files
 
 
-def _find_ffmpeg() -> str:
-    """ffmpeg on PATH, else imageio-ffmpeg's bundled binary; with neither, the bare name: importing the pipeline
-    (e.g. `cli.py bench --schedule`, which encodes nothing) must not fail, and the first ffmpeg call, or
-    `cli.py doctor`, then says that ffmpeg is missing."""
+@functools.cache
+def ffmpeg_exe() -> str:
+    """ffmpeg on PATH, else imageio-ffmpeg's bundled binary; with neither, the bare name: the first ffmpeg call,
+    or `cli.py doctor`, then says that ffmpeg is missing. Looked up on first use, once per process."""
     try:
         return shutil.which("ffmpeg") or imageio_ffmpeg.get_ffmpeg_exe()
     except RuntimeError:  # imageio-ffmpeg without its binary
         return "ffmpeg"
 
 
-FFMPEG = _find_ffmpeg()
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
-# _open_image refuses over-limit sizes itself, with the row's reason; PIL's warning would only be noise.
-warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -55,9 +53,11 @@ warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 def _open_image(source: BinaryIO, limits: Limits) -> Image.Image:
     """The image with only its header read; refused when over the pixel limit or under the side limit."""
-    Image.MAX_IMAGE_PIXELS = limits.max_image_pixels  # PIL's own bomb guard, at our limit
     try:
-        image = Image.open(source, formats=IMAGE_FORMATS)
+        with warnings.catch_warnings():
+            # refused below with the row's reason when over our limit; PIL's own warning would only be noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(source, formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as exc:
         raise InputError(f"image is over the limit of {limits.max_image_pixels} pixels "
                          f"(decompression bomb guard): {exc}") from None
@@ -213,7 +213,7 @@ class AudioInfo:
 
 def ffmpeg_report(path: str, input_options: list[str] = ()) -> str:
     """ffmpeg's description of a media file from its header (``ffmpeg -i``; stderr, file path hidden)."""
-    report = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", *input_options, "-i", path], capture_output=True,
+    report = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", *input_options, "-i", path], capture_output=True,
                             text=True, errors="replace", timeout=60).stderr
     return report.replace(path, "<file>")
 
@@ -340,7 +340,7 @@ def decode_audio(data: bytes, limits: Limits, name: str) -> np.ndarray:
             # librosa's own fallback (audioread) would let ffmpeg guess the format: the restricted ffmpeg does it.
             with _local_copy(io.BytesIO(data), limits.max_audio_bytes) as path:
                 decoded = subprocess.run(
-                    [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error",
+                    [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
                      *restricted_input(AUDIO_DEMUXERS, info.container.demuxer), "-t", f"{bound}", "-i", path,
                      "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"],
                     capture_output=True, timeout=600)

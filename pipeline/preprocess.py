@@ -9,19 +9,17 @@ from dataclasses import dataclass
 
 from pipeline import storage
 from pipeline.manifest import ClipSpec, Problem
+from pipeline.params import RenderParams
 from pipeline.pose_sources import PoseInput, read_pose_input
 from pipeline.rows import JobSettings
-from pipeline.steps import DEFAULT_SEED, resolve_params
 
-__all__ = ["DEFAULT_SEED", "ClipInputs", "RowRefused", "read_clip_inputs", "refusing", "render_params"]
+__all__ = ["RowFiles", "RowRefused", "read_clip_inputs", "refusing", "render_params"]
 
 
-def render_params(spec: ClipSpec, settings: JobSettings) -> dict:
-    """The row's parameters with the preset's defaults filled in: everything that changes its pixels."""
-    return resolve_params(settings.preset, seed=spec.seed, steps=spec.steps, guidance=spec.guidance, fps=spec.fps,
-                          width=spec.width, height=spec.height, segment_frames=settings.segment_frames,
-                          overlap_frames=settings.overlap_frames, pose_align=spec.pose_align, gesture=spec.gesture,
-                          person=spec.person)
+def render_params(spec: ClipSpec, settings: JobSettings) -> RenderParams:
+    """The row's parameters with the job's and the preset's defaults filled in: everything that changes its pixels."""
+    return RenderParams.for_row(spec, settings.preset, segment_frames=settings.segment_frames,
+                                overlap_frames=settings.overlap_frames)
 
 
 class RowRefused(Exception):
@@ -44,7 +42,9 @@ def refusing(spec: ClipSpec, field_name: str, uri: str | None = None):
 
 
 @dataclass
-class ClipInputs:
+class RowFiles:
+    """A row's input files as read, before decoding: their contents are fingerprinted."""
+
     image: bytes
     audio: bytes
     pose: PoseInput | None  # None: no pose input; gestures are generated from the audio
@@ -54,7 +54,7 @@ class ClipInputs:
         return [] if self.pose is None else self.pose.hashes
 
 
-def read_clip_inputs(spec: ClipSpec, settings: JobSettings) -> ClipInputs:
+def read_clip_inputs(spec: ClipSpec, settings: JobSettings) -> RowFiles:
     """Whole input files (their contents are fingerprinted), each read bounded by its size limit and, under
     an input root, confined to it as it is opened. The audio gets the check `validate` makes
     (`media.check_audio`); the pose input is read by its source (`pipeline.pose_sources`), which checks it as
@@ -73,7 +73,7 @@ def read_clip_inputs(spec: ClipSpec, settings: JobSettings) -> ClipInputs:
     with refusing(spec, "audio", spec.audio):
         check_audio(audio, spec.fps, limits)
     if spec.pose is None:
-        return ClipInputs(image, audio, None)
+        return RowFiles(image, audio, None)
     with refusing(spec, "pose", spec.pose):
         pose_uri = storage.check_uri(spec.pose, allow_http=settings.allow_http, input_root=root)
-        return ClipInputs(image, audio, read_pose_input(pose_uri, limits, root))
+        return RowFiles(image, audio, read_pose_input(pose_uri, limits, root))

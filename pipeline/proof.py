@@ -205,13 +205,13 @@ def proof_row(spec, settings, dest: str) -> dict:
         storage.write_atomic(storage.join(dest, REFS_FOLDER, name), _jpeg(_to_height(whole, REF_HEIGHT)))
         card["ref"] = f"{REFS_FOLDER}/{name}"
         with refusing(spec, "image" if spec.person is None else "person", spec.image):
-            detection, _, _ = judge_reference(spec, settings, inputs.image, whole, _people_detector())
+            detection, _, _ = judge_reference(spec, settings, params, inputs.image, whole, _people_detector())
         with refusing(spec, "audio", spec.audio):
             waveform = decode_audio(inputs.audio, settings.limits, _name(spec.audio))
-            frames = frames_of(waveform, params["fps"])
-        card.update(frames=frames, seconds=round(frames / params["fps"], 3))
+            frames = frames_of(waveform, params.fps)
+        card.update(frames=frames, seconds=round(frames / params.fps, 3))
         with refusing(spec, "pose", spec.pose):
-            given, source_info = (None, {}) if inputs.pose is None else inputs.pose.sequence(params["fps"], frames,
+            given, source_info = (None, {}) if inputs.pose is None else inputs.pose.sequence(params.fps, frames,
                                                                                              settings.limits)
             framed, poses, poses_info = reference_and_poses(whole, params, frames, poses=given, waveform=waveform,
                                                             detection=detection)
@@ -220,7 +220,7 @@ def proof_row(spec, settings, dest: str) -> dict:
         storage.write_atomic(storage.join(dest, OVERLAYS_FOLDER, name), _jpeg(strip))
         card["overlay"] = f"{OVERLAYS_FOLDER}/{name}"
         card.update(verdict=poses_info.get("verdict"), warnings=warnings_of({}, poses_info),
-                    facts=dict(card_facts(poses_info), size=f"{params['width']}x{params['height']}",
+                    facts=dict(card_facts(poses_info), size=f"{params.width}x{params.height}",
                                frames_shown=", ".join(f"{label} #{i}" for label, i in shown)))
     except RowRefused as refused:
         card.update(status="failed", error=str(refused))

@@ -99,15 +99,13 @@ def unsuitable_problem(spec, triage, policy: str):
     return Problem(spec.row, spec.clip_id, "image", unsuitable_reason(triage.verdict, [w.to_json() for w in triage.warnings]))
 
 
-def judge_reference(spec, settings, image_bytes: bytes, image_rgb: np.ndarray, detector=None):
-    """(detection, triage, Problem or None) of a row's reference at its output size, under the job's
-    --unsuitable policy; the detection remembered under the job's output root."""
+def judge_reference(spec, settings, params, image_bytes: bytes, image_rgb: np.ndarray, detector=None):
+    """(detection, triage, Problem or None) of a row's reference at its output size (its `params.RenderParams`),
+    under the job's --unsuitable policy; the detection remembered under the job's output root."""
     from echomimic2.triage import triage_or_unknown
-    from pipeline.preprocess import render_params
 
-    params = render_params(spec, settings)
     detection = remembered_detection(DetectionCache(settings.output), image_bytes, image_rgb, spec.person, detector)
-    triage = triage_or_unknown(image_rgb, params["width"], params["height"], detection)
+    triage = triage_or_unknown(image_rgb, params.width, params.height, detection)
     return detection, triage, unsuitable_problem(spec, triage, settings.unsuitable)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -15,9 +14,6 @@ from pipeline.rows import JobSettings
 log = logging.getLogger(__name__)
 
 TINY_MODEL_SEED = 0  # the tiny preset's audio encoder (it was trained with it) and the --random-weights networks
-# Render actors live for the whole job, so on CUDA they compile the networks (BENCHMARKS.md: ~1/3 less
-# time per segment, after ~2.5 minutes of compilation per actor, ~30 s warm); ECHOMIMIC2_COMPILE=0 turns that off.
-COMPILE_ENV = "ECHOMIMIC2_COMPILE"
 
 
 # Where render workers keep compiled kernels when the job names no --compile-cache: beside its outputs, so
@@ -26,18 +22,19 @@ DEFAULT_COMPILE_CACHE = "_cache/compile"
 MAX_COMPILE_CACHE_BYTES = 2 << 30
 
 
-def compiles_networks(device: str) -> bool:
-    return device == "cuda" and os.environ.get(COMPILE_ENV, "1") != "0"
+def compiles_networks(settings: JobSettings, device: str) -> bool:
+    """Whether a render worker on `device` compiles its networks: render actors live for the whole job, so on
+    CUDA they do unless the job is --eager (compilation is offered for CUDA only)."""
+    return device == "cuda" and settings.compile
 
 
-def load_model(settings: JobSettings, device: str):
+def load_model(settings: JobSettings, device: str, compile_networks: bool):
     import torch
 
     from echomimic2 import PRESETS, EchoMimicV2
 
     variant = PRESETS[settings.preset].variant
     dtype = torch.float16 if device == "cuda" else torch.float32
-    compile_networks = compiles_networks(device)
     if settings.random_weights:
         return EchoMimicV2.random(settings.preset, seed=TINY_MODEL_SEED, device=device, dtype=dtype, compile=compile_networks,
                                   fp8=settings.fp8)
@@ -57,7 +54,7 @@ class CompileCache:
     whenever it generated new ones. Any problem with the cache (missing, corrupt, foreign, unwritable) costs a
     cold compile and a log line, never a segment."""
 
-    def __init__(self, folder_uri: str, preset: str, fp8: bool = False):
+    def __init__(self, folder_uri: str, preset: str, fp8: bool = False, saved_traces: bool = False):
         from echomimic2.fast import compile_cache_key
 
         # The fast mode compiles other graphs: its own file, or the two modes' workers would overwrite each other's.
@@ -65,12 +62,14 @@ class CompileCache:
         self.loaded = False
         self.load_seconds = 0.0  # reading and unpacking the file: part of a warm start's setup
         self.saved_at_graphs: int | None = None
+        self.saved_traces = saved_traces  # Dynamo's traces too (`fast.enable_saved_traces`), not only kernels
 
     def load(self) -> bool:
         from echomimic2.fast import enable_saved_traces, generated_kernel_graphs, load_compile_artifacts
 
         started = time.perf_counter()
-        enable_saved_traces()  # a cold worker too: what it compiles is saved with its traces
+        if self.saved_traces:
+            enable_saved_traces()  # a cold worker too: what it compiles is saved with its traces
         try:
             data = storage.read_bytes(self.uri, max_bytes=MAX_COMPILE_CACHE_BYTES) if storage.exists(self.uri) else None
         except Exception as exc:  # noqa: BLE001 - an unreadable cache means compiling, not failing

@@ -36,7 +36,7 @@ import pandas as pd
 
 from pipeline import qc, storage
 from pipeline.ledger import REPORT_FOLDER, STRIPS_FOLDER, strip_name
-from pipeline.media import FFMPEG
+from pipeline.media import ffmpeg_exe
 
 STRIP_WORKERS = 4  # ffmpeg processes making missing strips (each decodes one clip)
 MAX_STRIP_MP4_BYTES = 2 << 30
@@ -177,7 +177,7 @@ def strip_from_mp4(mp4_uri: str, frames: int | None) -> bytes:
             Path(source).write_bytes(storage.read_bytes(mp4_uri, max_bytes=MAX_STRIP_MP4_BYTES))
         target = os.path.join(scratch, "strip.jpg")
         subprocess.run(
-            [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(storage.local_path(source)),
+            [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(storage.local_path(source)),
              "-vf", f"select='not(mod(n\\,{every}))',scale=-2:{qc.STRIP_HEIGHT},tile={qc.STRIP_FRAMES}x1",
              "-frames:v", "1", "-q:v", "4", "-y", target],
             check=True, capture_output=True, timeout=300)

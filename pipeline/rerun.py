@@ -100,7 +100,8 @@ class RerunStamps:
 
         self.settings, self.ledger = settings, Ledger(settings.output)
         self.rendered_again: dict[str, list[str]] = {}  # reason -> finished clips whose fingerprint changed
-        self.params = {spec.clip_id: render_params(spec, settings) for spec in specs}
+        # as the clips' fingerprints hash them (plain values: the stamps file is JSON)
+        self.params = {spec.clip_id: render_params(spec, settings).fingerprint_fields() for spec in specs}
         with ThreadPoolExecutor(STAT_THREADS) as pool:
             self.inputs = dict(zip((spec.clip_id for spec in specs),
                                    pool.map(lambda spec: input_stamps(spec, settings), specs)))

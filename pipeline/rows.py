@@ -12,13 +12,17 @@ pixels only, ~20x smaller (a 288-frame segment's poses at 768²: 510 MB → ~26 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from pipeline.manifest import ClipSpec, Limits
+from pipeline.params import RenderParams
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,7 @@ class JobSettings:
     preset: str
     weights: str | None
     model_identity: str
-    segment_frames: int
+    segment_frames: int  # the job's segment plan, part of every row's RenderParams (the stages read it there)
     overlap_frames: int
     force: bool = False
     allow_http: bool = False
@@ -40,6 +44,8 @@ class JobSettings:
     compile_cache: str | None = None  # folder or URI of the render workers' compiled kernels (None: under output)
     fp8: bool = False  # the opt-in fast mode (EchoMimicV2.from_official's fp8): fp8 matmuls in the denoising UNet
     unsuitable: str = "warn"  # a reference that is not half-body: warn (render), skip (a result with the reason) or fail
+    compile: bool = True  # GPU render workers torch.compile their networks (same math, faster; False: --eager)
+    saved_traces: bool = False  # opt-in (run --saved-traces): the compile cache also keeps Dynamo's traces
     # Bytes that the segments of the clips admitted to rendering may take together (admission.py); None: no
     # bound (`run`'s default: admission.default_scratch_budget).
     scratch_budget: int | None = None
@@ -69,7 +75,7 @@ class ClipPlan:
     height: int = 0
     audio: str = ""  # the clip's audio copy beside its segments (preprocess stored it), which the assembler muxes
     audio_sha: str = ""
-    params: dict = field(default_factory=dict)
+    params: RenderParams | None = None  # None: refused or skipped before its parameters mattered
     segments: list[tuple[int, int]] = field(default_factory=list)
     pending: list[tuple[int, int]] = field(default_factory=list)
     preprocess_seconds: float = 0.0
@@ -94,9 +100,7 @@ class SegmentWork:
     fingerprint: str
     start: int
     stop: int
-    seed: int
-    steps: int
-    guidance: float
+    params: RenderParams
     reference: np.ndarray  # uint8 (H, W, 3)
     audio: np.ndarray  # float32 (stop - start, 50, 384)
     poses: np.ndarray  # uint8 (stop - start, H, W, 3)
@@ -123,23 +127,38 @@ class SegmentResult:
 
 
 _ARRAYS = "arrays"
-_SCALAR_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
-_SCALARS = tuple(_SCALAR_TYPES)  # plain columns; np.ndarray fields go in the .npz, the rest as JSON
+_SCALARS = (int, float, bool, str)  # plain columns; np.ndarray fields go in the .npz, the rest as JSON
+
+
+@functools.cache
+def _field_types(cls) -> dict[str, type]:
+    """Each field's type as a class: `np.ndarray`, a scalar type, a dataclass (optional ones too: a field
+    `RenderParams | None` is RenderParams), or `object` for the other annotations (lists, dicts, optionals)."""
+    hints = typing.get_type_hints(cls)
+    kinds = {}
+    for item_field in dataclasses.fields(cls):
+        hint = hints[item_field.name]
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+            present = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+            hint = present[0] if len(present) == 1 and dataclasses.is_dataclass(present[0]) else object
+        kinds[item_field.name] = hint if hint is np.ndarray or hint in _SCALARS or dataclasses.is_dataclass(hint) else object
+    return kinds
 
 
 def to_batch(item) -> dict[str, np.ndarray]:
     """A row dataclass as a Ray Data batch of one: scalar fields as columns, array fields packed into one
-    `.npz` bytes column, the others (optional, lists, dicts) as JSON strings, so every row of a type has
-    the same columns and column types whatever its values."""
+    `.npz` bytes column, the others (optional, lists, dicts, dataclasses) as JSON strings, so every row of a
+    type has the same columns and column types whatever its values."""
     batch, arrays = {}, {}
-    for item_field in dataclasses.fields(item):
-        value = getattr(item, item_field.name)
-        if item_field.type == "np.ndarray":
-            arrays[item_field.name] = value
-        elif item_field.type in _SCALARS:  # coerced: a 1 in a float field must not make an int column
-            batch[item_field.name] = np.array([_SCALAR_TYPES[item_field.type](value)])
+    for name, kind in _field_types(type(item)).items():
+        value = getattr(item, name)
+        if kind is np.ndarray:
+            arrays[name] = value
+        elif kind in _SCALARS:  # coerced: a 1 in a float field must not make an int column
+            batch[name] = np.array([kind(value)])
         else:
-            batch[item_field.name] = np.array([json.dumps(value)])
+            plain = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+            batch[name] = np.array([json.dumps(plain)])
     if arrays:
         buffer = io.BytesIO()
         np.savez(buffer, **{key: array for name, value in arrays.items() for key, array in _packed(name, value)})
@@ -154,13 +173,19 @@ def from_batch(cls, batch: dict[str, np.ndarray], index: int = 0):
         with np.load(io.BytesIO(batch[_ARRAYS][index]), allow_pickle=False) as archive:
             arrays = _unpacked({name: archive[name] for name in archive.files})
     values = {}
-    for item_field in dataclasses.fields(cls):
-        if item_field.type == "np.ndarray":
-            values[item_field.name] = arrays[item_field.name]
+    for name, kind in _field_types(cls).items():
+        if kind is np.ndarray:
+            values[name] = arrays[name]
             continue
-        value = batch[item_field.name][index]
+        value = batch[name][index]
         value = value.item() if isinstance(value, np.generic) else value
-        values[item_field.name] = value if item_field.type in _SCALARS else _from_json(json.loads(value))
+        if kind in _SCALARS:
+            values[name] = value
+        elif dataclasses.is_dataclass(kind):
+            plain = json.loads(value)
+            values[name] = None if plain is None else kind(**plain)
+        else:
+            values[name] = _from_json(json.loads(value))
     return cls(**values)
 
 

@@ -14,7 +14,6 @@ Preprocessing also stores each clip's plan beside its segments, so losing the bo
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,9 +39,6 @@ SEGMENT_ATTEMPTS = 3  # tries per segment, whether the renderer raised or its wo
 RENDER_DEATHS_IN_A_ROW = 2 * SEGMENT_ATTEMPTS
 ADMISSION_POLL_SECONDS = 0.5  # a preprocessed clip waiting for scratch space asks the board this often
 PROGRESS_SECONDS = 1.0  # a render worker tells the board how far it is into a segment at most this often
-# Fault tests only: a render worker that starts segment "<clip_id>:<start>" (or any segment: "*") kills its
-# own process with SIGKILL, as the OOM killer or a lost node would; "<clip_id>:<start>@1" only on attempt 1.
-FAULT_KILL_ENV = "ECHOMIMIC2_FAULT_KILL_RENDER"
 
 
 @dataclass(frozen=True)
@@ -215,7 +211,6 @@ class PreprocessStage(Stage):
             time.sleep(ADMISSION_POLL_SECONDS)
         if admitted is None:  # the clip ended meanwhile (e.g. the job stopped preprocessing): nothing to render
             return
-        params = plan.params
         for start, stop in plan.pending:
             segment_started = time.perf_counter()
             try:
@@ -224,9 +219,8 @@ class PreprocessStage(Stage):
                 error = str(Problem(spec.row, spec.clip_id, "pose", storage.describe_error(exc)))
                 self.board.post_plan(ClipPlan(spec.row, spec.clip_id, plan.fingerprint, error=error))
                 return
-            yield SegmentWork(spec.row, spec.clip_id, plan.fingerprint, start, stop, seed=params["seed"],
-                              steps=params["steps"], guidance=params["guidance"], reference=reference, audio=tokens,
-                              poses=pose_images, preprocess_seconds=time.perf_counter() - segment_started)
+            yield SegmentWork(spec.row, spec.clip_id, plan.fingerprint, start, stop, plan.params, reference=reference,
+                              audio=tokens, poses=pose_images, preprocess_seconds=time.perf_counter() - segment_started)
 
     def people_detector(self):
         """The worker's face and pose detector for references, made on first use (None without mediapipe)."""
@@ -244,15 +238,16 @@ class PreprocessStage(Stage):
         params = render_params(spec, settings)
         audio_sha = content_hash(inputs.audio)
         fingerprint = clip_fingerprint(image_sha=content_hash(inputs.image), audio_sha=audio_sha,
-                                       pose_shas=inputs.pose_hashes, params=params, model_identity=settings.model_identity)
+                                       pose_shas=inputs.pose_hashes, params=params.fingerprint_fields(),
+                                       model_identity=settings.model_identity)
         record = None if settings.force else self.ledger.finished_clip(spec.clip_id, fingerprint)
         if record is not None:
             return ClipPlan(spec.row, spec.clip_id, fingerprint, finished=record), None, None, None
-        width, height, fps = params["width"], params["height"], params["fps"]
+        width, height, fps = params.width, params.height, params.fps
         with refusing(spec, "image", spec.image):
             whole_reference = decode_reference(inputs.image, settings.limits, _name(spec.image))
         with refusing(spec, "image" if spec.person is None else "person", spec.image):  # detected once per image
-            detection, triage, unsuitable = judge_reference(spec, settings, inputs.image, whole_reference,
+            detection, triage, unsuitable = judge_reference(spec, settings, params, inputs.image, whole_reference,
                                                             self.people_detector())
         if unsuitable is not None and settings.unsuitable == "fail":
             raise RowRefused([unsuitable])
@@ -270,7 +265,7 @@ class PreprocessStage(Stage):
             poses_info = dict(poses_info, **source_info)
         write_clip_images(settings.output, spec.clip_id, fingerprint, whole_reference, reference, poses)  # review page
         del waveform
-        segments = plan_segments(audio.frames, settings.segment_frames, settings.overlap_frames)
+        segments = plan_segments(audio.frames, params.segment_frames, params.overlap_frames)
         pending = [(start, stop) for start, stop in segments
                    if settings.force or not storage.exists(self.ledger.segment_uri(spec.clip_id, fingerprint, start, stop))]
         audio_copy = clip_audio_uri(self.ledger, spec.clip_id, fingerprint)  # what the assembler muxes
@@ -312,10 +307,12 @@ class RenderStage(Stage):
         device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES even with logical GPUs
         if device == "cpu" and self.settings.render_threads:
             torch.set_num_threads(self.settings.render_threads)
-        if compiles_networks(device):
-            self.compile_cache = CompileCache(compile_cache_folder(self.settings), self.settings.preset, self.settings.fp8)
+        compile_networks = compiles_networks(self.settings, device)  # decided here, once
+        if compile_networks:
+            self.compile_cache = CompileCache(compile_cache_folder(self.settings), self.settings.preset, self.settings.fp8,
+                                              saved_traces=self.settings.saved_traces)
             self.compile_cache.load()
-        self.model = load_model(self.settings, device)
+        self.model = load_model(self.settings, device, compile_networks)
         self.setup_seconds = time.perf_counter() - self.setup_started
         self.device, self.rendering_seconds = device, 0.0  # the busy ratio's parts (metrics.render_busy)
         if not self.settings.model_identity.startswith(self.model.identity + "+"):
@@ -329,13 +326,12 @@ class RenderStage(Stage):
             attempt = self.board.begin(work.label, key)
             if attempt.error is not None:
                 return SegmentResult(work.row, *key, attempts=attempt.number, error=attempt.error)
-            _fault_kill(work, attempt.number)
             started = time.perf_counter()
             try:
                 # Each decoded batch is written while the GPU decodes the next, not the whole segment after it.
                 with segment_output(uri, work.stop - work.start, *work.reference.shape[:2]) as segment:
-                    render_frames(self.model, work.reference, work.audio, work.poses, seed=work.seed,
-                                  first_frame=work.start, steps=work.steps, guidance=work.guidance,
+                    render_frames(self.model, work.reference, work.audio, work.poses, seed=work.params.seed,
+                                  first_frame=work.start, steps=work.params.steps, guidance=work.params.guidance,
                                   on_frames=segment.write, on_progress=ProgressReporter(self.board, key))
                     seconds = time.perf_counter() - started
                 self.ledger.record_segment(*key, seconds=seconds, attempt=attempt.number, pid=os.getpid(),
@@ -385,15 +381,6 @@ class ProgressReporter:
         if now - self.sent >= PROGRESS_SECONDS or state.calls_done == state.calls and state.frames_decoded == 0:
             self.sent = now
             self.board.post_progress(self.key, round(state.fraction, 4), step)
-
-
-def _fault_kill(work: SegmentWork, attempt: int) -> None:
-    fault = os.environ.get(FAULT_KILL_ENV)
-    if not fault:
-        return
-    target, _, only_attempt = fault.partition("@")
-    if target in ("*", f"{work.clip_id}:{work.start}") and (not only_attempt or int(only_attempt) == attempt):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The steps that turn one clip's inputs into frames, shared by the one-clip pipeline (`pipeline.clip`) and
 the job's stages (`pipeline.stages`): each is written once, here, and both call it.
 
-    resolve_params ─► audio_features ─► reference_and_poses ─► plan_segments ─► segment_inputs ─► render_frames ─► stitch
+    RenderParams.resolve ─► audio_features ─► reference_and_poses ─► plan_segments ─► segment_inputs ─► render_frames ─► stitch
 
 No Ray, no storage: arrays and decoded inputs in, arrays out.
 """
@@ -13,39 +13,11 @@ import numpy as np
 
 from pipeline.assemble import array_chunks, stitched_frames
 from pipeline.media import SAMPLE_RATE
+from pipeline.params import RenderParams
 from pipeline.segments import plan_segments
 
-DEFAULT_SEED = 0
-
-__all__ = ["DEFAULT_SEED", "AudioFeatures", "audio_features", "plan_segments", "reference_and_poses",
-           "render_frames", "resolve_params", "segment_inputs", "stitch"]
-
-
-def resolve_params(preset_name: str, *, seed: int | None, steps: int | None, guidance: float | None, fps: float,
-                   width: int | None, height: int | None, segment_frames: int, overlap_frames: int,
-                   pose_align: str = "auto", gesture: str = "calm", person: int | None = None) -> dict:
-    """A clip's render parameters with the preset's defaults filled in: everything that changes its pixels
-    (the job fingerprints exactly this dict; `poses_version` re-renders clips when framing, alignment or
-    gestures change; `person` picks among several people in the reference, None the largest, most central)."""
-    from echomimic2 import PRESETS
-    from echomimic2.clip_poses import POSES_VERSION
-
-    preset = PRESETS[preset_name]
-    return dict(
-        preset=preset.name,
-        seed=DEFAULT_SEED if seed is None else seed,
-        steps=preset.steps if steps is None else steps,
-        guidance=preset.guidance if guidance is None else guidance,
-        fps=fps,
-        width=preset.width if width is None else width,
-        height=preset.height if height is None else height,
-        segment_frames=segment_frames,
-        overlap_frames=overlap_frames,
-        pose_align=pose_align,
-        gesture=gesture,
-        person=person,
-        poses_version=POSES_VERSION,
-    )
+__all__ = ["AudioFeatures", "RenderParams", "audio_features", "plan_segments", "reference_and_poses", "render_frames",
+           "segment_inputs", "stitch"]
 
 
 @dataclass
@@ -68,7 +40,7 @@ def audio_features(whisper, waveform: np.ndarray, fps: float) -> AudioFeatures:
     return AudioFeatures(features, frames, seconds)
 
 
-def reference_and_poses(reference_rgb: np.ndarray, params: dict, frames: int, *, poses: list[dict] | None,
+def reference_and_poses(reference_rgb: np.ndarray, params: RenderParams, frames: int, *, poses: list[dict] | None,
                         waveform: np.ndarray | None, detection=None) -> tuple[np.ndarray, list[dict], dict]:
     """The reference judged (`echomimic2.triage`) and framed by its verdict at the output size, one pose per
     frame mapped onto its person (the given poses, or gestures from the audio in the row's style), and what
@@ -78,9 +50,9 @@ def reference_and_poses(reference_rgb: np.ndarray, params: dict, frames: int, *,
     are used as given; the summary says why."""
     from echomimic2.clip_poses import reference_and_poses as frame_and_align
 
-    return frame_and_align(reference_rgb, params["width"], params["height"], params["fps"], frames, poses=poses,
-                           audio=waveform, seed=params["seed"], pose_align=params["pose_align"], gesture=params["gesture"],
-                           detection=detection, person=params.get("person"))
+    return frame_and_align(reference_rgb, params.width, params.height, params.fps, frames, poses=poses,
+                           audio=waveform, seed=params.seed, pose_align=params.pose_align, gesture=params.gesture,
+                           detection=detection, person=params.person)
 
 
 def segment_inputs(features: np.ndarray, poses: list[dict], fps: float, start: int, stop: int,

@@ -80,11 +80,11 @@ def reference_outcome(name: str, seconds: float) -> dict:
     """The job's framing, poses, triage and pictures of one reference (computed once per process)."""
     key = (name, seconds)
     if key not in _REFERENCES:
-        from pipeline.steps import reference_and_poses, resolve_params
+        from pipeline.params import RenderParams
+        from pipeline.steps import reference_and_poses
 
         whole = reference_image(name)
-        params = resolve_params("tiny", seed=0, steps=None, guidance=None, fps=FPS, width=None, height=None,
-                                segment_frames=48, overlap_frames=4)
+        params = RenderParams.resolve("tiny", seed=0, fps=FPS, segment_frames=48, overlap_frames=4)
         waveform = sf.read(io.BytesIO(speech(seconds)), dtype="float32")[0]
         framed, poses, info = reference_and_poses(whole, params, round(seconds * FPS), poses=None, waveform=waveform)
         ref, overlay, _ = proof.clip_images(whole, framed, poses)

@@ -77,6 +77,7 @@ def main() -> int:
     parser.add_argument("--preset", default="acc")
     parser.add_argument("--frames", default="48,48", help="segment lengths, rendered in this order")
     parser.add_argument("--size", type=int, default=768)
+    parser.add_argument("--saved-traces", action="store_true", help="Dynamo's traces in the cache too (run --saved-traces)")
     parser.add_argument("--profile-setup", type=Path, help="write a cProfile table of the worker's setup here")
     parser.add_argument("--per-call", action="store_true", help="then each length again, every network call timed")
     args = parser.parse_args()
@@ -84,20 +85,23 @@ def main() -> int:
     import torch
     from torch._dynamo.utils import compile_times, counters
 
+    from pipeline.params import RenderParams
     from pipeline.render import model_identity
     from pipeline.rows import JobSettings, SegmentWork
     from pipeline.stages import JobBoard, RenderStage
 
     settings = JobSettings(output=args.output, preset=args.preset, weights=None, random_weights=True,
                            model_identity=model_identity(args.preset, None, True), segment_frames=288,
-                           overlap_frames=6, compile_cache=args.compile_cache)
+                           overlap_frames=6, compile_cache=args.compile_cache, saved_traces=args.saved_traces)
     rng = np.random.default_rng(0)
     size, lengths = args.size, [int(n) for n in args.frames.split(",")]
     next_start = [0]
 
+    params = RenderParams.resolve(args.preset, width=size, height=size, segment_frames=288, overlap_frames=6)
+
     def work(n: int) -> SegmentWork:
         start, next_start[0] = next_start[0], next_start[0] + 10_000  # a new ledger key each time
-        return SegmentWork(0, "warm-start", "f" * 16, start, start + n, seed=0, steps=None, guidance=None,
+        return SegmentWork(0, "warm-start", "f" * 16, start, start + n, params,
                            reference=rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
                            audio=rng.standard_normal((n, 50, 384), dtype=np.float32),
                            poses=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8))

@@ -98,10 +98,10 @@ def encoded_audio(wav: bytes, codec: str, container: str) -> bytes:
     import subprocess
     import tempfile
 
-    from pipeline.media import FFMPEG
+    from pipeline.media import ffmpeg_exe
 
     with tempfile.NamedTemporaryFile() as out:
-        subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-y", "-f", "wav", "-i", "pipe:0", "-c:a", codec,
+        subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "wav", "-i", "pipe:0", "-c:a", codec,
                         "-f", container, out.name], input=wav, capture_output=True, check=True)
         return Path(out.name).read_bytes()
 

@@ -65,7 +65,7 @@ def test_one_clip_frames_equal_what_the_ray_job_encodes(pipe, tmp_path):
 
 def test_check_inputs_names_the_argument(pipe, tmp_path):
     image, audio = image_bytes(0), wav_bytes(1.0)
-    with pytest.raises(ValueError, match="^width: expected a positive multiple of 64, got 100"):
+    with pytest.raises(ValueError, match="^width: must be a multiple of 64, got 100"):
         pipe.check_inputs(image, audio, width=100)
     with pytest.raises(ValueError, match="^guidance: "):
         pipe.check_inputs(image, audio, guidance=float("nan"))

@@ -61,11 +61,11 @@ print(json.dumps(dict(loaded=loaded, saved=saved, traces_found=counters["dynamo_
 """
 
 
-def worker_in_fresh_process(tmp_path: Path, name: str, script: str, **env_extra) -> dict:
+def worker_in_fresh_process(tmp_path: Path, name: str, script: str, *args: str) -> dict:
     """Run a render worker's script in a new process with its own inductor folder (another node), sharing the
     cache folder `tmp_path/cache`; its last stdout line is JSON."""
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / f"inductor-{name}"), PYTHONPATH=str(REPO), **env_extra)
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "cache")], env=env, capture_output=True,
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / f"inductor-{name}"), PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "cache"), *args], env=env, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -106,6 +106,8 @@ from echomimic2.fast import compile_regions
 from pipeline.render import CompileCache
 
 class TwoBlocks(torch.nn.Module):  # two blocks of one class: one compiled function, one graph per shape
+    _repeated_blocks = ("ResnetBlock2D",)
+
     def __init__(self):
         super().__init__()
         self.blocks = torch.nn.ModuleList(ResnetBlock2D(in_channels=8, out_channels=8, temb_channels=None, groups=4)
@@ -117,7 +119,7 @@ class TwoBlocks(torch.nn.Module):  # two blocks of one class: one compiled funct
 
 torch.manual_seed(0)
 net = TwoBlocks().eval()
-cache = CompileCache(sys.argv[1], "acc")
+cache = CompileCache(sys.argv[1], "acc", saved_traces=sys.argv[2:] == ["saved-traces"])
 loaded = cache.load()
 compile_regions(net)
 with torch.no_grad():
@@ -133,15 +135,15 @@ def test_a_warm_worker_traces_nothing_with_saved_traces(tmp_path):
     """With the networks compiled by block class (fast.compile_regions), the cache a worker saves holds Dynamo's
     traces too: the next worker (another node: its own inductor folder) neither traces nor compiles, and
     computes the same numbers. With saved traces off it finds the kernels but traces every graph again."""
-    def worker(name: str, **env_extra) -> dict:
-        return worker_in_fresh_process(tmp_path, name, BLOCKS_SCRIPT, **env_extra)
+    def worker(name: str, *args: str) -> dict:
+        return worker_in_fresh_process(tmp_path, name, BLOCKS_SCRIPT, *args)
 
-    cold = worker("a")
+    cold = worker("a", "saved-traces")  # a job run with --saved-traces
     assert (cold["loaded"], cold["saved"]) == (False, True) and cold["traced"] >= 1 and cold["fxgraph_cache_miss"] >= 1
-    warm = worker("b")
+    warm = worker("b", "saved-traces")
     assert (warm["loaded"], warm["saved"]) == (True, False)
     assert warm["traced"] == 0 and not warm.get("fxgraph_cache_miss")
     assert warm["out"] == cold["out"]
-    kernels_only = worker("c", ECHOMIMIC2_SAVED_TRACES="0")
+    kernels_only = worker("c")  # the default: kernels only
     assert kernels_only["loaded"] is True and kernels_only["traced"] >= 1 and not kernels_only.get("fxgraph_cache_miss")
     assert kernels_only["saved"] is False  # found every kernel: nothing new to write

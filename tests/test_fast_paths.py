@@ -352,6 +352,25 @@ def test_compiled_blocks_share_one_graph_per_class_and_shape():
         torch._dynamo.reset()
 
 
+def test_the_unet_declares_the_blocks_that_are_compiled():
+    """What is compiled is the model's declaration (`_repeated_blocks`, class names as diffusers reads them),
+    not a list in fast.py: every declared block, nothing else; a model that declares none is refused."""
+    from echomimic2.fast import compile_regions, compiled_regions, repeated_blocks
+
+    unet = EchoMimicV2.tiny().networks.denoising_unet
+    declared = set(type(unet)._repeated_blocks)
+    assert declared == {"ResnetBlock2D", "SpatialTransformer", "MotionModule"}
+    blocks = repeated_blocks(unet)
+    assert {type(block).__name__ for block in blocks} == declared and len(blocks) == 59
+    try:
+        assert compile_regions(unet, backend="eager") == 59 == compiled_regions(unet)
+        assert all(type(module).__name__ in declared for module in unet.modules() if "forward" in module.__dict__)
+    finally:
+        torch._dynamo.reset()
+    with pytest.raises(ValueError, match="declares no _repeated_blocks"):
+        compile_regions(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
 def test_a_saved_trace_that_cannot_be_installed_means_tracing_again(monkeypatch, caplog):
     """torch 2.11 could not load back the VAE decoder's saved trace (a guard it cannot unpickle, raised inside
     `torch.compile`): such a failure costs a trace, never the worker. Here the install fails whenever saved

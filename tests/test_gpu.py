@@ -156,24 +156,22 @@ def test_render_stage_sets_up_on_cuda_and_renders_a_segment(official_weights, se
     """The job's render stage as a Ray worker runs it (setup, then one call), without Ray: the model loads
     on CUDA through the production path and the segment lands in storage with its ledger record."""
     from pipeline.ledger import Ledger
-    from pipeline.render import COMPILE_ENV, model_identity
+    from pipeline.params import RenderParams
+    from pipeline.render import model_identity
     from pipeline.rows import JobSettings, SegmentWork
     from pipeline.segment_store import iter_segment
     from pipeline.stages import JobBoard, RenderStage
 
     reference, audio, poses = segment_inputs
     settings = JobSettings(output=str(tmp_path / "out"), preset="acc", weights=str(official_weights),
-                           model_identity=model_identity("acc", str(official_weights)), segment_frames=288, overlap_frames=6)
-    os.environ[COMPILE_ENV] = "0"  # the compiled path is test_compiled_networks_match_eager's
-    try:
-        stage = RenderStage(settings, JobBoard())
-        stage.on_worker_start(restarted=False, node_id=None)
-        stage.setup()
-    finally:
-        os.environ.pop(COMPILE_ENV)
+                           model_identity=model_identity("acc", str(official_weights)), segment_frames=288, overlap_frames=6,
+                           compile=False)  # the compiled path is test_compiled_networks_match_eager's
+    stage = RenderStage(settings, JobBoard())
+    stage.on_worker_start(restarted=False, node_id=None)
+    stage.setup()
     assert stage.model.device.type == "cuda"
-    work = SegmentWork(0, "clip", "fp", 0, FRAMES, seed=0, steps=1, guidance=1.0, reference=reference, audio=audio,
-                       poses=poses)
+    work = SegmentWork(0, "clip", "fp", 0, FRAMES, RenderParams.resolve("acc", steps=1, segment_frames=FRAMES, overlap_frames=0),
+                       reference=reference, audio=audio, poses=poses)
     result = stage(work)
     assert result.error is None and result.attempts == 1, result
     ledger = Ledger(settings.output)

@@ -311,6 +311,7 @@ def test_a_restarted_board_loses_no_plan(tmp_path):
     from rich.console import Console
 
     from pipeline.manifest import ClipSpec
+    from pipeline.params import RenderParams
     from pipeline.rows import ClipPlan, JobSettings
     from pipeline.segment_store import store_clip_plan
     from pipeline.stages import JobBoard
@@ -323,7 +324,9 @@ def test_a_restarted_board_loses_no_plan(tmp_path):
     board = JobBoard()
     tracker.take_plans(board)
     plan = ClipPlan(0, "a", "fp", frames=28, fps=12.0, seconds=2.3, segments=[(0, 16), (12, 28)],
-                    pending=[(0, 16), (12, 28)], params={"seed": 3}, poses_info={"framing": "half"})
+                    pending=[(0, 16), (12, 28)],
+                    params=RenderParams.resolve("tiny", seed=3, fps=12.0, segment_frames=16, overlap_frames=4),
+                    poses_info={"framing": "half"})
     store_clip_plan(Ledger(str(tmp_path)), plan)
     board.post_plan(plan)  # then the actor dies before the driver takes it
     tracker.take_plans(JobBoard())

@@ -11,7 +11,6 @@ from PIL import Image
 
 from pipeline.manifest import Limits
 from pipeline.media import (
-    FFMPEG,
     SAMPLE_RATE,
     audio_duration_seconds,
     audio_input_options,
@@ -19,6 +18,7 @@ from pipeline.media import (
     decode_audio,
     decode_image,
     decode_reference,
+    ffmpeg_exe,
 )
 from pipeline.storage import InputError
 
@@ -112,7 +112,7 @@ def test_decode_soundfile_formats_to_16k_mono(fmt):
 
 def test_decode_container_formats_through_ffmpeg(tmp_path):
     sf.write(tmp_path / "a.wav", tone(1.5, 22050), 22050)
-    subprocess.run([FFMPEG, "-loglevel", "error", "-i", str(tmp_path / "a.wav"), "-c:a", "aac", str(tmp_path / "a.m4a")],
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(tmp_path / "a.wav"), "-c:a", "aac", str(tmp_path / "a.m4a")],
                    check=True)
     data = (tmp_path / "a.m4a").read_bytes()
     assert audio_duration_seconds(data, "a.m4a") == pytest.approx(1.5, abs=0.05)
@@ -183,3 +183,24 @@ def test_the_audio_minimum_is_the_encoders():
     from echomimic2.audio import MIN_SAMPLES
 
     assert Limits().min_audio_seconds == MIN_SAMPLES / SAMPLE_RATE
+
+
+def test_media_leaves_process_wide_settings_alone():
+    """Importing the media modules finds no ffmpeg and sets no warnings filter; decoding an image under a pixel
+    limit leaves PIL's own global limit and the warnings filters as they were (issue 35)."""
+    import sys
+    import warnings
+
+    from conftest import image_bytes
+
+    script = ("import warnings, ffmpeg, imageio_ffmpeg, librosa, numpy, soundfile, PIL.Image  # their own filters\n"
+              "before = list(warnings.filters)\n"
+              "import pipeline.assemble, pipeline.media\n"
+              "assert warnings.filters == before, 'a warnings filter set on import'\n"
+              "assert pipeline.media.ffmpeg_exe.cache_info().currsize == 0, 'ffmpeg looked up on import'\n"
+              "assert pipeline.assemble.ffprobe_exe.cache_info().currsize == 0, 'ffprobe looked up on import'\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pixel_limit, filters = Image.MAX_IMAGE_PIXELS, list(warnings.filters)
+    decode_reference(image_bytes(0), Limits(max_image_pixels=1_000_000), "a.png")
+    assert Image.MAX_IMAGE_PIXELS == pixel_limit and warnings.filters == filters

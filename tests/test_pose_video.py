@@ -86,9 +86,9 @@ def test_non_videos_and_videos_over_the_limits_are_refused_from_the_header(tmp_p
     audio_only = tmp_path / "speech.mp4"  # a real mp4 container without a video stream
     import subprocess
 
-    from pipeline.media import FFMPEG
+    from pipeline.media import ffmpeg_exe
 
-    subprocess.run([FFMPEG, "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=1",
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=1",
                     "-c:a", "aac", str(audio_only)], check=True)
     with pytest.raises(DrivingVideoError, match=r"no video stream"):
         probe_video(audio_only)

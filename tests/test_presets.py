@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from echomimic2.presets import DEFAULT_WITH_WEIGHTS, DEFAULT_WITHOUT_WEIGHTS, PRESETS, full_size_preset
 from pipeline.commands import clip_render_flops, measured_throughput, plan_command
 from pipeline.fingerprint import clip_fingerprint
-from pipeline.steps import resolve_params
+from pipeline.params import RenderParams
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -41,24 +41,24 @@ def test_readme_table_agrees_with_the_table():
     assert documented == {name: (p.steps, p.guidance, p.width, p.height) for name, p in PRESETS.items()}
 
 
-# Pinned from main before the table grew its cost figures: a change here re-renders every finished clip.
+# Pinned from the release before parameters became `params.RenderParams` (person and poses_version 2 included):
+# a change here re-renders every finished clip.
 PINNED_PARAMS = {
     "quality": ('{"preset": "quality", "seed": 0, "steps": 30, "guidance": 2.5, "fps": 24.0, "width": 768, "height": 768, '
-                '"segment_frames": 288, "overlap_frames": 6, "pose_align": "auto", "gesture": "calm", "poses_version": 1}',
-                "7c0ffbc333304553"),
+                '"segment_frames": 288, "overlap_frames": 6, "pose_align": "auto", "gesture": "calm", "person": null, '
+                '"poses_version": 2}', "d97dbb7e2854f298"),
     "acc": ('{"preset": "acc", "seed": 0, "steps": 6, "guidance": 1.0, "fps": 24.0, "width": 768, "height": 768, '
-            '"segment_frames": 288, "overlap_frames": 6, "pose_align": "auto", "gesture": "calm", "poses_version": 1}',
-            "1c3dd1896206ad58"),
+            '"segment_frames": 288, "overlap_frames": 6, "pose_align": "auto", "gesture": "calm", "person": null, '
+            '"poses_version": 2}', "d3c63d38b1e34bab"),
     "tiny": ('{"preset": "tiny", "seed": 0, "steps": 3, "guidance": 1.0, "fps": 24.0, "width": 256, "height": 256, '
-             '"segment_frames": 288, "overlap_frames": 6, "pose_align": "auto", "gesture": "calm", "poses_version": 1}',
-             "9c3814cc05de989d"),
+             '"segment_frames": 288, "overlap_frames": 6, "pose_align": "auto", "gesture": "calm", "person": null, '
+             '"poses_version": 2}', "f08d35940e0ad97a"),
 }
 
 
 @pytest.mark.parametrize("name", list(PINNED_PARAMS))
 def test_fingerprinted_parameters_stay_byte_identical(name):
-    params = resolve_params(name, seed=None, steps=None, guidance=None, fps=24.0, width=None, height=None,
-                            segment_frames=288, overlap_frames=6)
+    params = RenderParams.resolve(name, fps=24.0, segment_frames=288, overlap_frames=6).fingerprint_fields()
     document, fingerprint = PINNED_PARAMS[name]
     assert json.dumps(params) == document
     assert clip_fingerprint(image_sha="i", audio_sha="a", pose_shas=[("0.npy", "p")], params=params,
@@ -89,7 +89,9 @@ def test_plan_prints_each_measured_preset(tmp_path, capsys):
     assert plan_command(str(manifest)) == 0
     out = capsys.readouterr().out
     estimates = dict(re.findall(r"preset (\w+): [\d.,]+ PFLOP ≈ [\d.,]+ H200-hours \(([\d,]+) GPU-s\)", out))
-    assert set(estimates) == {name for name, preset in PRESETS.items() if preset.cost is not None}
+    assert set(estimates) == {name for name, preset in PRESETS.items() if preset.cost is not None and preset.full_size}
+    # the demo model (the one preset a user without weights can run) gets its CPU estimate
+    assert re.search(r"preset tiny: ≈ [\d.,]+ minutes of render on one 2-core CPU", out)
     # row a at 768², row b at 384² (a quarter of the pixels, so a bit under a quarter of the time: attention)
     acc = PRESETS["acc"]
     expected = sum(clip_render_flops(240, 288, 6, size, size, acc.steps, acc.guidance) for size in (768, 384))

@@ -11,7 +11,7 @@ import soundfile as sf
 
 from pipeline import qc
 from pipeline.assemble import assemble_clip
-from pipeline.media import FFMPEG
+from pipeline.media import ffmpeg_exe
 from pipeline.segment_store import write_segment
 
 FPS = 25
@@ -111,7 +111,7 @@ def remux(source, target, *, delay_audio=0.0, delay_video=0.0):
     """The same streams, one of them shifted in time (an edit list), without re-encoding."""
     video_in = ["-itsoffset", str(delay_video)] if delay_video else []
     audio_in = ["-itsoffset", str(delay_audio)] if delay_audio else []
-    subprocess.run([FFMPEG, "-y", "-loglevel", "error", *video_in, "-i", str(source), *audio_in, "-i", str(source),
+    subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", *video_in, "-i", str(source), *audio_in, "-i", str(source),
                     "-map", "0:v", "-map", "1:a", "-c", "copy", str(target)], check=True)
 
 

@@ -1,5 +1,5 @@
-"""Render workers killed with SIGKILL mid-segment (the fault hook `stages.FAULT_KILL_ENV` makes a worker kill
-its own process when it starts a given segment): a worker that dies is replaced; a segment whose workers
+"""Render workers killed with SIGKILL mid-segment (`fault_injection`, installed in the job's workers through
+Ray's runtime_env hooks, makes a worker kill its own process when it starts a given segment): a worker that dies is replaced; a segment whose workers
 keep dying fails its clip naming the row; workers that die whatever they render end the job, exit 3, in
 bounded time, with results written and no raw tracebacks."""
 from __future__ import annotations
@@ -15,10 +15,11 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import check_video, image_bytes, wav_bytes, write_manifest
+from fault_injection import kill_render_env
 
 from pipeline.commands import EXIT_ROWS_FAILED
 from pipeline.results import read_results
-from pipeline.stages import FAULT_KILL_ENV, RENDER_DEATHS_IN_A_ROW
+from pipeline.stages import RENDER_DEATHS_IN_A_ROW
 
 REPO = Path(__file__).resolve().parent.parent
 JOB_LIMIT_S = 420  # generous for a loaded 2-core CI machine; the job itself stops after RENDER_DEATHS_IN_A_ROW restarts
@@ -85,9 +86,9 @@ def run_cli(tmp_path: Path, clips: dict[str, float], kill: str = "", killers: tu
     command = [sys.executable, str(REPO / "cli.py"), "run", manifest, "--output", str(tmp_path / "out"), "--gpus", "1",
                "--cpus", "1", "--segment-frames", "8", "--overlap-frames", "2"]
     started = time.monotonic()
-    # The driver starts its own Ray, whose workers inherit the fault hook.
+    # The driver starts its own Ray, whose workers install the fault hook.
     job = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           env={**os.environ, FAULT_KILL_ENV: kill} if kill else dict(os.environ), start_new_session=True)
+                           env={**os.environ, **kill_render_env(kill)} if kill else dict(os.environ), start_new_session=True)
     for killer in killers:
         killer.driver = psutil.Process(job.pid)
     try:

@@ -7,13 +7,14 @@ import pytest
 
 from echomimic2.pose import default_pose_sequence, render_pose
 from pipeline import rows
+from pipeline.params import RenderParams
 from pipeline.rows import SegmentWork, from_batch, to_batch
 
 
 def work(poses: np.ndarray) -> SegmentWork:
     rng = np.random.default_rng(0)
     n, size = poses.shape[0], poses.shape[1]
-    return SegmentWork(3, "clip", "f" * 16, 10, 10 + n, seed=1, steps=2, guidance=1.0,
+    return SegmentWork(3, "clip", "f" * 16, 10, 10 + n, RenderParams.resolve("tiny", seed=1, steps=2, segment_frames=288, overlap_frames=6),
                        reference=rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
                        audio=rng.standard_normal((n, 50, 384), dtype=np.float32), poses=poses)
 
@@ -29,7 +30,7 @@ def test_pose_images_travel_sparse_and_come_back_bit_for_bit(monkeypatch):
     for name in ("reference", "audio", "poses"):
         assert np.array_equal(getattr(back, name), getattr(item, name)), name
         assert getattr(back, name).dtype == getattr(item, name).dtype
-    assert (back.row, back.clip_id, back.start, back.stop, back.steps) == (3, "clip", 10, 22, 2)
+    assert (back.row, back.clip_id, back.start, back.stop, back.params) == (3, "clip", 10, 22, item.params)
     sparse = travelled_bytes(item)
     monkeypatch.setattr(rows, "SPARSE_IMAGES_MAX_DENSITY", -1.0)  # every stack dense: the old codec
     dense = travelled_bytes(item)

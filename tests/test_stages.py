@@ -8,9 +8,12 @@ from conftest import image_bytes, wav_bytes
 
 from pipeline.ledger import Ledger
 from pipeline.manifest import ClipSpec
+from pipeline.params import RenderParams
 from pipeline.rows import ClipPlan, JobSettings, SegmentResult, SegmentWork, from_batch, to_batch
 from pipeline.segment_store import clip_audio_uri, iter_segment, store_clip_audio, write_segment
 from pipeline.stages import SEGMENT_ATTEMPTS, AssembleStage, JobBoard, PreprocessStage, RenderStage
+
+ONE_STEP = RenderParams.resolve("tiny", seed=0, steps=1, guidance=1.0, segment_frames=288, overlap_frames=6)
 
 SIZE, FPS = 64, 12.0
 
@@ -175,7 +178,7 @@ def test_preprocess_keeps_the_audio_for_the_assembler_also_on_a_resume(tmp_path)
 def test_render_stage_writes_a_hand_made_segment(tmp_path):
     settings = settings_for(tmp_path / "out")
     render = ready_render_stage(settings)
-    work = SegmentWork(row=7, clip_id="x", fingerprint="f", start=10, stop=14, seed=0, steps=1, guidance=1.0,
+    work = SegmentWork(row=7, clip_id="x", fingerprint="f", start=10, stop=14, params=ONE_STEP,
                        reference=np.full((SIZE, SIZE, 3), 128, np.uint8), audio=np.zeros((4, 50, 384), np.float32),
                        poses=np.zeros((4, SIZE, SIZE, 3), np.uint8))
     result = render(work)
@@ -214,7 +217,7 @@ def test_assemble_stage_on_a_hand_made_plan(tmp_path):
 def test_render_failure_names_the_row_and_segment(tmp_path):
     settings = settings_for(tmp_path / "out")
     render = ready_render_stage(settings)
-    work = SegmentWork(row=7, clip_id="x", fingerprint="f", start=117, stop=121, seed=0, steps=1, guidance=1.0,
+    work = SegmentWork(row=7, clip_id="x", fingerprint="f", start=117, stop=121, params=ONE_STEP,
                        reference=np.zeros((SIZE, SIZE, 3), np.uint8), audio=np.zeros((4, 50, 384), np.float32),
                        poses=np.zeros((3, SIZE, SIZE, 3), np.uint8))  # one pose image short
     result = render(work)
@@ -239,16 +242,33 @@ def test_board_counts_attempts_across_worker_deaths():
     ClipSpec(row=3, clip_id="a", image="a.png", audio="a.wav", pose="p.npz", seed=5, guidance=2.5, width=128),
     SegmentResult(1, "a", "f", 0, 8, seconds=1.5, attempts=2),
     SegmentResult(1, "a", "f", 0, 8, error="row 1 (clip 'a'): segment 0-8 failed", give_up=True),
-    ClipPlan(2, "b", "f", frames=24, segments=[(0, 16), (8, 24)], pending=[(8, 24)], params={"seed": 1}),
+    ClipPlan(2, "b", "f", frames=24, segments=[(0, 16), (8, 24)], pending=[(8, 24)], params=ONE_STEP),
+    ClipPlan(2, "b", error="row 2 (clip 'b'): image: not found"),
 ])
 def test_rows_survive_the_batch_codec(item):
     assert from_batch(type(item), to_batch(item)) == item
 
 
 def test_segment_work_arrays_travel_without_pickle():
-    work = SegmentWork(0, "a", "f", 0, 2, 0, 3, 1.0, reference=np.ones((64, 64, 3), np.uint8),
+    work = SegmentWork(0, "a", "f", 0, 2, ONE_STEP, reference=np.ones((64, 64, 3), np.uint8),
                        audio=np.full((2, 50, 384), 0.5, np.float32), poses=np.zeros((2, 64, 64, 3), np.uint8))
     back = from_batch(SegmentWork, to_batch(work))
     assert back.label == "row 0 (clip 'a'): segment 0-2"
     for name in ("reference", "audio", "poses"):
         np.testing.assert_array_equal(getattr(back, name), getattr(work, name))
+
+
+def test_compiling_is_a_job_setting(tmp_path, monkeypatch):
+    """Whether render workers compile is `JobSettings.compile` (`run --eager`), decided from the settings alone;
+    the environment is read once, by cli.py, as --eager's default."""
+    from cli import eager_by_default
+    from pipeline.render import compiles_networks
+
+    settings = settings_for(tmp_path)
+    assert compiles_networks(settings, "cuda") and not compiles_networks(settings, "cpu")
+    monkeypatch.setenv("ECHOMIMIC2_COMPILE", "0")
+    assert compiles_networks(settings, "cuda")  # the workers do not read it
+    assert not compiles_networks(settings_for(tmp_path, compile=False), "cuda")
+    assert eager_by_default()
+    monkeypatch.delenv("ECHOMIMIC2_COMPILE")
+    assert not eager_by_default()

@@ -357,12 +357,11 @@ def test_the_manifest_person_column():
 
 def test_the_job_and_the_api_frame_a_reference_without_a_person_alike(cases):
     """One rule: the job's step (pipeline.steps, which once centre-cropped) fits the whole image, as the engine does."""
+    from pipeline.params import RenderParams
     from pipeline.steps import reference_and_poses as job_step
-    from pipeline.steps import resolve_params
 
     image, detection = cases["no_person"]
-    params = resolve_params("tiny", seed=None, steps=None, guidance=None, fps=12.0, width=None, height=None,
-                            segment_frames=8, overlap_frames=2)
+    params = RenderParams.resolve("tiny", fps=12.0, segment_frames=8, overlap_frames=2)
     framed, _, summary = job_step(image, params, 10, poses=None, waveform=None, detection=detection)
     assert summary["framing"] == "pad" and summary["crop_box"][0] == 0 and summary["crop_box"][2] == 451
     engine, _, _ = reference_and_poses(image, 256, 256, 12.0, 10, detection=detection)
