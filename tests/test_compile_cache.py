@@ -51,7 +51,7 @@ WORKER_SCRIPT = """
 import json, sys, torch
 from torch._dynamo.utils import counters
 from pipeline.render import CompileCache
-cache = CompileCache(sys.argv[1], "acc")
+cache = CompileCache(sys.argv[1], "acc", saved_traces=True)  # the opt-in (`run --saved-traces`): traces saved too
 loaded = cache.load()
 f = torch.compile(lambda x: torch.sin(x) * 2 + x.cos(), dynamic=False)
 f(torch.randn(16))
