@@ -24,11 +24,19 @@ from pipeline import storage
 
 REPORT_FOLDER = "_report"  # the review page (cli.py report) and its contact strips
 STRIPS_FOLDER = "strips"
+REFS_FOLDER = "refs"  # each clip's reference picture (written by preprocessing, shown by the review page)
+OVERLAYS_FOLDER = "overlays"  # each clip's framed reference with its poses drawn over it
 
 
 def strip_name(clip_id: str, fingerprint: str | None) -> str:
     """A strip per clip *version*: a re-rendered clip never shows the old render's frames."""
     return f"{clip_id}.{(fingerprint or 'none')[:16]}.jpg"
+
+
+def image_name(clip_id: str, fingerprint: str | None = None) -> str:
+    """A clip's picture name: like its contact strip's when a fingerprint is known, so a changed row gets new
+    pictures; the clip id alone on a proof sheet."""
+    return f"{clip_id}.{fingerprint[:16]}.jpg" if fingerprint else f"{clip_id}.jpg"
 
 
 def strip_uri(root: str, clip_id: str, fingerprint: str | None) -> str:

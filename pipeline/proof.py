@@ -27,9 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import storage
+from pipeline.ledger import OVERLAYS_FOLDER, REFS_FOLDER, REPORT_FOLDER, image_name
 
-REFS_FOLDER = "refs"
-OVERLAYS_FOLDER = "overlays"
 REF_HEIGHT = 160  # px of the reference thumbnail
 PANEL_HEIGHT = 160  # px of each overlay panel
 JPEG_QUALITY = 82
@@ -134,19 +133,11 @@ def clip_images(reference_rgb: np.ndarray, framed: np.ndarray, poses: list[dict]
     return _jpeg(_to_height(reference_rgb, REF_HEIGHT)), _jpeg(strip), frames
 
 
-def image_name(clip_id: str, fingerprint: str | None = None) -> str:
-    """A clip's picture name: like its contact strip's (`ledger.strip_name`) when a fingerprint is known, so a
-    changed row gets new pictures; the clip id alone on a proof sheet."""
-    return f"{clip_id}.{fingerprint[:16]}.jpg" if fingerprint else f"{clip_id}.jpg"
-
-
 def write_clip_images(output: str, clip_id: str, fingerprint: str, reference_rgb: np.ndarray, framed: np.ndarray,
                       poses: list[dict]) -> bool:
     """Preprocessing's hook: the review page's two pictures of a clip under ``<output>/_report/`` (refs/,
     overlays/). Made here, where the reference, its framing and the poses are already in memory, so the
     report never reads or detects anything again. A failure costs the pictures only, never the clip."""
-    from pipeline.ledger import REPORT_FOLDER
-
     try:
         reference, overlay, _ = clip_images(reference_rgb, framed, poses)
         name = image_name(clip_id, fingerprint)

@@ -35,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import qc, storage
-from pipeline.ledger import REPORT_FOLDER, STRIPS_FOLDER, strip_name
+from pipeline.ledger import OVERLAYS_FOLDER, REFS_FOLDER, REPORT_FOLDER, STRIPS_FOLDER, image_name, strip_name
 from pipeline.media import ffmpeg_exe
 
 STRIP_WORKERS = 4  # ffmpeg processes making missing strips (each decodes one clip)
@@ -224,7 +224,6 @@ def _make_strips(root: str, rows: list[dict], dest_strips: str, *, workers: int)
 def _link_pictures(root: str, rows: list[dict], dest: str, *, workers: int) -> None:
     """Each clip's reference and overlay pictures (written by preprocessing under ``<root>/_report``), copied
     to ``dest`` when the page is written elsewhere; ``row["ref"]`` / ``row["overlay"]``, None where missing."""
-    from pipeline.proof import OVERLAYS_FOLDER, REFS_FOLDER, image_name
 
     for folder, key in ((REFS_FOLDER, "ref"), (OVERLAYS_FOLDER, "overlay")):
         cache, target = storage.join(root, REPORT_FOLDER, folder), storage.join(dest, folder)
