@@ -21,7 +21,7 @@ import soundfile as sf
 
 from pipeline import proof, qc, report, storage
 from pipeline.assemble import assemble_clip
-from pipeline.ledger import REPORT_FOLDER, STRIPS_FOLDER, strip_name, strip_uri
+from pipeline.ledger import OVERLAYS_FOLDER, REFS_FOLDER, REPORT_FOLDER, STRIPS_FOLDER, image_name, strip_name, strip_uri
 from pipeline.results import RESULT_COLUMNS, poses_columns
 from pipeline.segment_store import write_segment
 
@@ -130,9 +130,9 @@ def build_output_root(root: str, kinds=KINDS, *, seconds: float = 3.0, strips_by
             strip = strip_uri(root, clip_id, fingerprint) if strips_by_assembler and i % 2 == 0 else None
             encoded = assemble_clip(segments, frames, FPS, speech(seconds), output, strip_uri=strip)
             outcome = reference_outcome(REFERENCE_OF[kind], seconds)
-            name = proof.image_name(clip_id, fingerprint)  # as preprocessing writes them (proof.write_clip_images)
-            storage.write_atomic(storage.join(root, REPORT_FOLDER, proof.REFS_FOLDER, name), outcome["ref"])
-            storage.write_atomic(storage.join(root, REPORT_FOLDER, proof.OVERLAYS_FOLDER, name), outcome["overlay"])
+            name = image_name(clip_id, fingerprint)  # as preprocessing writes them (proof.write_clip_images)
+            storage.write_atomic(storage.join(root, REPORT_FOLDER, REFS_FOLDER, name), outcome["ref"])
+            storage.write_atomic(storage.join(root, REPORT_FOLDER, OVERLAYS_FOLDER, name), outcome["overlay"])
             rows.append(dict(row, status="done", output=output, frames=encoded["frames"], seconds=encoded["seconds"],
                              assemble_seconds=0.8, **qc.qc_columns(encoded["qc"]), **outcome["columns"]))
     results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
@@ -168,10 +168,10 @@ def build_large_output_root(root: str, n: int = 10_000, *, seed: int = 0) -> pd.
         os.link(source["output"], output)
         os.link(strips / strip_name(source["clip_id"], source["fingerprint"]),
                 strips / strip_name(clip_id, fingerprint))
-        for folder in (proof.REFS_FOLDER, proof.OVERLAYS_FOLDER):
+        for folder in (REFS_FOLDER, OVERLAYS_FOLDER):
             pictures = Path(root) / REPORT_FOLDER / folder
-            os.link(pictures / proof.image_name(source["clip_id"], source["fingerprint"]),
-                    pictures / proof.image_name(clip_id, fingerprint))
+            os.link(pictures / image_name(source["clip_id"], source["fingerprint"]),
+                    pictures / image_name(clip_id, fingerprint))
         score = float(rng.gamma(1.2, 0.3)) if not source["qc_flagged"] else source["qc_score"]
         rows.append(dict(source, row=i, clip_id=clip_id, fingerprint=fingerprint, output=output, qc_score=score))
     results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))

@@ -172,11 +172,12 @@ def test_proof_page_in_a_real_browser(sheet, tmp_path):
 @needs_chromium
 def test_a_thousand_rows_page_as_the_review_page_does(sheet, tmp_path):
     """The page machinery on 1,000 proof cards (pictures reused): one page of cards drawn, paging and filters."""
+    from pipeline.ledger import OVERLAYS_FOLDER, REFS_FOLDER
     from pipeline.report import render_page
 
     summary, cards = sheet
     source = Path(summary.page).parent
-    for folder in (proof.REFS_FOLDER, proof.OVERLAYS_FOLDER):
+    for folder in (REFS_FOLDER, OVERLAYS_FOLDER):
         shutil.copytree(source / folder, tmp_path / folder)
     many = [dict(cards[name], row=i, clip_id=f"row-{i:04d}")
             for i, name in enumerate(["half", "collar", "blank", "two", "posed", "wide", "gone", "noise"] * 125)]
@@ -195,7 +196,7 @@ def test_a_thousand_rows_page_as_the_review_page_does(sheet, tmp_path):
 def test_preprocessing_writes_the_review_pictures(tmp_path):
     """The job's preprocessing leaves each clip's reference and framed-with-poses pictures where the review
     page finds them (named by clip id and fingerprint), from what it already has in memory."""
-    from pipeline.ledger import REPORT_FOLDER
+    from pipeline.ledger import OVERLAYS_FOLDER, REFS_FOLDER, REPORT_FOLDER, image_name
     from pipeline.manifest import ClipSpec
     from pipeline.render import model_identity
     from pipeline.rows import JobSettings
@@ -212,9 +213,9 @@ def test_preprocessing_writes_the_review_pictures(tmp_path):
                         fps=12.0, width=128, height=128)))
     [plan] = board.take_plans()
     assert not plan.failed
-    name = proof.image_name("half", plan.fingerprint)
-    reference = cv2.imread(str(tmp_path / "out" / REPORT_FOLDER / proof.REFS_FOLDER / name))
-    overlay = cv2.imread(str(tmp_path / "out" / REPORT_FOLDER / proof.OVERLAYS_FOLDER / name))
+    name = image_name("half", plan.fingerprint)
+    reference = cv2.imread(str(tmp_path / "out" / REPORT_FOLDER / REFS_FOLDER / name))
+    overlay = cv2.imread(str(tmp_path / "out" / REPORT_FOLDER / OVERLAYS_FOLDER / name))
     assert reference.shape == (proof.REF_HEIGHT, proof.REF_HEIGHT, 3)
     assert overlay.shape[0] == proof.PANEL_HEIGHT and overlay.shape[1] >= 3 * proof.PANEL_HEIGHT
 
